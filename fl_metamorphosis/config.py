@@ -1,0 +1,227 @@
+"""The whole experiment as one validated object.
+
+Configuration is validated once, where it enters (a TOML file and ``--set key=value`` overrides), and
+passed inside the library as typed objects. Unknown keys and out-of-range values are rejected with a
+message that names the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Method = Literal["universal", "metamorphosis"]
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote is invalid; the message names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DataConfig(_Strict):
+    """Which multi-task dataset, and how much of it."""
+
+    name: Literal["digits", "synthetic"] = "digits"
+    train_pairs: int = Field(12_000, ge=10, description="training images composed from train sources")
+    test_pairs: int = Field(3_000, ge=10, description="test images composed from held-out sources")
+    test_fraction: float = Field(0.22, gt=0.0, lt=1.0, description="share of SOURCE digits held out")
+    synthetic_tasks: list[Literal["shape", "colour", "position", "size"]] = Field(
+        default_factory=lambda: ["shape", "colour"], min_length=2
+    )
+    synthetic_correlation: float = Field(
+        0.0, ge=0.0, le=1.0, description="probability that the 2nd synthetic task copies the 1st"
+    )
+    image_size: int = Field(16, ge=8, le=128, description="synthetic image side in pixels")
+
+
+class ModelConfig(_Strict):
+    """Encoder, Cross-SEC and heads."""
+
+    channels: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
+    groups: int = Field(4, ge=1, description="GroupNorm groups; must divide every channel count")
+    feature_dim: int = Field(128, ge=2, description="channels C of the shared feature F")
+    feature_map: bool = Field(
+        False, description="keep F as a C x H x W map (True) or project it to a C-vector (False)"
+    )
+    se_reduction: int = Field(4, ge=1, description="Cross-SEC bottleneck: C / se_reduction units")
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the task competition")
+    head_hidden: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _groups_divide_channels(self) -> ModelConfig:
+        bad = [c for c in self.channels if c % self.groups]
+        if bad:
+            raise ValueError(
+                f"model.groups={self.groups} must divide every entry of model.channels; "
+                f"{bad} are not multiples: change model.groups or model.channels"
+            )
+        return self
+
+
+class LossConfig(_Strict):
+    """Weights of the objective: sum_t CE_t + decorrelation_weight * D + input_weight * D_x."""
+
+    decorrelation_weight: float = Field(1.0, ge=0.0)
+    decorrelation_form: Literal["auto", "batch", "per_sample"] = Field(
+        "auto",
+        description="batch = distance correlation over the batch (not DP-safe); "
+        "per_sample = attention-overlap penalty (DP-safe); auto picks per_sample under DP-SGD",
+    )
+    input_decorrelation_weight: float = Field(0.0, ge=0.0, description="batch form only")
+
+
+class DPSGDConfig(_Strict):
+    """DP-SGD on the encoder + Cross-SEC (Opacus)."""
+
+    enabled: bool = True
+    target_epsilon: float | None = Field(8.0, gt=0.0)
+    noise_multiplier: float | None = Field(None, gt=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    grad_sample_mode: Literal["hooks", "ghost", "functorch"] = "hooks"
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> DPSGDConfig:
+        if self.enabled and (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError(
+                "set exactly one of dp_sgd.target_epsilon and dp_sgd.noise_multiplier "
+                "(the other to none) when dp_sgd.enabled is true"
+            )
+        return self
+
+
+class FeatureDPConfig(_Strict):
+    """Clip-and-noise of every released task feature."""
+
+    enabled: bool = True
+    mechanism: Literal["gaussian", "laplace"] = "gaussian"
+    clip_norm: float = Field(1.0, gt=0.0, description="L2 (gaussian) or L1 (laplace) bound")
+    noise_std: float = Field(0.1, gt=0.0, description="gaussian std, or laplace scale b")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0, description="delta of the gaussian release")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(6, ge=1, le=1000)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(2e-3, gt=0.0, description="Adam learning rate of encoder + Cross-SEC")
+    head_lr: float = Field(2e-3, gt=0.0, description="Adam learning rate of the task heads")
+    seed: int = 0
+    threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
+
+
+class AuditConfig(_Strict):
+    """The attacker: how much it sees and how hard it trains."""
+
+    attacker_samples: int = Field(6_000, ge=50, description="released training features it learns on")
+    eval_samples: int = Field(2_000, ge=20, description="held-out test samples it is scored on")
+    probe_hidden: int = Field(256, ge=1)
+    probe_max_iter: int = Field(60, ge=1)
+    decoder_epochs: int = Field(30, ge=1)
+    ssim_kernel: int = Field(7, ge=3, description="odd SSIM window; <= the image's shorter side")
+    dcor_samples: int = Field(1_000, ge=20)
+
+    @model_validator(mode="after")
+    def _odd_kernel(self) -> AuditConfig:
+        if self.ssim_kernel % 2 == 0:
+            raise ValueError(f"audit.ssim_kernel={self.ssim_kernel} must be odd (e.g. 7)")
+        return self
+
+
+class ExperimentConfig(_Strict):
+    """One experiment. Defaults are the embedded demo."""
+
+    name: str = "demo"
+    methods: list[Method] = Field(default_factory=lambda: ["universal", "metamorphosis"], min_length=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    dp_sgd: DPSGDConfig = Field(default_factory=DPSGDConfig)
+    feature_dp: FeatureDPConfig = Field(default_factory=FeatureDPConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @model_validator(mode="after")
+    def _dp_safe_loss(self) -> ExperimentConfig:
+        if self.dp_sgd.enabled and self.loss.decorrelation_form == "batch":
+            raise ValueError(
+                "loss.decorrelation_form='batch' couples the samples of a batch, which voids DP-SGD's "
+                "per-sample clipping: use 'per_sample' or 'auto', or set dp_sgd.enabled=false"
+            )
+        if self.dp_sgd.enabled and self.loss.input_decorrelation_weight > 0:
+            raise ValueError(
+                "loss.input_decorrelation_weight > 0 needs a batch statistic, which voids DP-SGD: "
+                "set it to 0 or set dp_sgd.enabled=false"
+            )
+        return self
+
+    def decorrelation_form(self) -> Literal["batch", "per_sample"]:
+        """The form actually used: per-sample under DP-SGD, batch otherwise (unless forced)."""
+        if self.loss.decorrelation_form != "auto":
+            return self.loss.decorrelation_form
+        return "per_sample" if self.dp_sgd.enabled else "batch"
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value as TOML, so `--set train.epochs=3` gives an int; bare words stay text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if text.lower() in ("none", "null"):
+            return None
+        return text
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.sub=value (e.g. train.epochs=3)")
+    key, _, raw = assignment.partition("=")
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = _parse_value(raw.strip())
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key: remove it or check its spelling"
+        lines.append(f"  {field}: {msg}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def build_config(tree: dict[str, Any] | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Validate a config tree plus ``key=value`` overrides; raise ConfigError naming each bad field."""
+    tree = dict(tree or {})
+    for assignment in overrides or []:
+        _apply_override(tree, assignment)
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a TOML file (or the defaults when ``path`` is None) and apply overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist: pass an existing TOML file")
+        try:
+            tree = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+    return build_config(tree, overrides)

@@ -1,0 +1,48 @@
+"""De-correlation between task features, and between features and the input.
+
+Two forms, because DP-SGD needs one and forbids the other:
+
+* ``batch_decorrelation``: sum over task pairs of the bias-corrected squared distance correlation
+  (non-linear dependence), plus optionally each task feature vs. the input. It is a statistic over the
+  batch: every sample's gradient depends on every other sample, so Opacus' per-sample clipping no longer
+  bounds one sample's influence and the reported epsilon would be void. Use it only without DP-SGD.
+* ``per_sample_overlap``: for each sample, the overlap of the tasks' Cross-SEC attentions,
+  ``sum_{t<s} <a_t, a_s> / C``. It depends on that sample alone, so it is a legal DP-SGD loss term.
+  Disjoint attentions mean disjoint channels of F per task; the residual (non-linear) dependence is then
+  measured by the audit, not assumed.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from .distance_correlation import u_distance_correlation_sqr
+
+
+def batch_decorrelation(
+    features: torch.Tensor, inputs: torch.Tensor | None = None, pair_weight: float = 1.0, input_weight: float = 0.0
+) -> torch.Tensor:
+    """Scalar: pair_weight * sum_{t<s} dCor^2(F_t, F_s) + input_weight * sum_t dCor^2(F_t, x).
+
+    Each estimate is clamped at 0: the bias-corrected estimate scatters around 0 for independent
+    samples, and pushing it below 0 would only fit noise.
+    """
+    num_tasks = features.shape[1]
+    total = features.new_zeros(())
+    for t, s in itertools.combinations(range(num_tasks), 2):
+        total = total + pair_weight * u_distance_correlation_sqr(features[:, t], features[:, s]).clamp(min=0)
+    if inputs is not None and input_weight > 0:
+        for t in range(num_tasks):
+            total = total + input_weight * u_distance_correlation_sqr(features[:, t], inputs).clamp(min=0)
+    return total
+
+
+def per_sample_overlap(attention: torch.Tensor) -> torch.Tensor:
+    """Per-sample vector ``[B]``: sum over task pairs of the attention overlap, divided by C."""
+    num_tasks, channels = attention.shape[1], attention.shape[2]
+    total = attention.new_zeros(attention.shape[0])
+    for t, s in itertools.combinations(range(num_tasks), 2):
+        total = total + (attention[:, t] * attention[:, s]).sum(-1) / channels
+    return total

@@ -1,0 +1,38 @@
+"""Released features and predictions of a trained model, batch by batch, without gradients."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import FeatureDPConfig
+from ..data import MultiTaskDataset
+from ..privacy import release
+
+
+@torch.no_grad()
+def released_features(
+    generator: nn.Module, images: torch.Tensor, feature_dp: FeatureDPConfig, seed: int, batch_size: int = 1024
+) -> torch.Tensor:
+    """What a device would send for ``images``: ``[N, T, ...]`` task features after clip + noise."""
+    generator.eval()
+    rng = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        feats, _ = generator(images[start : start + batch_size])
+        out.append(release(feats, feature_dp, rng))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def task_accuracy(heads: nn.ModuleList, released: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Each head's accuracy on its own task's released features."""
+    heads.eval()
+    return [float((head.predict(head(released[:, t])) == labels[:, t]).float().mean()) for t, head in enumerate(heads)]
+
+
+def evaluate(
+    generator: nn.Module, heads: nn.ModuleList, data: MultiTaskDataset, feature_dp: FeatureDPConfig, seed: int
+) -> dict[str, float]:
+    feats = released_features(generator, data.images, feature_dp, seed)
+    return dict(zip(data.task_names, task_accuracy(heads, feats, data.labels)))

@@ -1,0 +1,122 @@
+"""Train one feature-generation method (encoder + Cross-SEC with DP-SGD, heads alongside) on one machine."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import ExperimentConfig, FeatureDPConfig, Method
+from ..data import TrainTestSplit
+from ..losses import Objective
+from ..model import FeatureGenerator, build_heads
+from ..privacy import make_private, release
+from .inference import evaluate
+
+
+@dataclass
+class TrainedModel:
+    method: Method
+    generator: FeatureGenerator  # plain module, Opacus wrapper removed
+    heads: nn.ModuleList
+    feature_dp: FeatureDPConfig  # what this method releases (disabled for universal)
+    history: list[dict] = field(default_factory=list)
+    dp_sgd: dict = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+
+def method_feature_dp(method: Method, cfg: ExperimentConfig) -> FeatureDPConfig:
+    """Universal releases the raw shared feature; MetaMorphosis clips and noises each task's feature."""
+    return cfg.feature_dp if method == "metamorphosis" else cfg.feature_dp.model_copy(update={"enabled": False})
+
+
+def method_objective(method: Method, cfg: ExperimentConfig) -> Objective:
+    if method == "universal":
+        return Objective("per_sample", 0.0)
+    return Objective(cfg.decorrelation_form(), cfg.loss.decorrelation_weight, cfg.loss.input_decorrelation_weight)
+
+
+EpochCallback = Callable[[dict], None]
+
+
+def train_method(
+    method: Method, split: TrainTestSplit, cfg: ExperimentConfig, on_epoch: EpochCallback | None = None
+) -> TrainedModel:
+    """Train ``method`` for ``cfg.train.epochs``; call ``on_epoch(row)`` after each epoch."""
+    started = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    train = split.train
+    generator = FeatureGenerator(method, train.image_shape, len(train.tasks), cfg.model)
+    heads = build_heads(generator.feature_shape, [t.num_classes for t in train.tasks], cfg.model)
+    feature_dp = method_feature_dp(method, cfg)
+    objective = method_objective(method, cfg)
+
+    loader = DataLoader(train, batch_size=cfg.train.batch_size, shuffle=True)
+    opt = torch.optim.Adam(generator.parameters(), lr=cfg.train.lr)
+    head_opt = torch.optim.Adam(heads.parameters(), lr=cfg.train.head_lr)
+    private = None
+    module: nn.Module = generator
+    if cfg.dp_sgd.enabled:
+        private = make_private(generator, opt, loader, cfg.dp_sgd, cfg.train.epochs)
+        module, opt, loader = private.module, private.optimizer, private.loader
+
+    result = TrainedModel(method, generator, heads, feature_dp)
+    noise_rng = torch.Generator().manual_seed(cfg.train.seed + 1)
+    for epoch in range(1, cfg.train.epochs + 1):
+        module.train()
+        heads.train()
+        total, seen = 0.0, 0
+        for x, y in loader:
+            feats, attention = module(x)
+            per_sample, _ = objective.per_sample(heads, release(feats, feature_dp, noise_rng), attention, y)
+            loss = per_sample.mean() + objective.batch_term(feats, x)
+            opt.zero_grad(set_to_none=True)
+            head_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            head_opt.step()
+            total += float(per_sample.sum())
+            seen += len(x)
+        row = {"method": method, "epoch": epoch, "train_loss": total / max(seen, 1)}
+        row.update({f"test_acc.{k}": v for k, v in evaluate(generator, heads, split.test, feature_dp, epoch).items()})
+        if private is not None:
+            row["epsilon"] = private.epsilon()
+        row["seconds"] = time.perf_counter() - started
+        result.history.append(row)
+        if on_epoch:
+            on_epoch(row)
+
+    if private is not None:
+        result.dp_sgd = {
+            "enabled": True,
+            "epsilon": private.epsilon(),
+            "delta": private.delta,
+            "noise_multiplier": private.noise_multiplier,
+            "sample_rate": private.sample_rate,
+            "steps": sum(h[2] for h in private.engine.accountant.history),
+            "max_grad_norm": cfg.dp_sgd.max_grad_norm,
+            "accountant": cfg.dp_sgd.accountant,
+        }
+    else:
+        result.dp_sgd = {"enabled": False, "epsilon": None, "delta": None}
+    # Opacus hooks live on the wrapper's inner module; hand back a clean copy for release and audit.
+    result.generator = _unwrapped_copy(generator)
+    result.wall_seconds = time.perf_counter() - started
+    return result
+
+
+def _unwrapped_copy(generator: FeatureGenerator) -> FeatureGenerator:
+    clean = copy.deepcopy(generator)
+    for m in clean.modules():
+        for attr in ("_forward_hooks", "_backward_hooks", "_forward_pre_hooks"):
+            getattr(m, attr).clear()
+        for p in m.parameters(recurse=False):
+            for extra in ("grad_sample", "_forward_counter", "summed_grad"):
+                if hasattr(p, extra):
+                    delattr(p, extra)
+    return clean
