@@ -28,8 +28,8 @@ class DataConfig(_Strict):
     """Which multi-task dataset, and how much of it."""
 
     name: Literal["digits", "synthetic"] = "digits"
-    train_pairs: int = Field(12_000, ge=10, description="training images composed from train sources")
-    test_pairs: int = Field(3_000, ge=10, description="test images composed from held-out sources")
+    train_pairs: int = Field(20_000, ge=10, description="training images composed from train sources")
+    test_pairs: int = Field(4_000, ge=10, description="test images composed from held-out sources")
     test_fraction: float = Field(0.22, gt=0.0, lt=1.0, description="share of SOURCE digits held out")
     synthetic_tasks: list[Literal["shape", "colour", "position", "size"]] = Field(
         default_factory=lambda: ["shape", "colour"], min_length=2
@@ -108,7 +108,7 @@ class FeatureDPConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(6, ge=1, le=1000)
+    epochs: int = Field(8, ge=1, le=1000)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(2e-3, gt=0.0, description="Adam learning rate of encoder + Cross-SEC")
     head_lr: float = Field(2e-3, gt=0.0, description="Adam learning rate of the task heads")

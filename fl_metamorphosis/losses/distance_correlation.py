@@ -15,9 +15,11 @@ import torch
 def _u_centred_distances(x: torch.Tensor) -> torch.Tensor:
     x = x.flatten(1).double() if x.dtype == torch.float64 else x.flatten(1).float()
     n = x.shape[0]
-    diff = x.unsqueeze(0) - x.unsqueeze(1)
-    # sqrt'(0) is infinite: a tiny offset keeps the gradient finite; the diagonal is zeroed below.
-    d = torch.sqrt((diff * diff).sum(-1) + 1e-12)
+    sq_norms = (x * x).sum(1)
+    # Gram form: n x n memory instead of n x n x d. sqrt'(0) is infinite, so a tiny offset keeps the
+    # gradient finite; the diagonal is zeroed below.
+    sq = (sq_norms.unsqueeze(0) + sq_norms.unsqueeze(1) - 2 * x @ x.T).clamp(min=0)
+    d = torch.sqrt(sq + 1e-12)
     eye = torch.eye(n, dtype=torch.bool, device=x.device)
     d = d.masked_fill(eye, 0.0)
     row = d.sum(1, keepdim=True) / (n - 2)

@@ -80,7 +80,7 @@ def train_method(
             loss.backward()
             opt.step()
             head_opt.step()
-            total += float(per_sample.sum())
+            total += float(per_sample.detach().sum())
             seen += len(x)
         row = {"method": method, "epoch": epoch, "train_loss": total / max(seen, 1)}
         row.update({f"test_acc.{k}": v for k, v in evaluate(generator, heads, split.test, feature_dp, epoch).items()})

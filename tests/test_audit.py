@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+
+from fl_metamorphosis.audit import cross_task_attacks, dependence_report, image_scores, reconstruction_attack
+
+
+def _labels(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 10, size=(n, 2))
+
+
+def _one_hot(y):
+    return np.eye(10)[y]
+
+
+def test_probe_finds_a_leak_and_reports_chance_on_noise():
+    ytr, yte = _labels(1500, 0), _labels(500, 1)
+    # task "a"'s feature carries task b's label (a leak); task "b"'s feature is pure noise.
+    rng = np.random.default_rng(2)
+    def feats(y):
+        return np.stack([_one_hot(y[:, 1]) + 0.1 * rng.normal(size=(len(y), 10)), rng.normal(size=(len(y), 10))], 1)
+    res = cross_task_attacks(feats(ytr), ytr, feats(yte), yte, ["a", "b"], max_iter=50)
+    assert res["a->b"]["accuracy"] > 0.95
+    assert abs(res["b->a"]["accuracy"] - res["b->a"]["chance"]) < 0.06
+    assert 0.08 < res["b->a"]["chance"] < 0.15
+
+
+def test_reconstruction_scores_copy_high_noise_low():
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(600, 1, 8, 16, generator=g).round()  # binary images: hard to guess
+    copy, _ = reconstruction_attack(imgs[:500], imgs[:500], imgs[500:], imgs[500:], epochs=40, ssim_kernel=7)
+    noise = torch.randn(600, 16, generator=g)
+    blind, _ = reconstruction_attack(noise[:500], imgs[:500], noise[500:], imgs[500:], epochs=40, ssim_kernel=7)
+    assert copy["ssim"] > 0.6 and copy["psnr"] > blind["psnr"] + 3
+    assert blind["ssim"] < 0.1
+
+
+def test_image_scores_perfect_and_kernel_check():
+    x = torch.rand(4, 1, 8, 16)
+    assert image_scores(x, x, 7)["ssim"] == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="ssim_kernel"):
+        image_scores(x, x, 9)
+
+
+def test_dependence_report_sees_input_copy_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 1, 8, 16, generator=g)
+    feats = torch.stack([x.flatten(1)[:, :40] * 2, torch.randn(300, 40, generator=g)], 1)
+    rep = dependence_report(feats, x, ["copy", "noise"])
+    assert rep["copy~input"] > 0.5 and abs(rep["noise~input"]) < 0.05 and abs(rep["copy~noise"]) < 0.05
