@@ -1,6 +1,6 @@
 """``metamorphosis``: the command line.
 
-    metamorphosis central [--config FILE] [--set key=value ...] [--out DIR]
+metamorphosis central [--config FILE] [--set key=value ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -23,8 +23,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     central = sub.add_parser("central", help="train universal + MetaMorphosis on one machine, audit both, report")
     central.add_argument("--config", type=Path, help="TOML experiment file (defaults: the embedded demo)")
-    central.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override one config value, e.g. --set train.epochs=3 (repeatable)")
+    central.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set train.epochs=3 (repeatable)",
+    )
     central.add_argument("--out", type=Path, default=Path("runs/central"), help="run folder (default runs/central)")
     return p
 
@@ -37,15 +43,19 @@ def _central(args: argparse.Namespace) -> int:
     def on_epoch(row: dict) -> None:
         accs = "  ".join(f"{k.removeprefix('test_acc.')} {v:.3f}" for k, v in row.items() if k.startswith("test_acc."))
         eps = f"  eps {row['epsilon']:.2f}" if row.get("epsilon") is not None else ""
-        console.print(f"  \\[{row['method']}] epoch {row['epoch']}/{cfg.train.epochs}  loss {row['train_loss']:.3f}  "
-                      f"{accs}{eps}  ({row['seconds']:.0f} s)")
+        console.print(
+            f"  \\[{row['method']}] epoch {row['epoch']}/{cfg.train.epochs}  loss {row['train_loss']:.3f}  "
+            f"{accs}{eps}  ({row['seconds']:.0f} s)"
+        )
 
     summary = run_central(cfg, args.out, on_epoch, on_stage=lambda msg: console.print(f"[bold]{msg}[/bold]"))
     report = (args.out / "report.md").read_text()
     print(report)
     failed = [c for c in summary["checks"] if not c["passed"]]
-    console.print(f"run folder: {args.out}  ({summary['wall_seconds']:.0f} s; "
-                  f"{len(summary['checks']) - len(failed)}/{len(summary['checks'])} claim checks met)")
+    console.print(
+        f"run folder: {args.out}  ({summary['wall_seconds']:.0f} s; "
+        f"{len(summary['checks']) - len(failed)}/{len(summary['checks'])} claim checks met)"
+    )
     return 0
 
 

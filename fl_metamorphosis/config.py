@@ -46,9 +46,7 @@ class ModelConfig(_Strict):
     channels: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
     groups: int = Field(4, ge=1, description="GroupNorm groups; must divide every channel count")
     feature_dim: int = Field(128, ge=2, description="channels C of the shared feature F")
-    feature_map: bool = Field(
-        False, description="keep F as a C x H x W map (True) or project it to a C-vector (False)"
-    )
+    feature_map: bool = Field(False, description="keep F as a C x H x W map (True) or project it to a C-vector (False)")
     se_reduction: int = Field(4, ge=1, description="Cross-SEC bottleneck: C / se_reduction units")
     temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the task competition")
     head_hidden: int = Field(64, ge=1)
@@ -71,9 +69,12 @@ class LossConfig(_Strict):
     decorrelation_form: Literal["auto", "batch", "per_sample"] = Field(
         "auto",
         description="batch = distance correlation over the batch (not DP-safe); "
-        "per_sample = attention-overlap penalty (DP-safe); auto picks per_sample under DP-SGD",
+        "per_sample = attention impurity/overlap penalty (DP-safe); auto picks per_sample under DP-SGD",
     )
     input_decorrelation_weight: float = Field(0.0, ge=0.0, description="batch form only")
+    per_sample_penalty: Literal["impurity", "overlap"] = Field(
+        "impurity", description="impurity: every channel to ONE option (a task or none); overlap: tasks only"
+    )
 
 
 class DPSGDConfig(_Strict):

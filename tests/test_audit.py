@@ -18,8 +18,10 @@ def test_probe_finds_a_leak_and_reports_chance_on_noise():
     ytr, yte = _labels(1500, 0), _labels(500, 1)
     # task "a"'s feature carries task b's label (a leak); task "b"'s feature is pure noise.
     rng = np.random.default_rng(2)
+
     def feats(y):
         return np.stack([_one_hot(y[:, 1]) + 0.1 * rng.normal(size=(len(y), 10)), rng.normal(size=(len(y), 10))], 1)
+
     res = cross_task_attacks(feats(ytr), ytr, feats(yte), yte, ["a", "b"], max_iter=50)
     assert res["a->b"]["accuracy"] > 0.95
     assert abs(res["b->a"]["accuracy"] - res["b->a"]["chance"]) < 0.06

@@ -12,8 +12,16 @@ def test_defaults_are_the_embedded_demo():
 
 
 def test_overrides_are_typed():
-    cfg = build_config(None, ["train.epochs=3", "feature_dp.mechanism=laplace", "dp_sgd.target_epsilon=none",
-                              "dp_sgd.noise_multiplier=1.2", "model.channels=[8, 16]"])
+    cfg = build_config(
+        None,
+        [
+            "train.epochs=3",
+            "feature_dp.mechanism=laplace",
+            "dp_sgd.target_epsilon=none",
+            "dp_sgd.noise_multiplier=1.2",
+            "model.channels=[8, 16]",
+        ],
+    )
     assert cfg.train.epochs == 3 and cfg.feature_dp.mechanism == "laplace"
     assert cfg.dp_sgd.noise_multiplier == 1.2 and cfg.dp_sgd.target_epsilon is None
     assert cfg.model.channels == [8, 16]

@@ -65,7 +65,7 @@ def test_synthetic_injected_correlation():
 
 def test_synthetic_images_show_their_factors():
     split = load_synthetic(40, 10, ["colour", "position"], size=16, seed=0)
-    for img, (colour, pos) in zip(split.train.images, split.train.labels):
+    for img, (colour, pos) in zip(split.train.images, split.train.labels, strict=False):
         assert int(img.sum(dim=(1, 2)).argmax()) == int(colour)
         ys, xs = torch.nonzero(img.sum(0) > 0, as_tuple=True)
         assert int(ys.float().mean() >= 8) * 2 + int(xs.float().mean() >= 8) == int(pos)

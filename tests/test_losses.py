@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from fl_metamorphosis.config import ModelConfig
 from fl_metamorphosis.losses import Objective, batch_decorrelation, per_sample_overlap, u_distance_correlation_sqr
 from fl_metamorphosis.model import build_heads
-from fl_metamorphosis.config import ModelConfig
 
 
 def test_distance_correlation_matches_dcor_reference():

@@ -64,8 +64,14 @@ def cross_task_attacks(
             if s == t:
                 continue
             acc = probe_accuracy(
-                attacker_features[:, t], attacker_labels[:, s], eval_features[:, t], eval_labels[:, s],
-                kind, hidden, max_iter, seed,
+                attacker_features[:, t],
+                attacker_labels[:, s],
+                eval_features[:, t],
+                eval_labels[:, s],
+                kind,
+                hidden,
+                max_iter,
+                seed,
             )
             results[f"{name_t}->{name_s}"] = {"accuracy": acc, "chance": chance_level(eval_labels[:, s]), "probe": kind}
     return results

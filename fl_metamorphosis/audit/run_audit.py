@@ -42,9 +42,13 @@ def label_only_floor(data: AttackData, cfg: AuditConfig, seed: int) -> dict[str,
     floors = {}
     for t, task in enumerate(data.attacker.tasks):
         scores, _ = reconstruction_attack(
-            one_hot(data.attacker.labels[:, t], task.num_classes), data.attacker.images,
-            one_hot(data.evaluation.labels[:, t], task.num_classes), data.evaluation.images,
-            cfg.decoder_epochs, cfg.ssim_kernel, seed,
+            one_hot(data.attacker.labels[:, t], task.num_classes),
+            data.attacker.images,
+            one_hot(data.evaluation.labels[:, t], task.num_classes),
+            data.evaluation.images,
+            cfg.decoder_epochs,
+            cfg.ssim_kernel,
+            seed,
         )
         floors[task.name] = scores["ssim"]
     return floors
@@ -64,8 +68,15 @@ def audit_model(
         name: {"accuracy": accuracies[t], "chance": data.evaluation.chance_level(t)} for t, name in enumerate(names)
     }
     cross = cross_task_attacks(
-        att.numpy(), data.attacker.labels.numpy(), ev.numpy(), data.evaluation.labels.numpy(), names,
-        "mlp", cfg.probe_hidden, cfg.probe_max_iter, seed,
+        att.numpy(),
+        data.attacker.labels.numpy(),
+        ev.numpy(),
+        data.evaluation.labels.numpy(),
+        names,
+        "mlp",
+        cfg.probe_hidden,
+        cfg.probe_max_iter,
+        seed,
     )
     reconstruction, recons = {}, {}
     for t, name in enumerate(names):
@@ -89,5 +100,3 @@ def audit_model(
         },
     }
     return audit, recons
-
-

@@ -27,9 +27,7 @@ class MultiTaskDataset(Dataset):
         if images.ndim != 4:
             raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
         if labels.shape != (images.shape[0], len(tasks)):
-            raise ValueError(
-                f"labels must be [N, T] = [{images.shape[0]}, {len(tasks)}], got {tuple(labels.shape)}"
-            )
+            raise ValueError(f"labels must be [N, T] = [{images.shape[0]}, {len(tasks)}], got {tuple(labels.shape)}")
         for t, task in enumerate(tasks):
             lo, hi = int(labels[:, t].min()), int(labels[:, t].max())
             if lo < 0 or hi >= task.num_classes:

@@ -46,3 +46,15 @@ def per_sample_overlap(attention: torch.Tensor) -> torch.Tensor:
     for t, s in itertools.combinations(range(num_tasks), 2):
         total = total + (attention[:, t] * attention[:, s]).sum(-1) / channels
     return total
+
+
+def per_sample_impurity(attention: torch.Tensor) -> torch.Tensor:
+    """Per-sample vector ``[B]``: mean over channels of the Gini impurity of the channel's assignment.
+
+    Each channel is split between the T tasks and "none" (``a_none = 1 - sum_t a_t``); the impurity
+    ``1 - sum_o a_o^2`` is 0 only when the channel goes wholly to one option. It contains the task-task
+    overlap (twice) and also the task-none overlap: a channel half-kept by task t could otherwise let
+    its attention weight vary with another task's content, and that modulation alone leaks.
+    """
+    none = 1 - attention.sum(1)
+    return (1 - (attention**2).sum(1) - none**2).mean(-1)

@@ -8,25 +8,29 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .decorrelation import batch_decorrelation, per_sample_overlap
+from .decorrelation import batch_decorrelation, per_sample_impurity, per_sample_overlap
 
 
 @dataclass(frozen=True)
 class Objective:
-    """``loss = mean_i [ sum_t CE_t(i) + w * overlap(i) ]`` (per_sample) or ``... + w * D_batch`` (batch)."""
+    """``loss = mean_i [ sum_t CE_t(i) + w * impurity(i) ]`` (per_sample) or ``... + w * D_batch`` (batch)."""
 
     form: Literal["batch", "per_sample"]
     weight: float
     input_weight: float = 0.0
+    per_sample_penalty: Literal["impurity", "overlap"] = "impurity"
 
     def per_sample(
         self, heads: nn.ModuleList, released: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Per-sample loss ``[B]`` (task losses + per-sample de-correlation) and each head's output."""
         outputs = [head(released[:, t]) for t, head in enumerate(heads)]
-        loss = sum(head.per_sample_loss(out, labels[:, t]) for t, (head, out) in enumerate(zip(heads, outputs)))
+        loss = sum(
+            head.per_sample_loss(out, labels[:, t]) for t, (head, out) in enumerate(zip(heads, outputs, strict=False))
+        )
         if self.form == "per_sample" and self.weight > 0:
-            loss = loss + self.weight * per_sample_overlap(attention)
+            penalty = per_sample_impurity if self.per_sample_penalty == "impurity" else per_sample_overlap
+            loss = loss + self.weight * penalty(attention)
         return loss, outputs
 
     def batch_term(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:

@@ -4,4 +4,11 @@ from .plots import plot_reconstruction_grid, plot_training_curves
 from .report import render_report
 from .writer import JsonlWriter, read_jsonl, write_json
 
-__all__ = ["JsonlWriter", "plot_reconstruction_grid", "plot_training_curves", "read_jsonl", "render_report", "write_json"]
+__all__ = [
+    "JsonlWriter",
+    "plot_reconstruction_grid",
+    "plot_training_curves",
+    "read_jsonl",
+    "render_report",
+    "write_json",
+]

@@ -39,8 +39,12 @@ def plot_reconstruction_grid(originals: torch.Tensor, rows: dict[str, torch.Tens
         for c in range(n):
             img = images[c]
             ax = axes[r][c]
-            ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy() if img.shape[0] == 3 else img[0].numpy(),
-                      cmap="gray", vmin=0, vmax=1)
+            ax.imshow(
+                img.permute(1, 2, 0).clamp(0, 1).numpy() if img.shape[0] == 3 else img[0].numpy(),
+                cmap="gray",
+                vmin=0,
+                vmax=1,
+            )
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)

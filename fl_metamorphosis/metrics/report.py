@@ -26,10 +26,10 @@ def render_report(summary: dict[str, Any]) -> str:
     ]
     for name, m in methods.items():
         accs = " | ".join(_f(m["tasks"][t]["accuracy"]) for t in tasks)
-        attacks = ", ".join(f"{k}: {_f(v['accuracy'])} ({_f(v['chance'], 2)})" for k, v in m["cross_task_attack"].items())
-        recon = ", ".join(
-            f"{t}: {_f(r['ssim'])} ({_f(r['ssim_label_only'])})" for t, r in m["reconstruction"].items()
+        attacks = ", ".join(
+            f"{k}: {_f(v['accuracy'])} ({_f(v['chance'], 2)})" for k, v in m["cross_task_attack"].items()
         )
+        recon = ", ".join(f"{t}: {_f(r['ssim'])} ({_f(r['ssim_label_only'])})" for t, r in m["reconstruction"].items())
         lines.append(
             f"| {name} | {accs} | {attacks} | {recon} | {_f(m['dp_sgd']['epsilon'], 2)} | "
             f"{_f(m['feature_dp']['epsilon'], 1)} | {_f(m['wall_seconds'], 0)} |"

@@ -26,7 +26,9 @@ class FeatureGenerator(nn.Module):
         c, h, w = image_shape
         self.encoder = Encoder(c, (h, w), cfg.channels, cfg.groups, cfg.feature_dim, cfg.feature_map)
         self.cross_sec = (
-            CrossSEC(cfg.feature_dim, num_tasks, cfg.se_reduction, cfg.temperature) if method == "metamorphosis" else None
+            CrossSEC(cfg.feature_dim, num_tasks, cfg.se_reduction, cfg.temperature)
+            if method == "metamorphosis"
+            else None
         )
 
     @property

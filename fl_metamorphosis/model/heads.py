@@ -26,7 +26,9 @@ class ClassificationHead(TaskHead):
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 64):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         return self.net(feature)

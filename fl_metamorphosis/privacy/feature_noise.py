@@ -64,7 +64,9 @@ def gaussian_noise_std_for(epsilon: float, delta: float, sensitivity: float) -> 
     """The smallest std that makes one Gaussian release (epsilon, delta)-DP (analytic calibration)."""
     if epsilon <= 0 or not 0 < delta < 1:
         raise ValueError(f"need epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}")
-    return brentq(lambda s: analytic_gaussian_delta(epsilon, s, sensitivity) - delta, 1e-6 * sensitivity, 1e6 * sensitivity)
+    return brentq(
+        lambda s: analytic_gaussian_delta(epsilon, s, sensitivity) - delta, 1e-6 * sensitivity, 1e6 * sensitivity
+    )
 
 
 @dataclass(frozen=True)

@@ -52,19 +52,34 @@ def claim_checks(methods: dict[str, Any], tasks: list[str]) -> list[dict[str, An
     add("DP-SGD epsilon <= 8", bool(eps) and max(eps) <= 8, f"max {max(eps):.2f}" if eps else "DP-SGD off")
     for t in tasks:
         a_m, a_u = m["tasks"][t]["accuracy"], u["tasks"][t]["accuracy"]
-        add(f"{t}: accuracy >= 0.85 and within 5 points of universal", a_m >= 0.85 and a_u - a_m <= 0.05,
-            f"{a_m:.3f} vs {a_u:.3f}")
+        add(
+            f"{t}: accuracy >= 0.85 and within 5 points of universal",
+            a_m >= 0.85 and a_u - a_m <= 0.05,
+            f"{a_m:.3f} vs {a_u:.3f}",
+        )
     for pair, r in m["cross_task_attack"].items():
-        add(f"{pair}: attack <= chance + 0.10", r["accuracy"] <= r["chance"] + 0.10,
-            f"{r['accuracy']:.3f} (chance {r['chance']:.3f}); universal {u['cross_task_attack'][pair]['accuracy']:.3f}")
-        add(f"{pair}: attack on universal >= 0.60", u["cross_task_attack"][pair]["accuracy"] >= 0.60,
-            f"{u['cross_task_attack'][pair]['accuracy']:.3f}")
+        add(
+            f"{pair}: attack <= chance + 0.10",
+            r["accuracy"] <= r["chance"] + 0.10,
+            f"{r['accuracy']:.3f} (chance {r['chance']:.3f}); universal {u['cross_task_attack'][pair]['accuracy']:.3f}",
+        )
+        add(
+            f"{pair}: attack on universal >= 0.60",
+            u["cross_task_attack"][pair]["accuracy"] >= 0.60,
+            f"{u['cross_task_attack'][pair]['accuracy']:.3f}",
+        )
     for t in tasks:
         r_m, r_u = m["reconstruction"][t], u["reconstruction"][t]
-        add(f"{t}: reconstruction SSIM <= label-only floor + 0.05", r_m["ssim"] <= r_m["ssim_label_only"] + 0.05,
-            f"{r_m['ssim']:.3f} vs floor {r_m['ssim_label_only']:.3f}")
-        add(f"{t}: universal reconstructs clearly above the floor", r_u["ssim"] > r_u["ssim_label_only"] + 0.05,
-            f"{r_u['ssim']:.3f} vs floor {r_u['ssim_label_only']:.3f}")
+        add(
+            f"{t}: reconstruction SSIM <= label-only floor + 0.05",
+            r_m["ssim"] <= r_m["ssim_label_only"] + 0.05,
+            f"{r_m['ssim']:.3f} vs floor {r_m['ssim_label_only']:.3f}",
+        )
+        add(
+            f"{t}: universal reconstructs clearly above the floor",
+            r_u["ssim"] > r_u["ssim_label_only"] + 0.05,
+            f"{r_u['ssim']:.3f} vs floor {r_u['ssim_label_only']:.3f}",
+        )
     return checks
 
 
@@ -100,8 +115,9 @@ def run_central(cfg: ExperimentConfig, out: Path, on_epoch: EpochCallback | None
         audit, recons = audit_model(model, attack_data, cfg.audit, floors, cfg.train.seed)
         methods[method] = method_summary(model, audit, len(tasks))
         grid_rows.update({f"{method}: {t}": r for t, r in recons.items()})
-        torch.save({"generator": model.generator.state_dict(), "heads": model.heads.state_dict()},
-                   out / f"model_{method}.pt")
+        torch.save(
+            {"generator": model.generator.state_dict(), "heads": model.heads.state_dict()}, out / f"model_{method}.pt"
+        )
 
     summary = {
         "summary_version": SUMMARY_VERSION,

@@ -35,4 +35,4 @@ def evaluate(
     generator: nn.Module, heads: nn.ModuleList, data: MultiTaskDataset, feature_dp: FeatureDPConfig, seed: int
 ) -> dict[str, float]:
     feats = released_features(generator, data.images, feature_dp, seed)
-    return dict(zip(data.task_names, task_accuracy(heads, feats, data.labels)))
+    return dict(zip(data.task_names, task_accuracy(heads, feats, data.labels), strict=False))

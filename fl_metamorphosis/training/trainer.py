@@ -38,7 +38,10 @@ def method_feature_dp(method: Method, cfg: ExperimentConfig) -> FeatureDPConfig:
 def method_objective(method: Method, cfg: ExperimentConfig) -> Objective:
     if method == "universal":
         return Objective("per_sample", 0.0)
-    return Objective(cfg.decorrelation_form(), cfg.loss.decorrelation_weight, cfg.loss.input_decorrelation_weight)
+    loss = cfg.loss
+    return Objective(
+        cfg.decorrelation_form(), loss.decorrelation_weight, loss.input_decorrelation_weight, loss.per_sample_penalty
+    )
 
 
 EpochCallback = Callable[[dict], None]

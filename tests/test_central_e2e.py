@@ -1,0 +1,71 @@
+"""End to end: a tiny ``metamorphosis central`` run through the CLI, then its run folder."""
+
+import json
+
+import pytest
+
+from fl_metamorphosis.cli import main
+from fl_metamorphosis.metrics import read_jsonl
+
+TINY = [
+    "data.train_pairs=600",
+    "data.test_pairs=200",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "audit.attacker_samples=300",
+    "audit.eval_samples=150",
+    "audit.decoder_epochs=3",
+    "audit.probe_max_iter=10",
+    "audit.dcor_samples=100",
+    "model.feature_dim=32",
+]
+
+
+@pytest.mark.slow
+def test_tiny_central_run_writes_a_sane_summary(tmp_path):
+    out = tmp_path / "run"
+    args = ["central", "--out", str(out)]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"] == ["left", "right"] and summary["command"] == "central"
+    for name in ("universal", "metamorphosis"):
+        m = summary["methods"][name]
+        for t in ("left", "right"):
+            assert 0.0 <= m["tasks"][t]["accuracy"] <= 1.0
+            assert m["tasks"][t]["chance"] == pytest.approx(0.1, abs=0.06)
+            r = m["reconstruction"][t]
+            assert -1.0 <= r["ssim"] <= 1.0 and -1.0 <= r["ssim_label_only"] <= 1.0 and r["psnr"] > 0
+        for pair in ("left->right", "right->left"):
+            attack = m["cross_task_attack"][pair]
+            assert 0.0 <= attack["accuracy"] <= 1.0 and 0.0 < attack["chance"] < 0.3
+        assert 0 < m["dp_sgd"]["epsilon"] <= 8.0 + 0.05 and m["dp_sgd"]["delta"] == 1e-5
+        assert m["wall_seconds"] > 0
+        assert set(m["distance_correlation"]) == {"left~input", "right~input", "left~right"}
+    assert summary["methods"]["metamorphosis"]["feature_dp"]["epsilon"] > 0
+    assert summary["methods"]["universal"]["feature_dp"]["epsilon"] is None  # no feature noise: no claim
+    # same floor for both methods: it does not depend on the features
+    assert (
+        summary["methods"]["universal"]["reconstruction"]["left"]["ssim_label_only"]
+        == summary["methods"]["metamorphosis"]["reconstruction"]["left"]["ssim_label_only"]
+    )
+
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [(r["method"], r["epoch"]) for r in rows] == [
+        ("universal", 1),
+        ("universal", 2),
+        ("metamorphosis", 1),
+        ("metamorphosis", 2),
+    ]
+    assert rows[1]["epsilon"] > rows[0]["epsilon"]  # spent cumulatively
+    for f in ("report.md", "training_curves.png", "reconstruction_grid.png", "model_metamorphosis.pt", "config.json"):
+        assert (out / f).stat().st_size > 0
+    assert "| metamorphosis |" in (out / "report.md").read_text()
+
+
+def test_cli_config_error_exits_2_and_names_the_field(tmp_path, capsys):
+    assert main(["central", "--out", str(tmp_path), "--set", "train.epochs=-1"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+    assert main(["central", "--out", str(tmp_path), "--config", str(tmp_path / "missing.toml")]) == 2
