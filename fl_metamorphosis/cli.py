@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -73,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: the run folder keeps what was written so far[/yellow]")
         return 130
+    except Exception as err:  # a clear line for users; the traceback on request
+        if os.environ.get("METAMORPHOSIS_DEBUG"):
+            raise
+        console.print(f"[red]error:[/red] {type(err).__name__}: {err}")
+        console.print("the run folder keeps what was written so far; set METAMORPHOSIS_DEBUG=1 for the traceback")
+        return 1
 
 
 if __name__ == "__main__":

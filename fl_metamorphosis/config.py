@@ -73,7 +73,7 @@ class LossConfig(_Strict):
     )
     input_decorrelation_weight: float = Field(0.0, ge=0.0, description="batch form only")
     per_sample_penalty: Literal["impurity", "overlap"] = Field(
-        "impurity", description="impurity: every channel to ONE option (a task or none); overlap: tasks only"
+        "overlap", description="impurity: every channel to ONE option (a task or none); overlap: tasks only"
     )
 
 
@@ -104,7 +104,7 @@ class FeatureDPConfig(_Strict):
     enabled: bool = True
     mechanism: Literal["gaussian", "laplace"] = "gaussian"
     clip_norm: float = Field(1.0, gt=0.0, description="L2 (gaussian) or L1 (laplace) bound")
-    noise_std: float = Field(0.1, gt=0.0, description="gaussian std, or laplace scale b")
+    noise_std: float = Field(0.2, gt=0.0, description="gaussian std, or laplace scale b")
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="delta of the gaussian release")
 
 

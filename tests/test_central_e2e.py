@@ -7,25 +7,12 @@ import pytest
 from fl_metamorphosis.cli import main
 from fl_metamorphosis.metrics import read_jsonl
 
-TINY = [
-    "data.train_pairs=600",
-    "data.test_pairs=200",
-    "train.epochs=2",
-    "train.batch_size=64",
-    "audit.attacker_samples=300",
-    "audit.eval_samples=150",
-    "audit.decoder_epochs=3",
-    "audit.probe_max_iter=10",
-    "audit.dcor_samples=100",
-    "model.feature_dim=32",
-]
-
 
 @pytest.mark.slow
-def test_tiny_central_run_writes_a_sane_summary(tmp_path):
+def test_tiny_central_run_writes_a_sane_summary(tmp_path, tiny_overrides):
     out = tmp_path / "run"
     args = ["central", "--out", str(out)]
-    for item in TINY:
+    for item in [*tiny_overrides, "model.feature_dim=32"]:
         args += ["--set", item]
     assert main(args) == 0
 
@@ -69,3 +56,9 @@ def test_cli_config_error_exits_2_and_names_the_field(tmp_path, capsys):
     assert main(["central", "--out", str(tmp_path), "--set", "train.epochs=-1"]) == 2
     assert "train.epochs" in capsys.readouterr().err
     assert main(["central", "--out", str(tmp_path), "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_ssim_window_wider_than_the_images_fails_before_training(tmp_path, capsys):
+    assert main(["central", "--out", str(tmp_path), "--set", "audit.ssim_kernel=9"]) == 2
+    assert "audit.ssim_kernel" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.jsonl").exists()

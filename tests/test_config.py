@@ -84,3 +84,9 @@ def test_missing_or_broken_file(tmp_path):
 def test_malformed_override():
     with pytest.raises(ConfigError, match="key.sub=value"):
         build_config(None, ["train.epochs"])
+
+
+def test_shipped_demo_file_is_the_defaults():
+    from pathlib import Path
+
+    assert load_config(Path(__file__).parent.parent / "configs" / "demo.toml") == build_config()

@@ -13,12 +13,12 @@ from .decorrelation import batch_decorrelation, per_sample_impurity, per_sample_
 
 @dataclass(frozen=True)
 class Objective:
-    """``loss = mean_i [ sum_t CE_t(i) + w * impurity(i) ]`` (per_sample) or ``... + w * D_batch`` (batch)."""
+    """``loss = mean_i [ sum_t CE_t(i) + w * overlap(i) ]`` (per_sample) or ``... + w * D_batch`` (batch)."""
 
     form: Literal["batch", "per_sample"]
     weight: float
     input_weight: float = 0.0
-    per_sample_penalty: Literal["impurity", "overlap"] = "impurity"
+    per_sample_penalty: Literal["impurity", "overlap"] = "overlap"
 
     def per_sample(
         self, heads: nn.ModuleList, released: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor

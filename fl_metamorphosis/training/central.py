@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..audit import AttackData, audit_model, label_only_floor
-from ..config import ExperimentConfig
+from ..config import ConfigError, ExperimentConfig
 from ..data import load_dataset
 from ..metrics import JsonlWriter, plot_reconstruction_grid, plot_training_curves, render_report, write_json
 from ..privacy import account_release
@@ -96,6 +96,9 @@ def run_central(cfg: ExperimentConfig, out: Path, on_epoch: EpochCallback | None
 
     split = load_dataset(cfg.data, cfg.train.seed)
     tasks = split.train.task_names
+    side = min(split.train.image_shape[1:])
+    if cfg.audit.ssim_kernel > side:  # known only once the data is loaded; fail before training, not after
+        raise ConfigError(f"audit.ssim_kernel={cfg.audit.ssim_kernel} is wider than the {side}-px images: lower it")
     metrics = JsonlWriter(out / "metrics.jsonl")
 
     def log_epoch(row: dict) -> None:
