@@ -44,7 +44,7 @@ def test_decorrelation_is_differentiable_and_finite():
     f = torch.stack([a, torch.tanh(a) + 0.1 * torch.randn(32, 8)], 1)  # dependent: estimate > 0, not clamped
     loss = batch_decorrelation(f)
     loss.backward()
-    assert float(loss) > 0.1
+    assert loss.item() > 0.1
     assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
 
 
