@@ -86,7 +86,6 @@ class DPSGDConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0.0)
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     accountant: Literal["rdp", "prv"] = "rdp"
-    grad_sample_mode: Literal["hooks", "ghost", "functorch"] = "hooks"
 
     @model_validator(mode="after")
     def _one_noise_source(self) -> DPSGDConfig:

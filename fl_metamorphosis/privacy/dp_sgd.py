@@ -65,7 +65,7 @@ def make_private(
         noise_multiplier=sigma,
         max_grad_norm=cfg.max_grad_norm,
         poisson_sampling=True,
-        grad_sample_mode=cfg.grad_sample_mode,
+        grad_sample_mode="hooks",  # per-sample gradients by module hooks; ghost clipping needs its own loss wrapper
     )
     return PrivateTraining(private_module, private_opt, private_loader, engine, sigma, sample_rate, cfg.delta)
 
