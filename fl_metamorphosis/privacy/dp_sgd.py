@@ -33,7 +33,12 @@ class PrivateTraining:
     delta: float
 
     def epsilon(self) -> float:
-        return float(self.engine.get_epsilon(self.delta))
+        return float(self.engine.get_epsilon(self.delta)) if self.engine.accountant.history else 0.0
+
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        """The accountant's (noise multiplier, sample rate, steps) entries: all it needs to resume."""
+        return [tuple(h) for h in self.engine.accountant.history]
 
 
 def calibrate_noise_multiplier(cfg: DPSGDConfig, sample_rate: float, epochs: int) -> float:
@@ -52,12 +57,23 @@ def calibrate_noise_multiplier(cfg: DPSGDConfig, sample_rate: float, epochs: int
 
 
 def make_private(
-    module: nn.Module, optimizer: optim.Optimizer, loader: DataLoader, cfg: DPSGDConfig, epochs: int
+    module: nn.Module,
+    optimizer: optim.Optimizer,
+    loader: DataLoader,
+    cfg: DPSGDConfig,
+    epochs: int,
+    noise_multiplier: float | None = None,
+    history: list[tuple[float, float, int]] | None = None,
 ) -> PrivateTraining:
-    """Wrap ``module`` (encoder + Cross-SEC) for DP-SGD with Poisson sampling over ``loader``'s dataset."""
+    """Wrap ``module`` (encoder + Cross-SEC) for DP-SGD with Poisson sampling over ``loader``'s dataset.
+
+    ``noise_multiplier`` overrides the config (a federated server calibrates it once for all rounds);
+    ``history`` restores an accountant's earlier steps, so epsilon is cumulative across calls.
+    """
     sample_rate = 1 / len(loader)
-    sigma = calibrate_noise_multiplier(cfg, sample_rate, epochs)
+    sigma = noise_multiplier if noise_multiplier is not None else calibrate_noise_multiplier(cfg, sample_rate, epochs)
     engine = PrivacyEngine(accountant=cfg.accountant)
+    engine.accountant.history = [tuple(h) for h in history or []]
     private_module, private_opt, private_loader = engine.make_private(
         module=module,
         optimizer=optimizer,

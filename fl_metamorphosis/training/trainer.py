@@ -47,6 +47,39 @@ def method_objective(method: Method, cfg: ExperimentConfig) -> Objective:
 EpochCallback = Callable[[dict], None]
 
 
+def run_epoch(
+    module: nn.Module,
+    heads: nn.ModuleList,
+    loader: DataLoader,
+    objective: Objective,
+    feature_dp: FeatureDPConfig,
+    opt: torch.optim.Optimizer,
+    head_opt: torch.optim.Optimizer | None,
+    noise_rng: torch.Generator,
+    after_step: Callable[[], None] | None = None,
+) -> float:
+    """One pass over ``loader``; heads are updated only when ``head_opt`` is given. Mean per-sample loss."""
+    module.train()
+    heads.train()
+    total, seen = 0.0, 0
+    for x, y in loader:
+        feats, attention = module(x)
+        per_sample, _ = objective.per_sample(heads, release(feats, feature_dp, noise_rng), attention, y)
+        loss = per_sample.mean() + objective.batch_term(feats, x)
+        opt.zero_grad(set_to_none=True)
+        if head_opt is not None:
+            head_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if head_opt is not None:
+            head_opt.step()
+        if after_step is not None:
+            after_step()
+        total += float(per_sample.detach().sum())
+        seen += len(x)
+    return total / max(seen, 1)
+
+
 def train_method(
     method: Method, split: TrainTestSplit, cfg: ExperimentConfig, on_epoch: EpochCallback | None = None
 ) -> TrainedModel:
@@ -71,21 +104,8 @@ def train_method(
     result = TrainedModel(method, generator, heads, feature_dp)
     noise_rng = torch.Generator().manual_seed(cfg.train.seed + 1)
     for epoch in range(1, cfg.train.epochs + 1):
-        module.train()
-        heads.train()
-        total, seen = 0.0, 0
-        for x, y in loader:
-            feats, attention = module(x)
-            per_sample, _ = objective.per_sample(heads, release(feats, feature_dp, noise_rng), attention, y)
-            loss = per_sample.mean() + objective.batch_term(feats, x)
-            opt.zero_grad(set_to_none=True)
-            head_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            head_opt.step()
-            total += float(per_sample.detach().sum())
-            seen += len(x)
-        row = {"method": method, "epoch": epoch, "train_loss": total / max(seen, 1)}
+        mean_loss = run_epoch(module, heads, loader, objective, feature_dp, opt, head_opt, noise_rng)
+        row = {"method": method, "epoch": epoch, "train_loss": mean_loss}
         row.update({f"test_acc.{k}": v for k, v in evaluate(generator, heads, split.test, feature_dp, epoch).items()})
         if private is not None:
             row["epsilon"] = private.epsilon()
@@ -101,7 +121,7 @@ def train_method(
             "delta": private.delta,
             "noise_multiplier": private.noise_multiplier,
             "sample_rate": private.sample_rate,
-            "steps": sum(h[2] for h in private.engine.accountant.history),
+            "steps": sum(h[2] for h in private.history),
             "max_grad_norm": cfg.dp_sgd.max_grad_norm,
             "accountant": cfg.dp_sgd.accountant,
         }

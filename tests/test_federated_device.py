@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from fl_metamorphosis.federated import epsilon_of, planned_history, train_locally
+from fl_metamorphosis.federated.device import build_generator
+from fl_metamorphosis.model import build_heads
+from fl_metamorphosis.privacy import reference_epsilon
+
+
+@pytest.fixture(scope="module")
+def device_setup(tiny_cfg, tiny_split):
+    data = tiny_split.train.subset(torch.arange(256))
+    torch.manual_seed(0)
+    gen = build_generator(tiny_cfg, data)
+    heads = build_heads(gen.feature_shape, [10, 10], tiny_cfg.model)
+    return tiny_cfg, data, gen.state_dict(), heads.state_dict()
+
+
+def test_epsilon_is_cumulative_and_matches_one_accountant(device_setup):
+    cfg, data, gen_w, head_w = device_setup
+    history, eps = [], []
+    for rnd in range(3):
+        up = train_locally(
+            cfg, data, gen_w, head_w, history, noise_multiplier=1.0, budget=100.0, local_epochs=1, seed=rnd
+        )
+        assert up.declined is None and up.num_examples == 256
+        history, gen_w = up.history, up.weights
+        eps.append(up.epsilon)
+    assert eps[0] < eps[1] < eps[2]  # grows with every round taken part in
+    ((sigma, q, steps),) = history  # same sigma and rate: one entry, steps summed
+    assert steps == 3 * (256 // 64)
+    assert eps[2] == pytest.approx(epsilon_of([(sigma, q, steps)], cfg.dp_sgd.delta))
+    assert eps[2] == pytest.approx(reference_epsilon(sigma, q, steps, cfg.dp_sgd.delta), rel=0.02)
+    assert not any(k.startswith("_module") for k in gen_w)
+
+
+def test_over_budget_device_declines_without_training(device_setup):
+    cfg, data, gen_w, head_w = device_setup
+    first = train_locally(cfg, data, gen_w, head_w, [], 1.0, budget=100.0, local_epochs=1, seed=0)
+    declined = train_locally(
+        cfg, data, gen_w, head_w, first.history, 1.0, budget=first.epsilon * 1.01, local_epochs=1, seed=1
+    )
+    assert declined.weights is None and declined.num_examples == 0
+    assert "budget" in declined.declined
+    assert declined.history == first.history and declined.epsilon == pytest.approx(first.epsilon)
+
+
+def test_planned_history_merges_like_opacus():
+    assert planned_history([], 1.0, 0.1, 5) == [(1.0, 0.1, 5)]
+    assert planned_history([(1.0, 0.1, 5)], 1.0, 0.1, 5) == [(1.0, 0.1, 10)]
+    assert planned_history([(1.0, 0.1, 5)], 2.0, 0.1, 5) == [(1.0, 0.1, 5), (2.0, 0.1, 5)]
+    assert epsilon_of([], 1e-5) == 0.0
+
+
+def test_proximal_term_pulls_towards_the_global_weights(device_setup):
+    cfg, data, gen_w, head_w = device_setup
+
+    def drift(mu):
+        up = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, seed=0, proximal_mu=mu)
+        return sum(float((up.weights[k] - gen_w[k]).norm()) for k in gen_w if k.endswith("weight"))
+
+    assert drift(200.0) < 0.7 * drift(0.0)
