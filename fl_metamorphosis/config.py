@@ -134,6 +134,64 @@ class AuditConfig(_Strict):
         return self
 
 
+StrategyName = Literal[
+    "fedavg",
+    "fedavgm",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+]
+
+
+class StrategyConfig(_Strict):
+    """The server's aggregation strategy (Flower's own) and its parameters."""
+
+    name: StrategyName = "fedavg"
+    server_learning_rate: float = Field(1.0, gt=0.0, description="fedavgm")
+    server_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="fedavgm")
+    proximal_mu: float = Field(0.01, ge=0.0, description="fedprox: the devices add mu/2 ||w - w_global||^2")
+    eta: float = Field(0.01, gt=0.0, description="fedadam/fedyogi/fedadagrad server learning rate")
+    eta_l: float = Field(0.01, gt=0.0, description="fedadam/fedyogi/fedadagrad client learning rate")
+    tau: float = Field(1e-3, gt=0.0, description="fedadam/fedyogi/fedadagrad adaptivity")
+    beta_trim: float = Field(0.2, ge=0.0, lt=0.5, description="fedtrimmedavg: fraction cut at each end")
+    num_malicious_nodes: int = Field(0, ge=0, description="krum/multikrum/bulyan: tolerated attackers")
+    num_nodes_to_select: int = Field(1, ge=1, description="multikrum: updates averaged")
+
+
+class FederatedConfig(_Strict):
+    """Devices, rounds, partitioning and per-device privacy budget of a federated run."""
+
+    num_devices: int = Field(10, ge=1, le=100_000)
+    rounds: int = Field(5, ge=1, le=10_000)
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0, description="share of devices sampled per round")
+    min_train_devices: int = Field(2, ge=1, description="fewer valid replies: the round is not aggregated")
+    local_epochs: int = Field(1, ge=1)
+    partitioning: Literal["iid", "dirichlet", "pathological"] = "iid"
+    dirichlet_alpha: float = Field(0.5, gt=0.0)
+    classes_per_device: int = Field(2, ge=1, description="pathological: source-digit classes per device")
+    device_epsilon_budget: float = Field(8.0, gt=0.0, description="cumulative DP-SGD epsilon a device may spend")
+    feature_samples_per_device: int = Field(400, ge=1, description="released features per device per round")
+    head_epochs: int = Field(5, ge=1, description="server epochs over each round's released features")
+    audit_every: int = Field(0, ge=0, description="audit every k rounds (0: only the final model)")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    cpus_per_device: int = Field(1, ge=1, description="Ray CPUs per simulated device (one actor per core)")
+
+    @model_validator(mode="after")
+    def _enough_devices(self) -> FederatedConfig:
+        if self.min_train_devices > self.num_devices:
+            raise ValueError(
+                f"federated.min_train_devices={self.min_train_devices} exceeds federated.num_devices="
+                f"{self.num_devices}: lower it or add devices"
+            )
+        return self
+
+
 class ExperimentConfig(_Strict):
     """One experiment. Defaults are the embedded demo."""
 
@@ -146,6 +204,7 @@ class ExperimentConfig(_Strict):
     feature_dp: FeatureDPConfig = Field(default_factory=FeatureDPConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    federated: FederatedConfig = Field(default_factory=FederatedConfig)
 
     @model_validator(mode="after")
     def _dp_safe_loss(self) -> ExperimentConfig:

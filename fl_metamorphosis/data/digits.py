@@ -31,11 +31,23 @@ def _pairs(images: np.ndarray, labels: np.ndarray, sources: np.ndarray, n: int, 
     return torch.from_numpy(x).unsqueeze(1).float(), torch.from_numpy(y).long(), left, right
 
 
+def source_digits() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 source digits as float images in [0, 1] and their labels."""
+    digits = load_digits()
+    return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)  # pixels are 0..16
+
+
+def compose_pairs(sources: np.ndarray, n: int, seed: int | np.random.Generator) -> MultiTaskDataset:
+    """``n`` left/right pairs drawn (with replacement) from the given source digits only."""
+    images, labels = source_digits()
+    rng = np.random.default_rng(seed)
+    x, y, *_ = _pairs(images, labels, np.asarray(sources), n, rng)
+    return MultiTaskDataset(x, y, TASKS)
+
+
 def load_digit_pairs(train_pairs: int, test_pairs: int, test_fraction: float, seed: int) -> TrainTestSplit:
     """Compose the left/right digit-pair set; seeded and reproducible."""
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)  # pixel values 0..16
-    labels = digits.target.astype(np.int64)
+    images, labels = source_digits()
     rng = np.random.default_rng(seed)
     train_src, test_src = split_sources(len(labels), test_fraction, rng)
     xtr, ytr, *_ = _pairs(images, labels, train_src, train_pairs, rng)

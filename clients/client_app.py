@@ -1,0 +1,133 @@
+"""Flower ClientApp: a thin adapter from messages to the library's device functions.
+
+Handlers: ``train`` (local DP-SGD with the server's heads frozen; cumulative budget kept in
+``context.state``), ``query.features`` (released, clipped and noised task features of a local sample,
+each task in its own record) and ``evaluate`` (local test accuracy of the global model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+logging.getLogger().addHandler(logging.NullHandler())  # before opacus' basicConfig (see privacy/dp_sgd.py)
+
+import torch  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
+
+from fl_metamorphosis.config import ExperimentConfig  # noqa: E402
+from fl_metamorphosis.federated import train_locally  # noqa: E402
+from fl_metamorphosis.federated.device import build_generator  # noqa: E402
+from fl_metamorphosis.fl.partition import device_datasets  # noqa: E402
+from fl_metamorphosis.fl.records import experiment_from, load_json  # noqa: E402
+from fl_metamorphosis.model import build_heads  # noqa: E402
+from fl_metamorphosis.training import method_feature_dp, released_features, task_accuracy  # noqa: E402
+
+app = ClientApp()
+PRIVACY = "privacy"  # context.state record: accountant history and the device's noise multiplier
+
+
+def _local_data(cfg: ExperimentConfig, context: Context):
+    device = int(context.node_config["partition-id"])
+    return device, *device_datasets(cfg.data, cfg.federated, device, cfg.train.seed)
+
+
+def _noise_multiplier(cfg: ExperimentConfig, context: Context, sample_rate: float) -> float:
+    """Calibrated once per device (first round it trains) for taking part in every round, then kept."""
+    stored = load_json(context.state, PRIVACY, "noise-multiplier", None)
+    if stored is not None:
+        return float(stored)
+    if cfg.dp_sgd.noise_multiplier is not None:
+        return cfg.dp_sgd.noise_multiplier
+    epochs = cfg.federated.rounds * cfg.federated.local_epochs
+    return float(
+        get_noise_multiplier(
+            target_epsilon=cfg.dp_sgd.target_epsilon,
+            target_delta=cfg.dp_sgd.delta,
+            sample_rate=sample_rate,
+            epochs=epochs,
+            accountant=cfg.dp_sgd.accountant,
+        )
+    )
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config = msg.content["config"]
+    cfg = experiment_from(config)
+    device, data, _ = _local_data(cfg, context)
+    history = [tuple(h) for h in load_json(context.state, PRIVACY, "history", [])]
+    batch = min(cfg.train.batch_size, len(data))
+    sigma = _noise_multiplier(cfg, context, 1 / max(1, len(data) // batch))
+    update = train_locally(
+        cfg,
+        data,
+        msg.content["arrays"].to_torch_state_dict(),
+        msg.content["heads"].to_torch_state_dict(),
+        history,
+        sigma,
+        cfg.federated.device_epsilon_budget,
+        cfg.federated.local_epochs,
+        seed=cfg.train.seed * 100_003 + device * 1_009 + int(config["server-round"]),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+    )
+    context.state[PRIVACY] = ConfigRecord(
+        {"history": json.dumps(update.history), "noise-multiplier": json.dumps(sigma)}
+    )
+    metrics = MetricRecord(
+        {
+            "num-examples": update.num_examples,
+            "train-loss": update.train_loss,
+            "epsilon": update.epsilon,
+            "declined": int(update.declined is not None),
+            "device": device,
+        }
+    )
+    content = RecordDict({"metrics": metrics})
+    if update.weights is not None:
+        content["arrays"] = ArrayRecord(update.weights)
+    else:
+        content["status"] = ConfigRecord({"declined": update.declined})
+    return Message(content=content, reply_to=msg)
+
+
+def _global_model(cfg: ExperimentConfig, msg: Message, data):
+    generator = build_generator(cfg, data)
+    generator.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    heads = build_heads(generator.feature_shape, [t.num_classes for t in data.tasks], cfg.model)
+    if "heads" in msg.content.array_records:
+        heads.load_state_dict(msg.content["heads"].to_torch_state_dict())
+    return generator, heads
+
+
+@app.query("features")
+def features(msg: Message, context: Context) -> Message:
+    """Released features of a local sample; task t's record holds only task t's features and labels."""
+    config = msg.content["config"]
+    cfg = experiment_from(config)
+    device, data, _ = _local_data(cfg, context)
+    generator, _ = _global_model(cfg, msg, data)
+    rng = torch.Generator().manual_seed(cfg.train.seed * 7_919 + device * 31 + int(config["server-round"]))
+    idx = torch.randperm(len(data), generator=rng)[: cfg.federated.feature_samples_per_device]
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng))
+    released = released_features(generator, data.images[idx], method_feature_dp(cfg.methods[-1], cfg), seed)
+    content = RecordDict({"metrics": MetricRecord({"num-examples": len(idx), "device": device})})
+    for t, name in enumerate(data.task_names):
+        content[f"task.{name}"] = ArrayRecord({"features": released[:, t].contiguous(), "labels": data.labels[idx, t]})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg = experiment_from(msg.content["config"])
+    device, _, test = _local_data(cfg, context)
+    generator, heads = _global_model(cfg, msg, test)
+    released = released_features(generator, test.images, method_feature_dp(cfg.methods[-1], cfg), cfg.train.seed)
+    accs = task_accuracy(heads, released, test.labels)
+    metrics = {f"accuracy.{name}": acc for name, acc in zip(test.task_names, accs, strict=True)}
+    return Message(
+        content=RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(test), "device": device})}),
+        reply_to=msg,
+    )

@@ -1,0 +1,1 @@
+"""The thin Flower-side adapter of the library (flwr-datasets partitioning, record conversion)."""

@@ -1,0 +1,197 @@
+"""The federated round loop (ServerApp side) over the library: train, aggregate, query, fit heads, log.
+
+One round: the strategy samples devices and builds the train messages (global encoder + Cross-SEC
+weights, the frozen heads, the experiment); replies are checked (``server/replies.py``) and only valid,
+within-budget updates are aggregated, by the strategy's own rule. The devices that answered are then
+asked for released task features; head t is trained on task t's features only. The global model is
+evaluated on the server's held-out set, a metrics row and a checkpoint are written as the round ends.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fl_metamorphosis.audit import AttackData, audit_model, label_only_floor
+from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.data import load_dataset
+from fl_metamorphosis.federated.server_heads import train_head
+from fl_metamorphosis.fl.records import config_record
+from fl_metamorphosis.metrics import JsonlWriter, write_json
+from fl_metamorphosis.model import FeatureGenerator, build_heads
+from fl_metamorphosis.training import TrainedModel, evaluate, method_feature_dp
+from fl_metamorphosis.training.central import machine_description, method_summary
+
+from .replies import sort_replies
+from .strategies import build_strategy
+
+REPLY_TIMEOUT_S = 3600.0
+
+
+def _query_features(grid: Grid, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, rnd: int):
+    """Ask ``nodes`` for released features; return per task (features, labels), concatenated."""
+    messages = [
+        Message(
+            content=RecordDict({"arrays": arrays, "config": config}),
+            message_type="query.features",
+            dst_node_id=node,
+            group_id=f"features-{rnd}",
+        )
+        for node in nodes
+    ]
+    per_task: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for reply in grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S):
+        if reply.has_error():
+            print(f"  features: node {reply.metadata.src_node_id} failed: {reply.error.reason}", flush=True)
+            continue
+        for name, record in reply.content.array_records.items():
+            if name.startswith("task."):
+                feats, labels = per_task.setdefault(name.removeprefix("task."), ([], []))
+                feats.append(torch.from_numpy(record["features"].numpy()))
+                labels.append(torch.from_numpy(record["labels"].numpy()))
+    return {t: (torch.cat(f), torch.cat(y)) for t, (f, y) in per_task.items() if f}
+
+
+def _fit_heads(heads, tasks: list[str], received, cfg: ExperimentConfig, rnd: int) -> None:
+    for t, name in enumerate(tasks):
+        if name in received:  # head t sees task t's features only
+            feats, labels = received[name]
+            train_head(
+                heads[t], feats, labels.long(), cfg.federated.head_epochs, cfg.train.head_lr, cfg.train.seed + rnd
+            )
+
+
+def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    torch.manual_seed(cfg.train.seed)
+    method = cfg.methods[-1]
+    split = load_dataset(cfg.data, cfg.train.seed)  # the server uses its held-out test set only
+    tasks = split.test.task_names
+    generator = FeatureGenerator(method, split.test.image_shape, len(tasks), cfg.model)
+    heads = build_heads(generator.feature_shape, [t.num_classes for t in split.test.tasks], cfg.model)
+    strategy = build_strategy(cfg.federated)
+    metrics = JsonlWriter(out / "metrics.jsonl")
+    feature_dp = method_feature_dp(method, cfg)
+    all_nodes = sorted(grid.get_node_ids())
+    history: list[dict[str, Any]] = []
+    epsilons: dict[int, float] = {}
+
+    # Round 0: heads learn from the initial encoder's features, so the first local round has useful heads.
+    _fit_heads(
+        heads,
+        tasks,
+        _query_features(
+            grid, all_nodes, ArrayRecord(generator.state_dict()), config_record(cfg, **{"server-round": 0}), 0
+        ),
+        cfg,
+        0,
+    )
+
+    for rnd in range(1, cfg.federated.rounds + 1):
+        t0 = time.perf_counter()
+        arrays = ArrayRecord(generator.state_dict())
+        messages = list(strategy.configure_train(rnd, arrays, config_record(cfg), grid))
+        for msg in messages:
+            msg.content["heads"] = ArrayRecord(heads.state_dict())
+        replies = sort_replies(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), generator.state_dict())
+        epsilons.update(replies.epsilons)
+        for node, reason in replies.rejected.items():
+            print(f"  round {rnd}: rejected reply of node {node}: {reason}", flush=True)
+        aggregated = len(replies.valid) >= cfg.federated.min_train_devices
+        if aggregated:
+            new_arrays, _ = strategy.aggregate_train(rnd, replies.valid)
+            if new_arrays is not None:
+                generator.load_state_dict(new_arrays.to_torch_state_dict())
+        else:
+            print(
+                f"  round {rnd}: only {len(replies.valid)} valid updates (< federated.min_train_devices="
+                f"{cfg.federated.min_train_devices}): not aggregated",
+                flush=True,
+            )
+        answered = [m.metadata.src_node_id for m in replies.valid]
+        received = _query_features(
+            grid,
+            answered or all_nodes,
+            ArrayRecord(generator.state_dict()),
+            config_record(cfg, **{"server-round": rnd}),
+            rnd,
+        )
+        _fit_heads(heads, tasks, received, cfg, rnd)
+        accuracy = evaluate(generator, heads, split.test, feature_dp, cfg.train.seed + rnd)
+        row = {
+            "method": method,
+            "round": rnd,
+            "sampled": len(messages),
+            "answered": len(replies.valid),
+            "declined": len(replies.declined),
+            "rejected": len(replies.rejected),
+            "aggregated": aggregated,
+            **{f"test_acc.{k}": v for k, v in accuracy.items()},
+            "epsilon_max": max(epsilons.values(), default=0.0),
+            "epsilon_mean": sum(epsilons.values()) / max(1, len(epsilons)),
+            "seconds": time.perf_counter() - t0,
+        }
+        metrics.write(row)
+        history.append(row)
+        torch.save(
+            {
+                "round": rnd,
+                "generator": generator.state_dict(),
+                "heads": heads.state_dict(),
+                "config": cfg.model_dump(),
+            },
+            out / "checkpoints" / f"round_{rnd:03d}.pt",
+        )
+        accs = "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
+        print(
+            f"[round {rnd}/{cfg.federated.rounds}] devices sampled {row['sampled']}, answered {row['answered']}, "
+            f"declined {row['declined']}, rejected {row['rejected']} | {accs} | epsilon max "
+            f"{row['epsilon_max']:.2f} mean {row['epsilon_mean']:.2f} | {row['seconds']:.1f} s",
+            flush=True,
+        )
+
+    model = TrainedModel(method, generator, heads, feature_dp, history, wall_seconds=time.perf_counter() - started)
+    model.dp_sgd = {
+        "enabled": cfg.dp_sgd.enabled,
+        "epsilon": max(epsilons.values(), default=0.0),  # the worst device: budgets compose per device, not on average
+        "epsilon_mean": sum(epsilons.values()) / max(1, len(epsilons)),
+        "delta": cfg.dp_sgd.delta,
+        "budget": cfg.federated.device_epsilon_budget,
+        "devices_reporting": len(epsilons),
+        "accountant": cfg.dp_sgd.accountant,
+    }
+    print("auditing the final model", flush=True)
+    attack_data = AttackData.draw(split, cfg.audit, cfg.train.seed)
+    floors = label_only_floor(attack_data, cfg.audit, cfg.train.seed)
+    audit, recons = audit_model(model, attack_data, cfg.audit, floors, cfg.train.seed)
+    summary = {
+        "command": "simulate",
+        "machine": machine_description(),
+        "tasks": tasks,
+        "data": {"name": cfg.data.name, "train": cfg.data.train_pairs, "test": len(split.test)},
+        "methods": {method: method_summary(model, audit, len(tasks))},
+        "federated": {
+            "strategy": cfg.federated.strategy.model_dump(),
+            "devices": cfg.federated.num_devices,
+            "rounds": cfg.federated.rounds,
+            "partitioning": {
+                "scheme": cfg.federated.partitioning,
+                "alpha": cfg.federated.dirichlet_alpha,
+                "classes_per_device": cfg.federated.classes_per_device,
+            },
+            "device_epsilons": {str(k): v for k, v in sorted(epsilons.items())},
+        },
+        "history": history,
+        "server_wall_seconds": time.perf_counter() - started,
+        "config": cfg.model_dump(),
+    }
+    write_json(out / "summary.json", summary)
+    torch.save({"recons": recons, "originals": attack_data.evaluation.images[:16]}, out / "reconstructions.pt")
+    return summary

@@ -1,0 +1,61 @@
+"""Strategy registry: a name in the config -> one of Flower's own strategies, with its parameters.
+
+The server loop calls the strategy's ``configure_train`` (sampling, FedProx's ``proximal-mu``) and
+``aggregate_train`` (the aggregation rule) itself, so every Flower strategy plugs in unchanged.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp import strategy as fl
+
+from fl_metamorphosis.config import FederatedConfig
+
+
+def build_strategy(fed: FederatedConfig) -> fl.FedAvg:
+    s = fed.strategy
+    common = {
+        "fraction_train": fed.fraction_train,
+        "fraction_evaluate": fed.fraction_train,
+        "min_train_nodes": min(fed.min_train_devices, fed.num_devices),
+        "min_evaluate_nodes": min(fed.min_train_devices, fed.num_devices),
+        "min_available_nodes": fed.num_devices,
+    }
+    sampled = max(int(fed.num_devices * fed.fraction_train), fed.min_train_devices)
+    robust_needs = {
+        "krum": 2 * s.num_malicious_nodes + 3,
+        "multikrum": 2 * s.num_malicious_nodes + 3,
+        "bulyan": 4 * s.num_malicious_nodes + 3,
+    }
+    if s.name in robust_needs and sampled < robust_needs[s.name]:
+        raise ValueError(
+            f"federated.strategy.name={s.name!r} with num_malicious_nodes={s.num_malicious_nodes} needs at least "
+            f"{robust_needs[s.name]} devices per round, but {sampled} are sampled: add devices or lower it"
+        )
+    if s.name == "multikrum" and s.num_nodes_to_select > sampled:
+        raise ValueError(f"federated.strategy.num_nodes_to_select={s.num_nodes_to_select} > {sampled} sampled devices")
+    match s.name:
+        case "fedavg":
+            return fl.FedAvg(**common)
+        case "fedavgm":
+            return fl.FedAvgM(**common, server_learning_rate=s.server_learning_rate, server_momentum=s.server_momentum)
+        case "fedprox":
+            return fl.FedProx(**common, proximal_mu=s.proximal_mu)
+        case "fedadam":
+            return fl.FedAdam(**common, eta=s.eta, eta_l=s.eta_l, tau=s.tau)
+        case "fedyogi":
+            return fl.FedYogi(**common, eta=s.eta, eta_l=s.eta_l, tau=s.tau)
+        case "fedadagrad":
+            return fl.FedAdagrad(**common, eta=s.eta, eta_l=s.eta_l, tau=s.tau)
+        case "fedmedian":
+            return fl.FedMedian(**common)
+        case "fedtrimmedavg":
+            return fl.FedTrimmedAvg(**common, beta=s.beta_trim)
+        case "krum":
+            return fl.Krum(**common, num_malicious_nodes=s.num_malicious_nodes)
+        case "multikrum":
+            return fl.MultiKrum(
+                **common, num_malicious_nodes=s.num_malicious_nodes, num_nodes_to_select=s.num_nodes_to_select
+            )
+        case "bulyan":
+            return fl.Bulyan(**common, num_malicious_nodes=s.num_malicious_nodes)
+    raise ValueError(f"unknown federated.strategy.name {s.name!r}")

@@ -1,0 +1,62 @@
+"""A Grid that delivers messages to a ClientApp in this process: the round loop without a SuperLink."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+
+class InProcessGrid(Grid):
+    def __init__(self, client_app, num_nodes: int, tamper: Callable[[int, Message], Message] | None = None):
+        self.client_app = client_app
+        # Messages built outside a Flower runtime read the run's identity from here.
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+        self.tamper = tamper
+        self.contexts = {
+            node: Context(
+                run_id=1,
+                node_id=node,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i, node in enumerate(range(101, 101 + num_nodes))
+        }
+        self.sent: list[Message] = []
+
+    def set_run(self, run):  # pragma: no cover - unused
+        pass
+
+    @property
+    def run(self):  # pragma: no cover - unused
+        return None
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages):  # pragma: no cover - send_and_receive is used
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            msg.metadata.__dict__["_message_id"] = (
+                uuid.uuid4().hex
+            )  # as the SuperLink would (InMemoryGrid does the same)
+            msg.metadata.__dict__["_src_node_id"] = 1
+            self.sent.append(msg)
+            reply = self.client_app(msg, self.contexts[node])
+            reply.metadata.__dict__["_src_node_id"] = node
+            replies.append(self.tamper(node, reply) if self.tamper else reply)
+        return replies
