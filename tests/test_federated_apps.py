@@ -1,0 +1,170 @@
+"""ClientApp handlers and the ServerApp round loop, run in-process through a test Grid (no SuperLink)."""
+
+import json
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from inprocess_grid import InProcessGrid
+
+from clients.client_app import app as client_app
+from fl_metamorphosis.config import build_config
+from fl_metamorphosis.federated.device import build_generator
+from fl_metamorphosis.fl.partition import device_datasets, device_sources, train_sources
+from fl_metamorphosis.fl.records import config_record
+from fl_metamorphosis.metrics import read_jsonl
+from fl_metamorphosis.model import build_heads
+from server.round_loop import run_federated
+
+FED_TINY = [
+    "data.train_pairs=600",
+    "data.test_pairs=200",
+    "train.batch_size=64",
+    "federated.num_devices=3",
+    "federated.rounds=2",
+    "federated.feature_samples_per_device=100",
+    "federated.head_epochs=2",
+    "audit.attacker_samples=200",
+    "audit.eval_samples=100",
+    "audit.decoder_epochs=2",
+    "audit.probe_max_iter=5",
+    "audit.dcor_samples=60",
+    'methods=["metamorphosis"]',
+]
+
+
+def _cfg(*extra):
+    return build_config(None, [*FED_TINY, *extra])
+
+
+def _train_message(cfg, rnd=1):
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
+    torch.manual_seed(0)
+    gen = build_generator(cfg, data)
+    heads = build_heads(gen.feature_shape, [10, 10], cfg.model)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(gen.state_dict()),
+            "heads": ArrayRecord(heads.state_dict()),
+            "config": config_record(cfg, **{"server-round": rnd}),
+        }
+    )
+    msg = Message(content=content, message_type="train", dst_node_id=101, group_id=str(rnd))
+    msg.metadata.__dict__["_message_id"] = f"m{rnd}"
+    return msg, gen
+
+
+def _context():
+    return Context(
+        run_id=1, node_id=101, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(), run_config={}
+    )
+
+
+def test_partitions_are_disjoint_and_cover_the_train_digits():
+    cfg = _cfg("federated.partitioning=dirichlet", "federated.dirichlet_alpha=0.3")
+    parts = [set(device_sources(cfg.data, cfg.federated, d, 0)) for d in range(3)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set().union(*parts) == set(train_sources(cfg.data, 0))
+    train, test = device_datasets(cfg.data, cfg.federated, 1, 0)
+    assert len(train) == 200 and len(test) > 0
+
+
+def test_train_handler_reports_cumulative_epsilon_and_plain_weights():
+    cfg = _cfg()
+    context = _context()
+    first = client_app(_train_message(cfg, 1)[0], context)
+    second = client_app(_train_message(cfg, 2)[0], context)
+    m1, m2 = first.content["metrics"], second.content["metrics"]
+    assert m1["declined"] == 0 and 0 < m1["epsilon"] < m2["epsilon"]  # cumulative over the rounds taken part in
+    assert not any(k.startswith("_module") for k in second.content["arrays"])
+    assert len(json.loads(context.state["privacy"]["history"])) == 1  # one accountant entry, steps summed
+    assert m1["num-examples"] == 200
+
+
+def test_features_handler_sends_each_task_only_its_own_labels():
+    cfg = _cfg()
+    msg, _ = _train_message(cfg)
+    msg.metadata.__dict__["_message_type"] = "query.features"
+    reply = client_app(msg, _context())
+    data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
+    assert set(reply.content.array_records) == {"task.left", "task.right"}
+    for t, name in enumerate(["left", "right"]):
+        rec = reply.content[f"task.{name}"]
+        assert set(rec) == {"features", "labels"}
+        assert rec["features"].numpy().shape == (100, cfg.model.feature_dim)
+        labels = rec["labels"].numpy()
+        assert set(labels) <= set(data.labels[:, t].tolist())
+
+
+@pytest.fixture(scope="module")
+def federated_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fed")
+    grid = InProcessGrid(client_app, 3)
+    summary = run_federated(grid, _cfg(), out)
+    return out, summary, grid
+
+
+@pytest.mark.slow
+def test_round_loop_writes_rows_checkpoints_and_summary(federated_run):
+    out, summary, grid = federated_run
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["sampled"] == 3 and r["answered"] == 3 and r["aggregated"] for r in rows)
+    assert rows[0]["epsilon_max"] < rows[1]["epsilon_max"] <= 8.0 + 0.05
+    assert (out / "checkpoints" / "round_002.pt").exists()
+    m = summary["methods"]["metamorphosis"]
+    assert set(m["cross_task_attack"]) == {"left->right", "right->left"}
+    assert m["dp_sgd"]["epsilon"] == max(summary["federated"]["device_epsilons"].values())
+    assert len(summary["federated"]["device_epsilons"]) == 3
+    # the heads never travel in a features query; every train message carries them frozen
+    assert all("heads" in m.content.array_records for m in grid.sent if m.metadata.message_type == "train")
+
+
+def _poison(kind):
+    def tamper(node, reply):
+        if node == 101 and "arrays" in reply.content.array_records:
+            if kind == "nan":
+                sd = reply.content["arrays"].to_torch_state_dict()
+                sd[next(iter(sd))][0] = float("nan")
+                reply.content["arrays"] = ArrayRecord(sd)
+            else:
+                del reply.content["arrays"]
+        return reply
+
+    return tamper
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["nan", "missing"])
+def test_malformed_or_nan_update_is_rejected_and_the_round_goes_on(tmp_path, kind, capsys):
+    cfg = _cfg("federated.rounds=1", "federated.min_train_devices=2")
+    run_federated(InProcessGrid(client_app, 3, tamper=_poison(kind)), cfg, tmp_path, audit=False)
+    (row,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert (row["answered"], row["rejected"], row["aggregated"]) == (2, 1, True)
+    assert "rejected reply of node 101" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_too_few_valid_replies_are_not_aggregated(tmp_path):
+    cfg = _cfg("federated.rounds=1", "federated.min_train_devices=3")
+    run_federated(InProcessGrid(client_app, 3, tamper=_poison("nan")), cfg, tmp_path, audit=False)
+    (row,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert row["aggregated"] is False
+
+
+@pytest.mark.slow
+def test_over_budget_devices_decline_and_are_never_aggregated(tmp_path):
+    # sigma 1.5, 6 steps a round at q = 1/3: epsilon 3.64 after one round, 4.92 after two > budget 4
+    cfg = _cfg(
+        "dp_sgd.target_epsilon=none",
+        "dp_sgd.noise_multiplier=1.5",
+        "federated.device_epsilon_budget=4.0",
+        "federated.local_epochs=2",
+    )
+    run_federated(InProcessGrid(client_app, 3), cfg, tmp_path, audit=False)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert rows[0]["declined"] == 0 and rows[0]["epsilon_max"] <= 4.0
+    assert rows[1]["declined"] == 3 and rows[1]["answered"] == 0 and rows[1]["aggregated"] is False
+    assert rows[1]["epsilon_max"] == rows[0]["epsilon_max"]  # no update past the budget ever left a device
