@@ -22,7 +22,14 @@ from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.data import load_dataset
 from fl_metamorphosis.federated.server_heads import train_head
 from fl_metamorphosis.fl.records import config_record
-from fl_metamorphosis.metrics import JsonlWriter, write_json
+from fl_metamorphosis.metrics import (
+    JsonlWriter,
+    plot_attacks,
+    plot_reconstruction_grid,
+    plot_rounds,
+    render_report,
+    write_json,
+)
 from fl_metamorphosis.model import FeatureGenerator, build_heads
 from fl_metamorphosis.training import TrainedModel, evaluate, method_feature_dp
 from fl_metamorphosis.training.central import machine_description, method_summary
@@ -194,6 +201,12 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
         "server_wall_seconds": time.perf_counter() - started,
         "config": cfg.model_dump(),
     }
+    summary["plots"] = ["rounds.png", "attacks.png", "reconstruction_grid.png"]
     write_json(out / "summary.json", summary)
-    torch.save({"recons": recons, "originals": attack_data.evaluation.images[:16]}, out / "reconstructions.pt")
+    plot_rounds(history, tasks, out / "rounds.png")
+    plot_attacks(summary["methods"], out / "attacks.png")
+    plot_reconstruction_grid(
+        attack_data.evaluation.images, {f"{method}: {t}": r for t, r in recons.items()}, out / "reconstruction_grid.png"
+    )
+    (out / "report.md").write_text(render_report(summary))
     return summary

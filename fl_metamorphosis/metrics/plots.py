@@ -52,3 +52,63 @@ def plot_reconstruction_grid(originals: torch.Tensor, rows: dict[str, torch.Tens
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_rounds(rows: list[dict], task_names: list[str], path: Path) -> None:
+    """Federated run: held-out accuracy per task and device epsilon (max and mean) against round."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    rounds = [r["round"] for r in rows]
+    for task in task_names:
+        axes[0].plot(rounds, [r[f"test_acc.{task}"] for r in rows], marker="o", label=task)
+    axes[1].plot(rounds, [r["epsilon_max"] for r in rows], marker="o", label="max over devices")
+    axes[1].plot(rounds, [r["epsilon_mean"] for r in rows], marker="s", label="mean over devices")
+    axes[0].set(xlabel="round", ylabel="held-out accuracy", title="Task accuracy (server held-out set)")
+    axes[1].set(xlabel="round", ylabel="epsilon (cumulative)", title="DP-SGD epsilon spent by devices")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_attacks(methods: dict[str, dict], path: Path) -> None:
+    """Cross-task attack accuracy next to chance, and reconstruction SSIM next to the label-only floor."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    width = 0.8 / max(1, len(methods))
+    for i, (name, m) in enumerate(methods.items()):
+        pairs = list(m["cross_task_attack"])
+        axes[0].bar(
+            [p + i * width for p in range(len(pairs))],
+            [m["cross_task_attack"][k]["accuracy"] for k in pairs],
+            width,
+            label=name,
+        )
+        tasks = list(m["reconstruction"])
+        axes[1].bar(
+            [p + i * width for p in range(len(tasks))],
+            [m["reconstruction"][t]["ssim"] for t in tasks],
+            width,
+            label=name,
+        )
+    first = next(iter(methods.values()))
+    pairs, tasks = list(first["cross_task_attack"]), list(first["reconstruction"])
+    for p, k in enumerate(pairs):
+        axes[0].hlines(first["cross_task_attack"][k]["chance"], p - 0.4, p + 0.8, colors="k", linestyles="--")
+    for p, t in enumerate(tasks):
+        axes[1].hlines(first["reconstruction"][t]["ssim_label_only"], p - 0.4, p + 0.8, colors="k", linestyles="--")
+    axes[0].set(
+        xticks=range(len(pairs)), xticklabels=pairs, ylabel="probe accuracy", title="Cross-task attack (dashed: chance)"
+    )
+    axes[1].set(
+        xticks=range(len(tasks)),
+        xticklabels=tasks,
+        ylabel="SSIM",
+        title="Input reconstruction (dashed: label-only floor)",
+    )
+    for ax in axes:
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

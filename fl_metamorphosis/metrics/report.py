@@ -55,6 +55,8 @@ def render_report(summary: dict[str, Any]) -> str:
         "(local DP for that image); `epsilon_all_tasks` in summary.json composes all tasks' releases. "
         "It is a worst-case bound and large: the attack figures are the measured privacy.",
         "",
-        "Plots: `training_curves.png`, `reconstruction_grid.png`.",
+        "Plots: "
+        + ", ".join(f"`{p}`" for p in summary.get("plots", ["training_curves.png", "reconstruction_grid.png"]))
+        + ".",
     ]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,14 @@ import torch
 from ..audit import AttackData, audit_model, label_only_floor
 from ..config import ConfigError, ExperimentConfig
 from ..data import load_dataset
-from ..metrics import JsonlWriter, plot_reconstruction_grid, plot_training_curves, render_report, write_json
+from ..metrics import (
+    JsonlWriter,
+    plot_attacks,
+    plot_reconstruction_grid,
+    plot_training_curves,
+    render_report,
+    write_json,
+)
 from ..privacy import account_release
 from .trainer import EpochCallback, TrainedModel, train_method
 
@@ -130,6 +137,7 @@ def run_central(cfg: ExperimentConfig, out: Path, on_epoch: EpochCallback | None
         "data": {"name": cfg.data.name, "train": len(split.train), "test": len(split.test)},
         "methods": methods,
         "checks": claim_checks(methods, tasks),
+        "plots": ["training_curves.png", "attacks.png", "reconstruction_grid.png"],
         "wall_seconds": time.perf_counter() - started,
         "config": cfg.model_dump(),
     }
@@ -137,5 +145,6 @@ def run_central(cfg: ExperimentConfig, out: Path, on_epoch: EpochCallback | None
     rows = [h for m in methods.values() for h in m["history"]]
     plot_training_curves(rows, tasks, out / "training_curves.png")
     plot_reconstruction_grid(attack_data.evaluation.images, grid_rows, out / "reconstruction_grid.png")
+    plot_attacks(methods, out / "attacks.png")
     (out / "report.md").write_text(render_report(summary))
     return summary

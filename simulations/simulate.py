@@ -1,0 +1,161 @@
+"""``metamorphosis simulate``: one federated experiment through ``flwr run`` on a local Ray simulation.
+
+The launcher only orchestrates: it writes the validated experiment next to the run folder, gives Flower a
+private ``FLWR_HOME`` and free ports under the run folder (so runs never attach to someone else's
+SuperLink), streams the run, then asks the SuperLink for the run's final status, because
+``flwr run --stream`` exits 0 even when the ServerApp crashed. Whatever happens (success, failure,
+Ctrl-C) it stops every process of the run: the detached SuperLink and everything it started, found by
+the ``FLWR_HOME`` in their environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fl_metamorphosis.config import ExperimentConfig
+
+APP_DIR = Path(__file__).resolve().parents[1]  # the Flower App: pyproject.toml's [tool.flwr.app]
+
+
+class SimulationFailed(RuntimeError):
+    """The Flower run did not complete; the message carries the run's status and its error."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Offline-safe settings, a private FLWR_HOME and free loopback ports for this run."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env.update(
+        {
+            "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+            "FLWR_HOME": str(home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps Ray on 127.0.0.1 here
+            "RAY_TMPDIR": str(home / "ray"),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+        }
+    )
+    return env
+
+
+def processes_of(home: Path) -> list[int]:
+    """PIDs (other than ours) whose environment carries this run's FLWR_HOME: the SuperLink and its tree."""
+    needle = f"FLWR_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def stop_processes(home: Path, grace_s: float = 10.0) -> None:
+    """TERM every process of the run, then KILL what is left (Ray agents ignore TERM)."""
+    pids = processes_of(home)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and processes_of(home):
+        time.sleep(0.25)
+    for pid in processes_of(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _run_status(env: dict[str, str], run_id: int, cwd: Path) -> tuple[str, str]:
+    res = subprocess.run(
+        ["flwr", "ls", "local", "--run-id", str(run_id), "--format", "json"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        run = json.loads(res.stdout)["runs"][0]
+        return str(run["status"]), str(run.get("status-details", ""))
+    except (json.JSONDecodeError, KeyError, IndexError):
+        return "unknown", (res.stdout + res.stderr)[-500:]
+
+
+def simulate(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = print) -> Path:
+    """Run ``cfg`` as a Flower simulation; return the run folder or raise SimulationFailed."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("metrics.jsonl", "summary.json"):
+        (out / stale).unlink(missing_ok=True)
+    home = out / ".flwr"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
+    config_path = out / "config.json"
+    config_path.write_text(cfg.model_dump_json(indent=2))
+    env = flower_env(home)
+    fed = cfg.federated
+    cmd = [
+        "flwr",
+        "run",
+        str(APP_DIR),
+        "local",
+        "--stream",
+        "--federation-config",
+        f"num-supernodes={fed.num_devices} client-resources-num-cpus={fed.cpus_per_device}",
+        "--run-config",
+        f"config-path='{config_path}' out-dir='{out}'",
+    ]
+    run_id = None
+    try:
+        # cwd outside the app: Flower runs the apps in the SuperLink's cwd and would import live sources there.
+        with (
+            (out / "flower.log").open("w") as log,
+            subprocess.Popen(
+                cmd, env=env, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            ) as proc,
+        ):
+            for line in proc.stdout:  # type: ignore[union-attr]
+                log.write(line)
+                log.flush()
+                if match := re.search(r"Successfully started run (\d+)", line):
+                    run_id = int(match.group(1))
+                if line.startswith(("[round", "  round", "auditing", "Traceback")) or "Error" in line:
+                    echo(line.rstrip())
+            proc.wait()
+        if run_id is None:
+            raise SimulationFailed(f"flwr run did not start a run (exit {proc.returncode}); see {out / 'flower.log'}")
+        status, details = _run_status(env, run_id, out)
+        if status != "finished:completed":
+            raise SimulationFailed(f"run {run_id} ended {status}: {details}; full log in {out / 'flower.log'}")
+        if not (out / "summary.json").exists():
+            raise SimulationFailed(f"run {run_id} completed but wrote no summary.json; see {out / 'flower.log'}")
+        return out
+    finally:
+        if run_id is not None and sys.exc_info()[0] is KeyboardInterrupt:
+            subprocess.run(["flwr", "stop", str(run_id), "local"], env=env, cwd=out, capture_output=True, timeout=60)
+        stop_processes(home)
