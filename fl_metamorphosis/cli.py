@@ -51,7 +51,9 @@ def _simulate(args: argparse.Namespace) -> int:
         f"strategy {fed.strategy.name}[/bold] (Flower log: {args.out / 'flower.log'})"
     )
     try:
-        out = simulate(cfg, args.out, echo=lambda line: console.print(line, markup=False, highlight=False))
+        out = simulate(
+            cfg, args.out, echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
+        )
     except SimulationFailed as err:
         console.print(f"[red]simulation failed:[/red] {err}")
         return 1

@@ -182,12 +182,32 @@ class FederatedConfig(_Strict):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     cpus_per_device: int = Field(1, ge=1, description="Ray CPUs per simulated device (one actor per core)")
 
+    def sampled_per_round(self) -> int:
+        """Devices sampled per round, as Flower's strategies compute it."""
+        return max(int(self.num_devices * self.fraction_train), self.min_train_devices)
+
     @model_validator(mode="after")
     def _enough_devices(self) -> FederatedConfig:
         if self.min_train_devices > self.num_devices:
             raise ValueError(
                 f"federated.min_train_devices={self.min_train_devices} exceeds federated.num_devices="
                 f"{self.num_devices}: lower it or add devices"
+            )
+        s, sampled = self.strategy, self.sampled_per_round()
+        # Krum needs n > 2f + 2 updates, Bulyan n >= 4f + 3 (Blanchard et al. 2017; El Mhamdi et al. 2018).
+        needs = {
+            "krum": 2 * s.num_malicious_nodes + 3,
+            "multikrum": 2 * s.num_malicious_nodes + 3,
+            "bulyan": 4 * s.num_malicious_nodes + 3,
+        }.get(s.name, 1)
+        if sampled < needs:
+            raise ValueError(
+                f"strategy {s.name!r} with num_malicious_nodes={s.num_malicious_nodes} needs {needs} devices per "
+                f"round, {sampled} are sampled: raise federated.num_devices or lower strategy.num_malicious_nodes"
+            )
+        if s.name == "multikrum" and s.num_nodes_to_select > sampled:
+            raise ValueError(
+                f"strategy.num_nodes_to_select={s.num_nodes_to_select} exceeds the {sampled} sampled devices"
             )
         return self
 

@@ -12,6 +12,7 @@ from fl_metamorphosis.config import FederatedConfig
 
 
 def build_strategy(fed: FederatedConfig) -> fl.FedAvg:
+    """The configured strategy; its parameters were validated with the config (``FederatedConfig``)."""
     s = fed.strategy
     common = {
         "fraction_train": fed.fraction_train,
@@ -20,19 +21,6 @@ def build_strategy(fed: FederatedConfig) -> fl.FedAvg:
         "min_evaluate_nodes": min(fed.min_train_devices, fed.num_devices),
         "min_available_nodes": fed.num_devices,
     }
-    sampled = max(int(fed.num_devices * fed.fraction_train), fed.min_train_devices)
-    robust_needs = {
-        "krum": 2 * s.num_malicious_nodes + 3,
-        "multikrum": 2 * s.num_malicious_nodes + 3,
-        "bulyan": 4 * s.num_malicious_nodes + 3,
-    }
-    if s.name in robust_needs and sampled < robust_needs[s.name]:
-        raise ValueError(
-            f"federated.strategy.name={s.name!r} with num_malicious_nodes={s.num_malicious_nodes} needs at least "
-            f"{robust_needs[s.name]} devices per round, but {sampled} are sampled: add devices or lower it"
-        )
-    if s.name == "multikrum" and s.num_nodes_to_select > sampled:
-        raise ValueError(f"federated.strategy.num_nodes_to_select={s.num_nodes_to_select} > {sampled} sampled devices")
     match s.name:
         case "fedavg":
             return fl.FedAvg(**common)
