@@ -1,8 +1,9 @@
 """Flower ClientApp: a thin adapter from messages to the library's device functions.
 
-Handlers: ``train`` (local DP-SGD with the server's heads frozen; cumulative budget kept in
-``context.state``), ``query.features`` (released, clipped and noised task features of a local sample,
-each task in its own record) and ``evaluate`` (local test accuracy of the global model).
+Handlers: ``train`` (local DP-SGD on encoder + Cross-SEC, with the server's heads frozen or also
+DP-trained, ``federated.device_heads``; cumulative budget kept in ``context.state``),
+``query.features`` (released, clipped and noised task features of a local sample, each task in its
+own record) and ``evaluate`` (local test accuracy of the global model).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
 
 from fl_metamorphosis.config import ExperimentConfig  # noqa: E402
 from fl_metamorphosis.federated import train_locally  # noqa: E402
-from fl_metamorphosis.federated.device import build_generator  # noqa: E402
+from fl_metamorphosis.federated.device import build_generator, split_state  # noqa: E402
 from fl_metamorphosis.fl.partition import device_datasets  # noqa: E402
 from fl_metamorphosis.fl.records import experiment_from, load_json  # noqa: E402
 from fl_metamorphosis.model import build_heads  # noqa: E402
@@ -61,17 +62,19 @@ def train(msg: Message, context: Context) -> Message:
     history = [tuple(h) for h in load_json(context.state, PRIVACY, "history", [])]
     batch = min(cfg.train.batch_size, len(data))
     sigma = _noise_multiplier(cfg, context, 1 / max(1, len(data) // batch))
+    gen_w, head_w = split_state(msg.content["arrays"].to_torch_state_dict())
     update = train_locally(
         cfg,
         data,
-        msg.content["arrays"].to_torch_state_dict(),
-        msg.content["heads"].to_torch_state_dict(),
+        gen_w,
+        head_w,
         history,
         sigma,
         cfg.federated.device_epsilon_budget,
         cfg.federated.local_epochs,
         seed=cfg.train.seed * 100_003 + device * 1_009 + int(config["server-round"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
+        train_heads=cfg.federated.device_heads == "dp_trained",
     )
     context.state[PRIVACY] = ConfigRecord(
         {"history": json.dumps(update.history), "noise-multiplier": json.dumps(sigma)}
@@ -94,11 +97,11 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _global_model(cfg: ExperimentConfig, msg: Message, data):
+    gen_w, head_w = split_state(msg.content["arrays"].to_torch_state_dict())
     generator = build_generator(cfg, data)
-    generator.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    generator.load_state_dict(gen_w)
     heads = build_heads(generator.feature_shape, [t.num_classes for t in data.tasks], cfg.model)
-    if "heads" in msg.content.array_records:
-        heads.load_state_dict(msg.content["heads"].to_torch_state_dict())
+    heads.load_state_dict(head_w)
     return generator, heads
 
 

@@ -177,7 +177,12 @@ class FederatedConfig(_Strict):
     classes_per_device: int = Field(2, ge=1, description="pathological: source-digit classes per device")
     device_epsilon_budget: float = Field(8.0, gt=0.0, description="cumulative DP-SGD epsilon a device may spend")
     feature_samples_per_device: int = Field(400, ge=1, description="released features per device per round")
-    head_epochs: int = Field(5, ge=1, description="server epochs over each round's released features")
+    head_epochs: int = Field(5, ge=0, description="server epochs over each round's released features")
+    device_heads: Literal["frozen", "dp_trained"] = Field(
+        "dp_trained",
+        description="frozen: devices train encoder + Cross-SEC against the server's heads; dp_trained: devices "
+        "also update the heads, under the same DP-SGD, and the server aggregates them like the encoder",
+    )
     audit_every: int = Field(0, ge=0, description="audit every k rounds (0: only the final model)")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     cpus_per_device: int = Field(1, ge=1, description="Ray CPUs per simulated device (one actor per core)")

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from fl_metamorphosis.audit import AttackData, audit_model, label_only_floor
 from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.data import load_dataset
+from fl_metamorphosis.federated.device import joint_state, split_state
 from fl_metamorphosis.federated.server_heads import train_head
 from fl_metamorphosis.fl.records import config_record
 from fl_metamorphosis.metrics import (
@@ -95,7 +96,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
         heads,
         tasks,
         _query_features(
-            grid, all_nodes, ArrayRecord(generator.state_dict()), config_record(cfg, **{"server-round": 0}), 0
+            grid, all_nodes, ArrayRecord(joint_state(generator, heads)), config_record(cfg, **{"server-round": 0}), 0
         ),
         cfg,
         0,
@@ -103,11 +104,9 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
 
     for rnd in range(1, cfg.federated.rounds + 1):
         t0 = time.perf_counter()
-        arrays = ArrayRecord(generator.state_dict())
+        arrays = ArrayRecord(joint_state(generator, heads))  # the heads travel with the encoder
         messages = list(strategy.configure_train(rnd, arrays, config_record(cfg), grid))
-        for msg in messages:
-            msg.content["heads"] = ArrayRecord(heads.state_dict())
-        replies = sort_replies(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), generator.state_dict())
+        replies = sort_replies(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), joint_state(generator, heads))
         epsilons.update(replies.epsilons)
         for node, reason in replies.rejected.items():
             print(f"  round {rnd}: rejected reply of node {node}: {reason}", flush=True)
@@ -115,7 +114,9 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
         if aggregated:
             new_arrays, _ = strategy.aggregate_train(rnd, replies.valid)
             if new_arrays is not None:
-                generator.load_state_dict(new_arrays.to_torch_state_dict())
+                gen_w, head_w = split_state(new_arrays.to_torch_state_dict())
+                generator.load_state_dict(gen_w)
+                heads.load_state_dict(head_w)  # unchanged when the devices keep them frozen
         else:
             print(
                 f"  round {rnd}: only {len(replies.valid)} valid updates (< federated.min_train_devices="
@@ -126,7 +127,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
         received = _query_features(
             grid,
             answered or all_nodes,
-            ArrayRecord(generator.state_dict()),
+            ArrayRecord(joint_state(generator, heads)),
             config_record(cfg, **{"server-round": rnd}),
             rnd,
         )

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,9 +51,9 @@ def flower_env(home: Path) -> dict[str, str]:
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps Ray on 127.0.0.1 here
             "RAY_TMPDIR": str(home / "ray"),
-        # Ray runs each message on a fresh thread; glibc gives every thread its own malloc arena, and the
-        # actors' memory grew by ~300 MB a round (2.7 GB after 3 rounds of 10 devices). Two arenas keep it flat.
-        "MALLOC_ARENA_MAX": "2",
+            # Ray runs each message on a fresh thread; glibc gives every thread its own malloc arena, and the
+            # actors' memory grew by ~300 MB a round (2.7 GB after 3 rounds of 10 devices). Two arenas keep it flat.
+            "MALLOC_ARENA_MAX": "2",
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
             "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
         }
@@ -93,6 +94,10 @@ def stop_processes(home: Path, grace_s: float = 10.0) -> None:
             pass
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _run_status(env: dict[str, str], run_id: int, cwd: Path) -> tuple[str, str]:
     res = subprocess.run(
         ["flwr", "ls", "local", "--run-id", str(run_id), "--format", "json"],
@@ -109,8 +114,8 @@ def _run_status(env: dict[str, str], run_id: int, cwd: Path) -> tuple[str, str]:
         return "unknown", (res.stdout + res.stderr)[-500:]
 
 
-def simulate(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = print) -> Path:
-    """Run ``cfg`` as a Flower simulation; return the run folder or raise SimulationFailed."""
+def simulate(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = print, app_dir: Path = APP_DIR) -> Path:
+    """Run ``cfg`` as a Flower simulation of ``app_dir``; return the run folder or raise SimulationFailed."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("metrics.jsonl", "summary.json"):
@@ -134,6 +139,9 @@ def simulate(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = pri
         f"config-path='{config_path}' out-dir='{out}'",
     ]
     run_id = None
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():  # a killed launcher still cleans up
+        previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         # cwd outside the app: Flower runs the apps in the SuperLink's cwd and would import live sources there.
         with (
@@ -158,7 +166,11 @@ def simulate(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = pri
         if not (out / "summary.json").exists():
             raise SimulationFailed(f"run {run_id} completed but wrote no summary.json; see {out / 'flower.log'}")
         return out
-    finally:
-        if run_id is not None and sys.exc_info()[0] is KeyboardInterrupt:
+    except KeyboardInterrupt:
+        if run_id is not None:
             subprocess.run(["flwr", "stop", str(run_id), "local"], env=env, cwd=out, capture_output=True, timeout=60)
+        raise
+    finally:
         stop_processes(home)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)

@@ -10,7 +10,7 @@ from inprocess_grid import InProcessGrid
 
 from clients.client_app import app as client_app
 from fl_metamorphosis.config import build_config
-from fl_metamorphosis.federated.device import build_generator
+from fl_metamorphosis.federated.device import build_generator, joint_state
 from fl_metamorphosis.fl.partition import device_datasets, device_sources, train_sources
 from fl_metamorphosis.fl.records import config_record
 from fl_metamorphosis.metrics import read_jsonl
@@ -46,8 +46,7 @@ def _train_message(cfg, rnd=1):
     heads = build_heads(gen.feature_shape, [10, 10], cfg.model)
     content = RecordDict(
         {
-            "arrays": ArrayRecord(gen.state_dict()),
-            "heads": ArrayRecord(heads.state_dict()),
+            "arrays": ArrayRecord(joint_state(gen, heads)),
             "config": config_record(cfg, **{"server-round": rnd}),
         }
     )
@@ -118,8 +117,9 @@ def test_round_loop_writes_rows_checkpoints_and_summary(federated_run):
     assert set(m["cross_task_attack"]) == {"left->right", "right->left"}
     assert m["dp_sgd"]["epsilon"] == max(summary["federated"]["device_epsilons"].values())
     assert len(summary["federated"]["device_epsilons"]) == 3
-    # the heads never travel in a features query; every train message carries them frozen
-    assert all("heads" in m.content.array_records for m in grid.sent if m.metadata.message_type == "train")
+    # every train message carries the heads with the encoder, in one record
+    train_msgs = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert train_msgs and all(any(k.startswith("heads.") for k in m.content["arrays"]) for m in train_msgs)
 
 
 def _poison(kind):

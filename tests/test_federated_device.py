@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fl_metamorphosis.federated import epsilon_of, planned_history, train_locally
-from fl_metamorphosis.federated.device import build_generator
+from fl_metamorphosis.federated.device import build_generator, split_state
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy import reference_epsilon
 
@@ -24,7 +24,7 @@ def test_epsilon_is_cumulative_and_matches_one_accountant(device_setup):
             cfg, data, gen_w, head_w, history, noise_multiplier=1.0, budget=100.0, local_epochs=1, seed=rnd
         )
         assert up.declined is None and up.num_examples == 256
-        history, gen_w = up.history, up.weights
+        history, (gen_w, _) = up.history, split_state(up.weights)
         eps.append(up.epsilon)
     assert eps[0] < eps[1] < eps[2]  # grows with every round taken part in
     ((sigma, q, steps),) = history  # same sigma and rate: one entry, steps summed
@@ -32,6 +32,16 @@ def test_epsilon_is_cumulative_and_matches_one_accountant(device_setup):
     assert eps[2] == pytest.approx(epsilon_of([(sigma, q, steps)], cfg.dp_sgd.delta))
     assert eps[2] == pytest.approx(reference_epsilon(sigma, q, steps, cfg.dp_sgd.delta), rel=0.02)
     assert not any(k.startswith("_module") for k in gen_w)
+
+
+def test_dp_trained_heads_change_and_frozen_heads_do_not(device_setup):
+    cfg, data, gen_w, head_w = device_setup
+    frozen = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, seed=0, train_heads=False)
+    trained = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, seed=0, train_heads=True)
+    for up, moved in ((frozen, False), (trained, True)):
+        _, heads = split_state(up.weights)
+        assert any(not torch.equal(heads[k], head_w[k]) for k in head_w) is moved
+    assert trained.history == frozen.history  # same DP-SGD steps: the heads add no privacy cost beyond them
 
 
 def test_over_budget_device_declines_without_training(device_setup):
@@ -57,6 +67,7 @@ def test_proximal_term_pulls_towards_the_global_weights(device_setup):
 
     def drift(mu):
         up = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, seed=0, proximal_mu=mu)
-        return sum(float((up.weights[k] - gen_w[k]).norm()) for k in gen_w if k.endswith("weight"))
+        new, _ = split_state(up.weights)
+        return sum(float((new[k] - gen_w[k]).norm()) for k in gen_w if k.endswith("weight"))
 
     assert drift(200.0) < 0.7 * drift(0.0)

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 import torch
 from opacus.accountants import create_accountant
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig
 from ..data import MultiTaskDataset
 from ..model import FeatureGenerator, build_heads
-from ..privacy import make_private
+from ..privacy import make_private, release
 from ..training.trainer import method_feature_dp, method_objective, run_epoch
 
 History = list[tuple[float, float, int]]
@@ -46,12 +47,44 @@ def planned_history(history: History, noise_multiplier: float, sample_rate: floa
 class LocalUpdate:
     """What a device reports after a train request."""
 
-    weights: dict[str, torch.Tensor] | None  # generator state dict without Opacus' ``_module.``; None if declined
+    weights: dict[str, torch.Tensor] | None  # joint state (joint_state), no Opacus ``_module.``; None if declined
     num_examples: int
     train_loss: float
     epsilon: float  # cumulative, after this round
     history: History = field(default_factory=list)
     declined: str | None = None  # why the device did not train
+
+
+class DeviceModel(nn.Module):
+    """Encoder + Cross-SEC + heads as ONE module, so DP-SGD clips and noises the heads' gradients too.
+
+    Training the heads locally without DP would void the encoder's DP-SGD guarantee: the encoder's
+    per-sample gradients flow through the heads, and non-private heads carry every sample's influence.
+    """
+
+    def __init__(self, generator: FeatureGenerator, heads: nn.ModuleList, feature_dp, rng: torch.Generator):
+        super().__init__()
+        self.generator, self.heads = generator, heads
+        self.feature_dp, self.rng = feature_dp, rng
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        feats, attention = self.generator(x)
+        released = release(feats, self.feature_dp, self.rng)
+        return [head(released[:, t]) for t, head in enumerate(self.heads)], attention
+
+
+def joint_state(generator: nn.Module, heads: nn.ModuleList) -> dict[str, torch.Tensor]:
+    """One flat state dict (``generator.*``, ``heads.*``): what devices and server exchange."""
+    return {
+        **{f"generator.{k}": v for k, v in generator.state_dict().items()},
+        **{f"heads.{k}": v for k, v in heads.state_dict().items()},
+    }
+
+
+def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    gen = {k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")}
+    heads = {k.removeprefix("heads."): v for k, v in state.items() if k.startswith("heads.")}
+    return gen, heads
 
 
 def build_generator(cfg: ExperimentConfig, data: MultiTaskDataset) -> FeatureGenerator:
@@ -69,8 +102,10 @@ def train_locally(
     local_epochs: int,
     seed: int,
     proximal_mu: float = 0.0,
+    train_heads: bool = False,
 ) -> LocalUpdate:
-    """Run ``local_epochs`` of DP-SGD on encoder + Cross-SEC with the server's heads frozen.
+    """Run ``local_epochs`` of DP-SGD on encoder + Cross-SEC with the server's heads frozen, or (with
+    ``train_heads``) on encoder + Cross-SEC + heads together, all of it under DP-SGD.
 
     FedProx's proximal term ``mu/2 ||w - w_global||^2`` does not depend on the data, so it is applied as
     a separate step after each private step (post-processing of DP-SGD output): adding it to the loss
@@ -91,31 +126,53 @@ def train_locally(
     generator.load_state_dict(generator_weights)
     heads = build_heads(generator.feature_shape, [t.num_classes for t in data.tasks], cfg.model)
     heads.load_state_dict(head_weights)
-    heads.requires_grad_(False)
-    global_weights = {k: v.detach().clone() for k, v in generator.state_dict().items()}
+    heads.requires_grad_(train_heads)
+    noise_rng = torch.Generator().manual_seed(seed + 1)
+    feature_dp, objective = method_feature_dp(method, cfg), method_objective(method, cfg)
+    trained: nn.Module = DeviceModel(generator, heads, feature_dp, noise_rng) if train_heads else generator
+    global_weights = {k: v.detach().clone() for k, v in trained.named_parameters()}
 
     loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
-    opt = torch.optim.Adam(generator.parameters(), lr=cfg.train.lr)
-    private = make_private(generator, opt, loader, cfg.dp_sgd, local_epochs, noise_multiplier, history)
+    opt = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=cfg.train.lr)
+    private = make_private(trained, opt, loader, cfg.dp_sgd, local_epochs, noise_multiplier, history)
 
     def proximal_step() -> None:
         with torch.no_grad():
-            for name, p in generator.named_parameters():
+            for name, p in trained.named_parameters():
                 p.sub_(cfg.train.lr * proximal_mu * (p - global_weights[name]))
 
-    noise_rng = torch.Generator().manual_seed(seed + 1)
+    after_step = proximal_step if proximal_mu > 0 else None
     loss = 0.0
     for _ in range(local_epochs):
-        loss = run_epoch(
-            private.module,
-            heads,
-            private.loader,
-            method_objective(method, cfg),
-            method_feature_dp(method, cfg),
-            private.optimizer,
-            None,
-            noise_rng,
-            proximal_step if proximal_mu > 0 else None,
-        )
-    weights = {k: v.detach().clone() for k, v in generator.state_dict().items()}
+        if train_heads:
+            loss = _joint_epoch(private, heads, objective, after_step)
+        else:
+            loss = run_epoch(
+                private.module,
+                heads,
+                private.loader,
+                objective,
+                feature_dp,
+                private.optimizer,
+                None,
+                noise_rng,
+                after_step,
+            )
+    weights = {k: v.detach().clone() for k, v in joint_state(generator, heads).items()}
     return LocalUpdate(weights, len(data), loss, private.epsilon(), private.history)
+
+
+def _joint_epoch(private, heads: nn.ModuleList, objective, after_step) -> float:
+    total, seen = 0.0, 0
+    private.module.train()
+    for x, y in private.loader:
+        outputs, attention = private.module(x)
+        per_sample = objective.from_outputs(heads, outputs, attention, y)
+        private.optimizer.zero_grad(set_to_none=True)
+        per_sample.mean().backward()
+        private.optimizer.step()
+        if after_step is not None:
+            after_step()
+        total += float(per_sample.detach().sum())
+        seen += len(x)
+    return total / max(seen, 1)

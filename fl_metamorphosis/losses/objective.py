@@ -25,13 +25,19 @@ class Objective:
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Per-sample loss ``[B]`` (task losses + per-sample de-correlation) and each head's output."""
         outputs = [head(released[:, t]) for t, head in enumerate(heads)]
+        return self.from_outputs(heads, outputs, attention, labels), outputs
+
+    def from_outputs(
+        self, heads: nn.ModuleList, outputs: list[torch.Tensor], attention: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-sample loss ``[B]`` from the heads' outputs already computed."""
         loss = sum(
-            head.per_sample_loss(out, labels[:, t]) for t, (head, out) in enumerate(zip(heads, outputs, strict=False))
+            head.per_sample_loss(out, labels[:, t]) for t, (head, out) in enumerate(zip(heads, outputs, strict=True))
         )
         if self.form == "per_sample" and self.weight > 0:
             penalty = per_sample_impurity if self.per_sample_penalty == "impurity" else per_sample_overlap
             loss = loss + self.weight * penalty(attention)
-        return loss, outputs
+        return loss
 
     def batch_term(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """The batch statistic (zero in the per-sample form, which must not use one)."""
