@@ -57,7 +57,11 @@ def _simulate(args: argparse.Namespace) -> int:
     except SimulationFailed as err:
         console.print(f"[red]simulation failed:[/red] {err}")
         return 1
-    print((out / "report.md").read_text())
+    report = out / "report.md"
+    if report.exists():
+        print(report.read_text())
+    else:
+        console.print("audit.enabled=false: no privacy figures; per-round metrics in metrics.jsonl")
     console.print(f"run folder: {out}")
     return 0
 

@@ -119,6 +119,7 @@ class TrainConfig(_Strict):
 class AuditConfig(_Strict):
     """The attacker: how much it sees and how hard it trains."""
 
+    enabled: bool = Field(True, description="run the attacks (off only for timing runs: no privacy figures)")
     attacker_samples: int = Field(6_000, ge=50, description="released training features it learns on")
     eval_samples: int = Field(2_000, ge=20, description="held-out test samples it is scored on")
     probe_hidden: int = Field(256, ge=1)
@@ -168,7 +169,7 @@ class FederatedConfig(_Strict):
     """Devices, rounds, partitioning and per-device privacy budget of a federated run."""
 
     num_devices: int = Field(10, ge=1, le=100_000)
-    rounds: int = Field(5, ge=1, le=10_000)
+    rounds: int = Field(10, ge=1, le=10_000)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0, description="share of devices sampled per round")
     min_train_devices: int = Field(2, ge=1, description="fewer valid replies: the round is not aggregated")
     local_epochs: int = Field(1, ge=1)
@@ -179,7 +180,7 @@ class FederatedConfig(_Strict):
     feature_samples_per_device: int = Field(400, ge=1, description="released features per device per round")
     head_epochs: int = Field(5, ge=0, description="server epochs over each round's released features")
     device_heads: Literal["frozen", "dp_trained"] = Field(
-        "dp_trained",
+        "frozen",
         description="frozen: devices train encoder + Cross-SEC against the server's heads; dp_trained: devices "
         "also update the heads, under the same DP-SGD, and the server aggregates them like the encoder",
     )
