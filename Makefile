@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs/demo
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo central test test-fast lint clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/metamorphosis central --out $(OUT)
+	$(BIN)/metamorphosis simulate --out $(OUT)
+
+central: setup
+	$(BIN)/metamorphosis central --out runs/central
 
 lint: setup
 	$(BIN)/ruff check .

@@ -32,6 +32,7 @@ from fl_metamorphosis.metrics import (
     write_json,
 )
 from fl_metamorphosis.model import FeatureGenerator, build_heads
+from fl_metamorphosis.privacy import gaussian_epsilon
 from fl_metamorphosis.training import TrainedModel, evaluate, method_feature_dp
 from fl_metamorphosis.training.central import machine_description, method_summary
 
@@ -90,6 +91,18 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
     all_nodes = sorted(grid.get_node_ids())
     history: list[dict[str, Any]] = []
     epsilons: dict[int, float] = {}
+    audits = JsonlWriter(out / "audits.jsonl")  # interim audits (federated.audit_every)
+    cache: dict[str, Any] = {}
+
+    def attack() -> AttackData:
+        if "attack" not in cache:
+            cache["attack"] = AttackData.draw(split, cfg.audit, cfg.train.seed)
+        return cache["attack"]
+
+    def floors() -> dict[str, float]:
+        if "floors" not in cache:
+            cache["floors"] = label_only_floor(attack(), cfg.audit, cfg.train.seed)
+        return cache["floors"]
 
     # Round 0: heads learn from the initial encoder's features, so the first local round has useful heads.
     _fit_heads(
@@ -157,6 +170,11 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
             },
             out / "checkpoints" / f"round_{rnd:03d}.pt",
         )
+        every = cfg.federated.audit_every
+        if audit and cfg.audit.enabled and every and rnd % every == 0 and rnd < cfg.federated.rounds:
+            interim = TrainedModel(method, generator, heads, feature_dp)
+            figures, _ = audit_model(interim, attack(), cfg.audit, floors(), cfg.train.seed)
+            audits.write({"round": rnd, **{k: figures[k] for k in ("tasks", "cross_task_attack", "reconstruction")}})
         accs = "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
         print(
             f"[round {rnd}/{cfg.federated.rounds}] devices sampled {row['sampled']}, answered {row['answered']}, "
@@ -187,15 +205,23 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
         )
         return {"history": history}
     print("auditing the final model", flush=True)
-    attack_data = AttackData.draw(split, cfg.audit, cfg.train.seed)
-    floors = label_only_floor(attack_data, cfg.audit, cfg.train.seed)
-    figures, recons = audit_model(model, attack_data, cfg.audit, floors, cfg.train.seed)
+    attack_data = attack()
+    figures, recons = audit_model(model, attack_data, cfg.audit, floors(), cfg.train.seed)
+    method_figures = method_summary(model, figures, len(tasks))
+    if feature_dp.enabled and feature_dp.mechanism == "gaussian":
+        # A device may release the same image in every features query (round 0 and each round): the worst
+        # case composes (rounds + 1) x tasks Gaussian releases of it.
+        releases = (cfg.federated.rounds + 1) * len(tasks)
+        method_figures["feature_dp"]["releases_per_image_max"] = releases
+        method_figures["feature_dp"]["epsilon_all_rounds_worst_case"] = gaussian_epsilon(
+            feature_dp.noise_std, 2 * feature_dp.clip_norm, feature_dp.delta, releases=releases
+        )
     summary = {
         "command": "simulate",
         "machine": machine_description(),
         "tasks": tasks,
         "data": {"name": cfg.data.name, "train": cfg.data.train_pairs, "test": len(split.test)},
-        "methods": {method: method_summary(model, figures, len(tasks))},
+        "methods": {method: method_figures},
         "federated": {
             "strategy": cfg.federated.strategy.model_dump(),
             "devices": cfg.federated.num_devices,

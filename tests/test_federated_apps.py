@@ -101,7 +101,7 @@ def test_features_handler_sends_each_task_only_its_own_labels():
 def federated_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fed")
     grid = InProcessGrid(client_app, 3)
-    summary = run_federated(grid, _cfg(), out)
+    summary = run_federated(grid, _cfg("federated.audit_every=1"), out)
     return out, summary, grid
 
 
@@ -113,6 +113,8 @@ def test_round_loop_writes_rows_checkpoints_and_summary(federated_run):
     assert all(r["sampled"] == 3 and r["answered"] == 3 and r["aggregated"] for r in rows)
     assert rows[0]["epsilon_max"] < rows[1]["epsilon_max"] <= 8.0 + 0.05
     assert (out / "checkpoints" / "round_002.pt").exists()
+    (interim,) = read_jsonl(out / "audits.jsonl")  # audit_every=1: round 1 audited, the last by the final audit
+    assert interim["round"] == 1 and "left->right" in interim["cross_task_attack"]
     m = summary["methods"]["metamorphosis"]
     assert set(m["cross_task_attack"]) == {"left->right", "right->left"}
     assert m["dp_sgd"]["epsilon"] == max(summary["federated"]["device_epsilons"].values())
