@@ -45,7 +45,7 @@ class ModelConfig(_Strict):
 
     channels: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
     groups: int = Field(4, ge=1, description="GroupNorm groups; must divide every channel count")
-    feature_dim: int = Field(128, ge=2, description="channels C of the shared feature F")
+    feature_dim: int = Field(64, ge=2, description="channels C of the shared feature F")
     feature_map: bool = Field(False, description="keep F as a C x H x W map (True) or project it to a C-vector (False)")
     se_reduction: int = Field(4, ge=1, description="Cross-SEC bottleneck: C / se_reduction units")
     temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the task competition")
@@ -108,7 +108,7 @@ class FeatureDPConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(8, ge=1, le=1000)
+    epochs: int = Field(12, ge=1, le=1000)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(2e-3, gt=0.0, description="Adam learning rate of encoder + Cross-SEC")
     head_lr: float = Field(2e-3, gt=0.0, description="Adam learning rate of the task heads")
