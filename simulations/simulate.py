@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,8 +39,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def flower_env(home: Path) -> dict[str, str]:
-    """Offline-safe settings, a private FLWR_HOME and free loopback ports for this run."""
+def flower_env(home: Path, ray_tmp: Path) -> dict[str, str]:
+    """Offline-safe settings, a private FLWR_HOME and free loopback ports for this run.
+
+    ``ray_tmp`` must be a SHORT path: Ray puts AF_UNIX sockets under it, whose paths may not exceed 107
+    bytes (a run folder deep in a checkout broke a simulation that way).
+    """
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
     env.update(
@@ -50,7 +56,7 @@ def flower_env(home: Path) -> dict[str, str]:
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps Ray on 127.0.0.1 here
-            "RAY_TMPDIR": str(home / "ray"),
+            "RAY_TMPDIR": str(ray_tmp),
             # Ray runs each message on a fresh thread; glibc gives every thread its own malloc arena, and the
             # actors' memory grew by ~300 MB a round (2.7 GB after 3 rounds of 10 devices). Two arenas keep it flat.
             "MALLOC_ARENA_MAX": "2",
@@ -125,7 +131,8 @@ def simulate(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = pri
     (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     config_path = out / "config.json"
     config_path.write_text(cfg.model_dump_json(indent=2))
-    env = flower_env(home)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="mm-ray-"))
+    env = flower_env(home, ray_tmp)
     fed = cfg.federated
     cmd = [
         "flwr",
@@ -172,5 +179,6 @@ def simulate(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = pri
         raise
     finally:
         stop_processes(home)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)

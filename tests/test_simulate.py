@@ -31,7 +31,8 @@ SIM_TINY = [
 
 
 def test_simulate_three_devices_two_rounds_writes_the_run_folder(tmp_path):
-    out = tmp_path / "sim"
+    # a deep run folder: Ray's socket paths must not grow with it (AF_UNIX paths stop at 107 bytes)
+    out = tmp_path / ("deep-run-folder-" * 4) / "sim"
     args = ["simulate", "--out", str(out)]
     for item in SIM_TINY:
         args += ["--set", item]
