@@ -93,10 +93,13 @@ def plot_attacks(methods: dict[str, dict], path: Path) -> None:
         )
     first = next(iter(methods.values()))
     pairs, tasks = list(first["cross_task_attack"]), list(first["reconstruction"])
+    span = (len(methods) - 0.5) * width  # the dashed reference covers the group of bars it belongs to
     for p, k in enumerate(pairs):
-        axes[0].hlines(first["cross_task_attack"][k]["chance"], p - 0.4, p + 0.8, colors="k", linestyles="--")
+        axes[0].hlines(first["cross_task_attack"][k]["chance"], p - width / 2, p + span, colors="k", linestyles="--")
     for p, t in enumerate(tasks):
-        axes[1].hlines(first["reconstruction"][t]["ssim_label_only"], p - 0.4, p + 0.8, colors="k", linestyles="--")
+        axes[1].hlines(
+            first["reconstruction"][t]["ssim_label_only"], p - width / 2, p + span, colors="k", linestyles="--"
+        )
     axes[0].set(
         xticks=range(len(pairs)), xticklabels=pairs, ylabel="probe accuracy", title="Cross-task attack (dashed: chance)"
     )
