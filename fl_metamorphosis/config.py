@@ -169,7 +169,7 @@ class FederatedConfig(_Strict):
     """Devices, rounds, partitioning and per-device privacy budget of a federated run."""
 
     num_devices: int = Field(10, ge=1, le=100_000)
-    rounds: int = Field(10, ge=1, le=10_000)
+    rounds: int = Field(30, ge=1, le=10_000)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0, description="share of devices sampled per round")
     min_train_devices: int = Field(2, ge=1, description="fewer valid replies: the round is not aggregated")
     local_epochs: int = Field(1, ge=1)
