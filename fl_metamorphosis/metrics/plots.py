@@ -11,6 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
+def _save(fig, axes, path: Path, grid_axis: str = "both") -> None:
+    for ax in axes:
+        ax.grid(alpha=0.3, axis=grid_axis)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_training_curves(rows: list[dict], task_names: list[str], path: Path) -> None:
     """Test accuracy per task and DP-SGD epsilon against epoch, one line per method."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -23,12 +32,7 @@ def plot_training_curves(rows: list[dict], task_names: list[str], path: Path) ->
             axes[1].plot(epochs, [r["epsilon"] for r in mine], marker="o", label=method)
     axes[0].set(xlabel="epoch", ylabel="test accuracy", title="Task accuracy (released features)")
     axes[1].set(xlabel="epoch", ylabel="epsilon", title="DP-SGD epsilon spent")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, axes, path)
 
 
 def plot_reconstruction_grid(originals: torch.Tensor, rows: dict[str, torch.Tensor], path: Path, n: int = 8) -> None:
@@ -64,12 +68,7 @@ def plot_rounds(rows: list[dict], task_names: list[str], path: Path) -> None:
     axes[1].plot(rounds, [r["epsilon_mean"] for r in rows], marker="s", label="mean over devices")
     axes[0].set(xlabel="round", ylabel="held-out accuracy", title="Task accuracy (server held-out set)")
     axes[1].set(xlabel="round", ylabel="epsilon (cumulative)", title="DP-SGD epsilon spent by devices")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, axes, path)
 
 
 def plot_attacks(methods: dict[str, dict], path: Path) -> None:
@@ -109,9 +108,4 @@ def plot_attacks(methods: dict[str, dict], path: Path) -> None:
         ylabel="SSIM",
         title="Input reconstruction (dashed: label-only floor)",
     )
-    for ax in axes:
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, axes, path, grid_axis="y")
