@@ -134,7 +134,7 @@ def simulate(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = pri
     cmd = [
         "flwr",
         "run",
-        str(APP_DIR),
+        str(app_dir),
         "local",
         "--stream",
         "--federation-config",

@@ -40,7 +40,7 @@ def test_server_head_learns_its_own_task_features():
     y = torch.randint(0, 4, (800,), generator=g)
     x = torch.nn.functional.one_hot(y, 4).float() + 0.3 * torch.randn(800, 4, generator=g)
     head = ClassificationHead(4, 4, hidden=16)
-    before = float(head.per_sample_loss(head(x), y).mean())
+    before = head.per_sample_loss(head(x), y).mean().item()
     after = train_head(head, x, y, epochs=20, lr=1e-2, seed=0)
     assert after < 0.5 * before
     assert float((head.predict(head(x)) == y).float().mean()) > 0.9
