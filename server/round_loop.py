@@ -183,6 +183,18 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
             flush=True,
         )
 
+    # Federated evaluation of the final model on the devices' own held-out pairs (weighted by their size).
+    evaluate_messages = strategy.configure_evaluate(
+        cfg.federated.rounds, ArrayRecord(joint_state(generator, heads)), config_record(cfg), grid
+    )
+    local = strategy.aggregate_evaluate(
+        cfg.federated.rounds, grid.send_and_receive(evaluate_messages, timeout=REPLY_TIMEOUT_S)
+    )
+    local_accuracy = {
+        k.removeprefix("accuracy."): float(v) for k, v in (local or {}).items() if k.startswith("accuracy.")
+    }
+    print(f"device-side evaluation (local test pairs): {local_accuracy}", flush=True)
+
     model = TrainedModel(method, generator, heads, feature_dp, history, wall_seconds=time.perf_counter() - started)
     model.dp_sgd = {
         "enabled": cfg.dp_sgd.enabled,
@@ -232,6 +244,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
                 "classes_per_device": cfg.federated.classes_per_device,
             },
             "device_epsilons": {str(k): v for k, v in sorted(epsilons.items())},
+            "local_test_accuracy": local_accuracy,
         },
         "history": history,
         "server_wall_seconds": time.perf_counter() - started,

@@ -119,6 +119,8 @@ def test_round_loop_writes_rows_checkpoints_and_summary(federated_run):
     assert set(m["cross_task_attack"]) == {"left->right", "right->left"}
     assert m["dp_sgd"]["epsilon"] == max(summary["federated"]["device_epsilons"].values())
     assert len(summary["federated"]["device_epsilons"]) == 3
+    local = summary["federated"]["local_test_accuracy"]  # the evaluate handler, aggregated by the strategy
+    assert set(local) == {"left", "right"} and all(0 <= v <= 1 for v in local.values())
     # every train message carries the heads with the encoder, in one record
     train_msgs = [m for m in grid.sent if m.metadata.message_type == "train"]
     assert train_msgs and all(any(k.startswith("heads.") for k in m.content["arrays"]) for m in train_msgs)
