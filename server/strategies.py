@@ -17,8 +17,8 @@ def build_strategy(fed: FederatedConfig) -> fl.FedAvg:
     common = {
         "fraction_train": fed.fraction_train,
         "fraction_evaluate": fed.fraction_train,
-        "min_train_nodes": min(fed.min_train_devices, fed.num_devices),
-        "min_evaluate_nodes": min(fed.min_train_devices, fed.num_devices),
+        "min_train_nodes": fed.min_train_devices,  # <= num_devices, checked by FederatedConfig
+        "min_evaluate_nodes": fed.min_train_devices,
         "min_available_nodes": fed.num_devices,
     }
     match s.name:

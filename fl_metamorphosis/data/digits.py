@@ -7,6 +7,8 @@ so no test image shares a handwritten digit with any training image.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
@@ -31,8 +33,10 @@ def _pairs(images: np.ndarray, labels: np.ndarray, sources: np.ndarray, n: int, 
     return torch.from_numpy(x).unsqueeze(1).float(), torch.from_numpy(y).long(), left, right
 
 
+@lru_cache(maxsize=1)
 def source_digits() -> tuple[np.ndarray, np.ndarray]:
-    """All 1,797 source digits as float images in [0, 1] and their labels."""
+    """All 1,797 source digits as float images in [0, 1] and their labels (read once per process: a
+    device composes its pairs on every message). Callers must not modify the arrays."""
     digits = load_digits()
     return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)  # pixels are 0..16
 

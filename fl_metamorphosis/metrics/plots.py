@@ -75,37 +75,24 @@ def plot_attacks(methods: dict[str, dict], path: Path) -> None:
     """Cross-task attack accuracy next to chance, and reconstruction SSIM next to the label-only floor."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     width = 0.8 / max(1, len(methods))
-    for i, (name, m) in enumerate(methods.items()):
-        pairs = list(m["cross_task_attack"])
-        axes[0].bar(
-            [p + i * width for p in range(len(pairs))],
-            [m["cross_task_attack"][k]["accuracy"] for k in pairs],
-            width,
-            label=name,
-        )
-        tasks = list(m["reconstruction"])
-        axes[1].bar(
-            [p + i * width for p in range(len(tasks))],
-            [m["reconstruction"][t]["ssim"] for t in tasks],
-            width,
-            label=name,
-        )
-    first = next(iter(methods.values()))
-    pairs, tasks = list(first["cross_task_attack"]), list(first["reconstruction"])
     span = (len(methods) - 0.5) * width  # the dashed reference covers the group of bars it belongs to
-    for p, k in enumerate(pairs):
-        axes[0].hlines(first["cross_task_attack"][k]["chance"], p - width / 2, p + span, colors="k", linestyles="--")
-    for p, t in enumerate(tasks):
-        axes[1].hlines(
-            first["reconstruction"][t]["ssim_label_only"], p - width / 2, p + span, colors="k", linestyles="--"
-        )
-    axes[0].set(
-        xticks=range(len(pairs)), xticklabels=pairs, ylabel="probe accuracy", title="Cross-task attack (dashed: chance)"
-    )
-    axes[1].set(
-        xticks=range(len(tasks)),
-        xticklabels=tasks,
-        ylabel="SSIM",
-        title="Input reconstruction (dashed: label-only floor)",
-    )
+    first = next(iter(methods.values()))
+    panels = [  # (axis, section, plotted value, reference value, y label, title)
+        (axes[0], "cross_task_attack", "accuracy", "chance", "probe accuracy", "Cross-task attack (dashed: chance)"),
+        (
+            axes[1],
+            "reconstruction",
+            "ssim",
+            "ssim_label_only",
+            "SSIM",
+            "Input reconstruction (dashed: label-only floor)",
+        ),
+    ]
+    for ax, section, value, reference, ylabel, title in panels:
+        keys = list(first[section])
+        for i, (name, m) in enumerate(methods.items()):
+            ax.bar([p + i * width for p in range(len(keys))], [m[section][k][value] for k in keys], width, label=name)
+        for p, k in enumerate(keys):
+            ax.hlines(first[section][k][reference], p - width / 2, p + span, colors="k", linestyles="--")
+        ax.set(xticks=range(len(keys)), xticklabels=keys, ylabel=ylabel, title=title)
     _save(fig, axes, path, grid_axis="y")
