@@ -104,6 +104,10 @@ def train(msg: Message, context: Context) -> Message:
             "num-examples": update.num_examples,
             "train-loss": update.train_loss,
             "epsilon": update.epsilon,
+            # what the server needs to re-account the epsilon with an independent accountant
+            "noise-multiplier": sigma,
+            "sample-rate": update.history[-1][1] if update.history else 0.0,
+            "steps": sum(int(h[2]) for h in update.history),
             "declined": int(update.declined is not None),
             "device": device,
         }

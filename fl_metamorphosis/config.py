@@ -173,6 +173,12 @@ class FederatedConfig(_Strict):
     fraction_train: float = Field(1.0, gt=0.0, le=1.0, description="share of devices sampled per round")
     min_train_devices: int = Field(2, ge=1, description="fewer valid replies: the round is not aggregated")
     local_epochs: int = Field(1, ge=1)
+    local_lr: float = Field(
+        0.01,
+        gt=0.0,
+        description="devices' Adam learning rate; higher than train.lr because averaging the devices' noised "
+        "updates shrinks each round's step (docs/federated.md)",
+    )
     partitioning: Literal["iid", "dirichlet", "pathological"] = "iid"
     dirichlet_alpha: float = Field(0.5, gt=0.0)
     classes_per_device: int = Field(2, ge=1, description="pathological: source-digit classes per device")

@@ -18,6 +18,9 @@ class SortedReplies:
     declined: dict[int, str] = field(default_factory=dict)  # device -> reason
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> reason
     epsilons: dict[int, float] = field(default_factory=dict)  # device -> cumulative epsilon it reported
+    # device -> (noise multiplier, sample rate, cumulative steps) it reported, for an independent re-count
+    accounting: dict[int, tuple[float, float, int]] = field(default_factory=dict)
+    trained: list[int] = field(default_factory=list)  # devices whose update is valid
 
 
 def sort_replies(replies: Iterable[Message], reference: Mapping[str, torch.Tensor]) -> SortedReplies:
@@ -35,10 +38,17 @@ def sort_replies(replies: Iterable[Message], reference: Mapping[str, torch.Tenso
             eps = float(metrics.get("epsilon", math.nan))
             if not math.isfinite(eps) or eps < 0:
                 raise InvalidUpdate(f"epsilon {eps} is not a finite, non-negative number")
+            acct = (
+                (float(metrics["noise-multiplier"]), float(metrics["sample-rate"]), int(metrics["steps"]))
+                if "steps" in metrics
+                else None
+            )
             if int(metrics.get("declined", 0)):
                 status = msg.content.config_records.get("status")
                 out.declined[device] = str(status["declined"]) if status else "declined"
                 out.epsilons[device] = eps
+                if acct:
+                    out.accounting[device] = acct
                 continue
             if "arrays" not in msg.content.array_records:
                 raise InvalidUpdate("no 'arrays' record")
@@ -50,5 +60,8 @@ def sort_replies(replies: Iterable[Message], reference: Mapping[str, torch.Tenso
             out.rejected[node] = str(err)
             continue
         out.valid.append(msg)
+        out.trained.append(device)
         out.epsilons[device] = eps
+        if acct:
+            out.accounting[device] = acct
     return out

@@ -36,6 +36,7 @@ from fl_metamorphosis.privacy import gaussian_epsilon
 from fl_metamorphosis.training import TrainedModel, evaluate, method_feature_dp
 from fl_metamorphosis.training.central import machine_description, method_summary
 
+from .device_privacy import PrivacyLedger
 from .replies import sort_replies
 from .strategies import build_strategy
 
@@ -90,7 +91,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
     feature_dp = method_feature_dp(method, cfg)
     all_nodes = sorted(grid.get_node_ids())
     history: list[dict[str, Any]] = []
-    epsilons: dict[int, float] = {}
+    ledger = PrivacyLedger(cfg.dp_sgd.delta)
     audits = JsonlWriter(out / "audits.jsonl")  # interim audits (federated.audit_every)
     cache: dict[str, Any] = {}
 
@@ -120,7 +121,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
         arrays = ArrayRecord(joint_state(generator, heads))  # the heads travel with the encoder
         messages = list(strategy.configure_train(rnd, arrays, config_record(cfg), grid))
         replies = sort_replies(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), joint_state(generator, heads))
-        epsilons.update(replies.epsilons)
+        ledger.record(replies)
         for node, reason in replies.rejected.items():
             print(f"  round {rnd}: rejected reply of node {node}: {reason}", flush=True)
         aggregated = len(replies.valid) >= cfg.federated.min_train_devices
@@ -155,8 +156,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
             "rejected": len(replies.rejected),
             "aggregated": aggregated,
             **{f"test_acc.{k}": v for k, v in accuracy.items()},
-            "epsilon_max": max(epsilons.values(), default=0.0),
-            "epsilon_mean": sum(epsilons.values()) / max(1, len(epsilons)),
+            "epsilon_max": ledger.max_epsilon,
+            "epsilon_mean": ledger.mean_epsilon,
             "seconds": time.perf_counter() - t0,
         }
         metrics.write(row)
@@ -196,14 +197,17 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
     print(f"device-side evaluation (local test pairs): {local_accuracy}", flush=True)
 
     model = TrainedModel(method, generator, heads, feature_dp, history, wall_seconds=time.perf_counter() - started)
+    devices = ledger.devices()
     model.dp_sgd = {
         "enabled": cfg.dp_sgd.enabled,
-        "epsilon": max(epsilons.values(), default=0.0),  # the worst device: budgets compose per device, not on average
-        "epsilon_mean": sum(epsilons.values()) / max(1, len(epsilons)),
+        "epsilon": ledger.max_epsilon,  # the worst device: budgets compose per device, not on average
+        "epsilon_mean": ledger.mean_epsilon,
         "delta": cfg.dp_sgd.delta,
         "budget": cfg.federated.device_epsilon_budget,
-        "devices_reporting": len(epsilons),
+        "devices_reporting": len(devices),
         "accountant": cfg.dp_sgd.accountant,
+        "epsilon_dp_accounting_max": max((d["epsilon_dp_accounting"] for d in devices.values()), default=0.0),
+        "epsilon_max_relative_difference": ledger.max_relative_difference(devices),
     }
     if not (audit and cfg.audit.enabled):  # rounds only (tests of the bookkeeping, timing runs)
         write_json(
@@ -243,7 +247,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
                 "alpha": cfg.federated.dirichlet_alpha,
                 "classes_per_device": cfg.federated.classes_per_device,
             },
-            "device_epsilons": {str(k): v for k, v in sorted(epsilons.items())},
+            "device_privacy": devices,
             "local_test_accuracy": local_accuracy,
         },
         "history": history,

@@ -117,8 +117,13 @@ def test_round_loop_writes_rows_checkpoints_and_summary(federated_run):
     assert interim["round"] == 1 and "left->right" in interim["cross_task_attack"]
     m = summary["methods"]["metamorphosis"]
     assert set(m["cross_task_attack"]) == {"left->right", "right->left"}
-    assert m["dp_sgd"]["epsilon"] == max(summary["federated"]["device_epsilons"].values())
-    assert len(summary["federated"]["device_epsilons"]) == 3
+    devices = summary["federated"]["device_privacy"]
+    assert len(devices) == 3 and all(d["rounds_trained"] == 2 for d in devices.values())
+    assert m["dp_sgd"]["epsilon"] == max(d["epsilon"] for d in devices.values())
+    # each device's Opacus epsilon, re-accounted on the server by dp-accounting over the steps it reported
+    for d in devices.values():
+        assert d["steps"] > 0 and d["epsilon"] == pytest.approx(d["epsilon_dp_accounting"], rel=0.02)
+    assert m["dp_sgd"]["epsilon_max_relative_difference"] < 0.02
     local = summary["federated"]["local_test_accuracy"]  # the evaluate handler, aggregated by the strategy
     assert set(local) == {"left", "right"} and all(0 <= v <= 1 for v in local.values())
     # every train message carries the heads with the encoder, in one record

@@ -45,7 +45,9 @@ def test_simulate_three_devices_two_rounds_writes_the_run_folder(tmp_path):
     assert summary["command"] == "simulate" and summary["federated"]["devices"] == 3
     m = summary["methods"]["metamorphosis"]
     assert 0 <= m["tasks"]["left"]["accuracy"] <= 1 and "left->right" in m["cross_task_attack"]
-    assert m["dp_sgd"]["epsilon"] == max(summary["federated"]["device_epsilons"].values())
+    devices = summary["federated"]["device_privacy"]
+    assert m["dp_sgd"]["epsilon"] == max(d["epsilon"] for d in devices.values())
+    assert all(d["rounds_trained"] == 2 for d in devices.values())
     for name in ("report.md", "rounds.png", "attacks.png", "reconstruction_grid.png", "flower.log"):
         assert (out / name).stat().st_size > 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_001.pt", "round_002.pt"]

@@ -133,13 +133,13 @@ def train_locally(
     global_weights = {k: v.detach().clone() for k, v in trained.named_parameters()}
 
     loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
-    opt = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=cfg.train.lr)
+    opt = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=cfg.federated.local_lr)
     private = make_private(trained, opt, loader, cfg.dp_sgd, local_epochs, noise_multiplier, history)
 
     def proximal_step() -> None:
         with torch.no_grad():
             for name, p in trained.named_parameters():
-                p.sub_(cfg.train.lr * proximal_mu * (p - global_weights[name]))
+                p.sub_(cfg.federated.local_lr * proximal_mu * (p - global_weights[name]))
 
     after_step = proximal_step if proximal_mu > 0 else None
     loss = 0.0
