@@ -1,6 +1,10 @@
 """``metamorphosis``: the command line.
 
 metamorphosis central [--config FILE] [--set key=value ...] [--out DIR]
+metamorphosis simulate [--config FILE] [--set key=value ...] [--out DIR]
+metamorphosis audit RUN_OR_CHECKPOINT [--out DIR] [--export FILE.npz] [--attacker-samples N]
+metamorphosis compare [--config FILE] [--set key=value ...] [--out DIR] [--methods M ...] [--seeds S ...]
+                      [--quick] [--sweep KEY=V1,V2 ...]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = {
         "central": "train universal + MetaMorphosis on one machine, audit both, report",
         "simulate": "federated MetaMorphosis: a Flower simulation of edge devices (flwr run, Ray), audited",
+        "compare": "every method x several seeds through the federated pipeline, audited, one table and plots",
     }
     for name, text in commands.items():
         cmd = sub.add_parser(name, help=text)
@@ -38,7 +43,64 @@ def _parser() -> argparse.ArgumentParser:
             help="override one config value, e.g. --set train.epochs=3 (repeatable)",
         )
         cmd.add_argument("--out", type=Path, default=Path(f"runs/{name}"), help=f"run folder (default runs/{name})")
+    from .methods import METHODS
+
+    compare = sub.choices["compare"]
+    compare.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), help="default: all (with --sweep: metamorphosis)"
+    )
+    compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
+    compare.add_argument("--quick", action="store_true", help="a tiny federation (3 devices, 2 rounds): for tests")
+    compare.add_argument(
+        "--sweep", action="append", default=[], metavar="KEY=V1,V2", help="e.g. dp_sgd.target_epsilon=2,4,8"
+    )
+    audit = sub.add_parser("audit", help="run every attack on a saved run or checkpoint; export released features")
+    audit.add_argument("source", type=Path, help="run folder of central/simulate, or a .pt checkpoint")
+    audit.add_argument("--out", type=Path, help="where audit.json, report.md and plots go (default SOURCE/audit)")
+    audit.add_argument("--export", type=Path, help="also write the held-out released features, labels, images (.npz)")
+    audit.add_argument(
+        "--attacker-samples",
+        type=int,
+        help="released training samples the attacker learns on (default: as many as the server saw, federated)",
+    )
     return p
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit.saved_run import write_audit
+
+    if args.attacker_samples is not None and args.attacker_samples < 50:
+        raise ConfigError(f"--attacker-samples={args.attacker_samples}: give at least 50")
+    out = args.out or (args.source if args.source.is_dir() else args.source.parent) / "audit"
+    console.print(f"[bold]auditing {args.source}[/bold] -> {out}")
+    summary = write_audit(args.source, out, args.export, args.attacker_samples)
+    print((out / "report.md").read_text())
+    if args.export:
+        console.print(f"released features exported to {args.export} ({', '.join(summary['methods'])})")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from simulations.compare import QUICK, compare, parse_sweep, sweep
+    from simulations.simulate import SimulationFailed
+
+    cfg = load_config(args.config, [*(QUICK if args.quick else []), *args.overrides])
+    echo = lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    from .methods import METHODS
+
+    try:
+        if args.sweep:
+            methods = args.methods or ["metamorphosis"]
+            rows = sweep(cfg, args.out, methods, args.seeds[0], parse_sweep(args.sweep), echo)
+            console.print(f"{len(rows)} sweep runs: {args.out / 'sweep.json'}, {args.out / 'sweep.png'}")
+            return 0
+        compare(cfg, args.out, args.methods or list(METHODS), args.seeds, echo)
+    except SimulationFailed as err:
+        console.print(f"[red]a run failed:[/red] {err}  (finished runs are kept and reused on the next call)")
+        return 1
+    print((args.out / "comparison.md").read_text())
+    console.print(f"comparison folder: {args.out}")
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -97,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     # Opacus' full backward hooks fire on the first layer, whose input (the image) needs no gradient.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     try:
-        return _simulate(args) if args.command == "simulate" else _central(args)
+        commands = {"simulate": _simulate, "central": _central, "audit": _audit, "compare": _compare}
+        return commands[args.command](args)
     except ConfigError as err:
         console.print(f"[red]error:[/red] {err}")
         return 2

@@ -13,7 +13,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-Method = Literal["universal", "metamorphosis"]
+Method = Literal[
+    "universal",
+    "adversarial",
+    "nopeek",
+    "metamorphosis",
+    "metamorphosis_no_noise",
+    "metamorphosis_no_decorrelation",
+    "metamorphosis_no_crosssec",
+]  # the parts of each: fl_metamorphosis/methods.py
 
 
 class ConfigError(ValueError):
@@ -50,6 +58,7 @@ class ModelConfig(_Strict):
     se_reduction: int = Field(4, ge=1, description="Cross-SEC bottleneck: C / se_reduction units")
     temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the task competition")
     head_hidden: int = Field(64, ge=1)
+    adversary_hidden: int = Field(128, ge=1, description="adversarial method: hidden units of each adversary")
 
     @model_validator(mode="after")
     def _groups_divide_channels(self) -> ModelConfig:
@@ -75,6 +84,10 @@ class LossConfig(_Strict):
     per_sample_penalty: Literal["impurity", "overlap"] = Field(
         "overlap", description="impurity: every channel to ONE option (a task or none); overlap: tasks only"
     )
+    adversary_weight: float = Field(
+        0.5, ge=0.0, description="adversarial method: weight of the reversed adversary losses"
+    )
+    nopeek_weight: float = Field(1.0, ge=0.0, description="nopeek method: weight of dCor^2(F, input)")
 
 
 class DPSGDConfig(_Strict):
@@ -244,6 +257,11 @@ class ExperimentConfig(_Strict):
             raise ValueError(
                 "loss.decorrelation_form='batch' couples the samples of a batch, which voids DP-SGD's "
                 "per-sample clipping: use 'per_sample' or 'auto', or set dp_sgd.enabled=false"
+            )
+        if self.dp_sgd.enabled and "nopeek" in self.methods:
+            raise ValueError(
+                "methods: 'nopeek' trains on dCor(F, input), a batch statistic that voids DP-SGD's per-sample "
+                "clipping: drop it from methods or set dp_sgd.enabled=false"
             )
         if self.dp_sgd.enabled and self.loss.input_decorrelation_weight > 0:
             raise ValueError(

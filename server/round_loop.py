@@ -22,6 +22,7 @@ from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.data import load_dataset
 from fl_metamorphosis.federated.device import joint_state, split_state
 from fl_metamorphosis.federated.server_heads import train_head
+from fl_metamorphosis.fl.partition import federated_training_pairs
 from fl_metamorphosis.fl.records import config_record
 from fl_metamorphosis.metrics import (
     JsonlWriter,
@@ -84,7 +85,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
     method = cfg.methods[-1]
     split = load_dataset(cfg.data, cfg.train.seed)  # the server uses its held-out test set only
     tasks = split.test.task_names
-    generator = FeatureGenerator(method, split.test.image_shape, len(tasks), cfg.model)
+    num_classes = [t.num_classes for t in split.test.tasks]
+    generator = FeatureGenerator(method, split.test.image_shape, len(tasks), cfg.model, num_classes)
     heads = build_heads(generator.feature_shape, [t.num_classes for t in split.test.tasks], cfg.model)
     strategy = build_strategy(cfg.federated)
     metrics = JsonlWriter(out / "metrics.jsonl")
@@ -97,7 +99,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
 
     def attack() -> AttackData:
         if "attack" not in cache:
-            cache["attack"] = AttackData.draw(split, cfg.audit, cfg.train.seed)
+            # members for the membership attack: the devices' own training pairs
+            cache["attack"] = AttackData.draw(split, cfg.audit, cfg.train.seed, members=federated_training_pairs(cfg))
         return cache["attack"]
 
     def floors() -> dict[str, float]:
@@ -165,6 +168,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
         torch.save(
             {
                 "round": rnd,
+                "method": method,
                 "generator": generator.state_dict(),
                 "heads": heads.state_dict(),
                 "config": cfg.model_dump(),

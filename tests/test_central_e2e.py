@@ -2,19 +2,26 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from fl_metamorphosis.cli import main
 from fl_metamorphosis.metrics import read_jsonl
 
 
-@pytest.mark.slow
-def test_tiny_central_run_writes_a_sane_summary(tmp_path, tiny_overrides):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def central_run(tmp_path_factory, tiny_overrides):
+    out = tmp_path_factory.mktemp("central") / "run"
     args = ["central", "--out", str(out)]
     for item in [*tiny_overrides, "model.feature_dim=32"]:
         args += ["--set", item]
     assert main(args) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_central_run_writes_a_sane_summary(central_run):
+    out = central_run
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tasks"] == ["left", "right"] and summary["command"] == "central"
@@ -50,6 +57,36 @@ def test_tiny_central_run_writes_a_sane_summary(tmp_path, tiny_overrides):
     for f in ("report.md", "training_curves.png", "reconstruction_grid.png", "model_metamorphosis.pt", "config.json"):
         assert (out / f).stat().st_size > 0
     assert "| metamorphosis |" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_audit_command_re_audits_the_saved_models_and_exports_what_devices_send(central_run, tmp_path):
+    export = tmp_path / "released.npz"
+    out = tmp_path / "audit"
+    assert (
+        main(["audit", str(central_run), "--out", str(out), "--export", str(export), "--attacker-samples", "300"]) == 0
+    )
+    audit = json.loads((out / "audit.json").read_text())
+    trained = json.loads((central_run / "summary.json").read_text())
+    assert set(audit["methods"]) == {"universal", "metamorphosis"}
+    for name, m in audit["methods"].items():
+        assert set(m["cross_task_attack_linear"]) == {"left->right", "right->left"}
+        assert 0.0 <= m["membership"]["auc"] <= 1.0 and m["membership"]["members"] > 0
+        assert m["dp_sgd"]["epsilon"] == trained["methods"][name]["dp_sgd"]["epsilon"]  # carried, not recomputed
+        # same model, same held-out set and release seed as the run's own audit: same task accuracy
+        assert m["tasks"]["left"]["accuracy"] == pytest.approx(trained["methods"][name]["tasks"]["left"]["accuracy"])
+    for name in ("report.md", "attacks.png", "reconstruction_grid.png"):
+        assert (out / name).stat().st_size > 0
+    for name in ("universal", "metamorphosis"):
+        arrays = np.load(export.with_name(f"released_{name}.npz"))
+        n = len(arrays["images"])
+        assert arrays["features_left"].shape == (n, 32) and arrays["labels"].shape == (n, 2)
+        assert list(arrays["task_names"]) == ["left", "right"]
+
+
+def test_audit_command_names_a_missing_source(tmp_path, capsys):
+    assert main(["audit", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_cli_config_error_exits_2_and_names_the_field(tmp_path, capsys):

@@ -1,8 +1,10 @@
 """Run every attack against one trained model: what the privacy figures in a summary come from.
 
-The attacker is given the released features of ``attacker_samples`` TRAINING images together with
-their labels for every task and the images themselves (as much as a curious server sees, and more), and
-is scored on ``eval_samples`` held-out TEST images it never saw.
+The attacker is given the released features of TRAINING images (``attacker_samples``, or more: callers
+pass how many releases the server saw over the whole training, and training images are then drawn again,
+each copy with fresh noise) together with their labels for every task and the images themselves, and is
+scored on ``eval_samples`` held-out TEST images it never saw. The membership attack compares samples the
+model trained on (``members``) with held-out images.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..data import MultiTaskDataset, TrainTestSplit
 from ..training import TrainedModel, released_features, task_accuracy
 from .cross_task_probe import cross_task_attacks
 from .dependence import dependence_report
+from .membership_attack import membership_auc
 from .reconstruction_attack import one_hot, reconstruction_attack
 
 
@@ -25,16 +28,30 @@ class AttackData:
 
     attacker: MultiTaskDataset
     evaluation: MultiTaskDataset
+    members: MultiTaskDataset  # samples the model trained on, for the membership attack
 
     @classmethod
-    def draw(cls, split: TrainTestSplit, cfg: AuditConfig, seed: int) -> AttackData:
-        rng = torch.Generator().manual_seed(seed)
-        n_att = min(cfg.attacker_samples, len(split.train))
+    def draw(
+        cls,
+        split: TrainTestSplit,
+        cfg: AuditConfig,
+        seed: int,
+        attacker_samples: int | None = None,
+        members: MultiTaskDataset | None = None,
+    ) -> AttackData:
+        """``attacker_samples`` (default ``cfg.attacker_samples``) beyond the training set repeat images;
+        ``members`` defaults to training images (right when the model trained on ``split.train``)."""
+        # One generator per draw: the held-out set does not change with the attacker's budget.
+        eval_rng, att_rng, member_rng = (torch.Generator().manual_seed(seed + k) for k in range(3))
+        n_att = attacker_samples or cfg.attacker_samples
         n_eval = min(cfg.eval_samples, len(split.test))
-        return cls(
-            split.train.subset(torch.randperm(len(split.train), generator=rng)[:n_att]),
-            split.test.subset(torch.randperm(len(split.test), generator=rng)[:n_eval]),
-        )
+        evaluation = split.test.subset(torch.randperm(len(split.test), generator=eval_rng)[:n_eval])
+        rounds = -(-n_att // len(split.train))  # every image once before any repeats
+        order = torch.cat([torch.randperm(len(split.train), generator=att_rng) for _ in range(rounds)])[:n_att]
+        if members is None:
+            members = split.train
+        chosen = members.subset(torch.randperm(len(members), generator=member_rng)[:n_eval])
+        return cls(split.train.subset(order), evaluation, chosen)
 
 
 def label_only_floor(data: AttackData, cfg: AuditConfig, seed: int) -> dict[str, float]:
@@ -67,17 +84,22 @@ def audit_model(
     tasks = {
         name: {"accuracy": accuracies[t], "chance": data.evaluation.chance_level(t)} for t, name in enumerate(names)
     }
-    cross = cross_task_attacks(
-        att.numpy(),
-        data.attacker.labels.numpy(),
-        ev.numpy(),
-        data.evaluation.labels.numpy(),
-        names,
-        "mlp",
-        cfg.probe_hidden,
-        cfg.probe_max_iter,
-        seed,
+    cross, linear = (
+        cross_task_attacks(
+            att.numpy(),
+            data.attacker.labels.numpy(),
+            ev.numpy(),
+            data.evaluation.labels.numpy(),
+            names,
+            kind,
+            cfg.probe_hidden,
+            cfg.probe_max_iter,
+            seed,
+        )
+        for kind in ("mlp", "linear")
     )
+    members = released_features(model.generator, data.members.images, model.feature_dp, seed + 303)
+    membership = membership_auc(model.heads, members, data.members.labels, ev, data.evaluation.labels)
     reconstruction, recons = {}, {}
     for t, name in enumerate(names):
         scores, recons[name] = reconstruction_attack(
@@ -89,13 +111,15 @@ def audit_model(
     audit = {
         "tasks": tasks,
         "cross_task_attack": cross,
+        "cross_task_attack_linear": linear,
         "reconstruction": reconstruction,
+        "membership": membership,
         "distance_correlation": dcor,
         "attacker": {
             "train_samples": len(data.attacker),
             "eval_samples": len(data.evaluation),
             "knows": "released features, every task's labels and the images of its training samples",
-            "probe": f"StandardScaler + MLP({cfg.probe_hidden}), {cfg.probe_max_iter} epochs",
+            "probe": f"StandardScaler + MLP({cfg.probe_hidden}), {cfg.probe_max_iter} epochs (and a linear one)",
             "decoder": f"MLP(512, 512), {cfg.decoder_epochs} epochs, SSIM window {cfg.ssim_kernel} px (uniform)",
         },
     }

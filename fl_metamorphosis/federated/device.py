@@ -67,10 +67,10 @@ class DeviceModel(nn.Module):
         self.generator, self.heads = generator, heads
         self.feature_dp, self.rng = feature_dp, rng
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         feats, attention = self.generator(x)
         released = release(feats, self.feature_dp, self.rng)
-        return [head(released[:, t]) for t, head in enumerate(self.heads)], attention
+        return [head(released[:, t]) for t, head in enumerate(self.heads)], attention, feats
 
 
 def joint_state(generator: nn.Module, heads: nn.ModuleList) -> dict[str, torch.Tensor]:
@@ -88,7 +88,8 @@ def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 
 
 def build_generator(cfg: ExperimentConfig, data: MultiTaskDataset) -> FeatureGenerator:
-    return FeatureGenerator(cfg.methods[-1], data.image_shape, len(data.tasks), cfg.model)
+    num_classes = [t.num_classes for t in data.tasks]
+    return FeatureGenerator(cfg.methods[-1], data.image_shape, len(data.tasks), cfg.model, num_classes)
 
 
 def train_locally(
@@ -145,7 +146,7 @@ def train_locally(
     loss = 0.0
     for _ in range(local_epochs):
         if train_heads:
-            loss = _joint_epoch(private, heads, objective, after_step)
+            loss = _joint_epoch(private, heads, generator.adversary, objective, after_step)
         else:
             loss = run_epoch(
                 private.module,
@@ -162,12 +163,14 @@ def train_locally(
     return LocalUpdate(weights, len(data), loss, private.epsilon(), private.history)
 
 
-def _joint_epoch(private, heads: nn.ModuleList, objective, after_step) -> float:
+def _joint_epoch(private, heads: nn.ModuleList, adversary, objective, after_step) -> float:
     total, seen = 0.0, 0
     private.module.train()
     for x, y in private.loader:
-        outputs, attention = private.module(x)
-        per_sample = objective.from_outputs(heads, outputs, attention, y)
+        outputs, attention, feats = private.module(x)
+        per_sample = objective.from_outputs(heads, outputs, attention, y, feats)
+        if objective.adversary_weight > 0:
+            per_sample = per_sample + objective.adversary_weight * adversary.per_sample_loss(feats, x, y)
         private.optimizer.zero_grad(set_to_none=True)
         per_sample.mean().backward()
         private.optimizer.step()

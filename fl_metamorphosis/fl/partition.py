@@ -10,10 +10,11 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import torch
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
-from ..config import DataConfig, FederatedConfig
+from ..config import DataConfig, ExperimentConfig, FederatedConfig
 from ..data import MultiTaskDataset
 from ..data.digits import compose_pairs, source_digits, split_sources
 
@@ -75,3 +76,9 @@ def device_datasets(
     train = compose_pairs(train_src, n_train, rng)
     test = compose_pairs(test_src, max(1, min(n_train // 4, data.test_pairs)), rng)
     return train, test
+
+
+def federated_training_pairs(cfg: ExperimentConfig) -> MultiTaskDataset:
+    """Every device's training pairs together: the members of a federated run (for its audit)."""
+    parts = [device_datasets(cfg.data, cfg.federated, d, cfg.train.seed)[0] for d in range(cfg.federated.num_devices)]
+    return MultiTaskDataset(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), parts[0].tasks)

@@ -10,6 +10,9 @@ Two forms, because DP-SGD needs one and forbids the other:
   ``sum_{t<s} <a_t, a_s> / C``. It depends on that sample alone, so it is a legal DP-SGD loss term.
   Disjoint attentions mean disjoint channels of F per task; the residual (non-linear) dependence is then
   measured by the audit, not assumed.
+* ``per_sample_cosine``: for methods with a learned linear map per task instead of Cross-SEC, the
+  squared cosine between each pair of the sample's task features: the same "no shared direction"
+  penalty without attention, still per sample.
 """
 
 from __future__ import annotations
@@ -58,3 +61,12 @@ def per_sample_impurity(attention: torch.Tensor) -> torch.Tensor:
     """
     none = 1 - attention.sum(1)
     return (1 - (attention**2).sum(1) - none**2).mean(-1)
+
+
+def per_sample_cosine(features: torch.Tensor) -> torch.Tensor:
+    """Per-sample vector ``[B]``: sum over task pairs of cos^2(F_t, F_s) of the sample's task features."""
+    flat = torch.nn.functional.normalize(features.flatten(2), dim=-1)
+    total = flat.new_zeros(flat.shape[0])
+    for t, s in itertools.combinations(range(flat.shape[1]), 2):
+        total = total + (flat[:, t] * flat[:, s]).sum(-1) ** 2
+    return total

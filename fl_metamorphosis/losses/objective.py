@@ -8,35 +8,65 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .decorrelation import batch_decorrelation, per_sample_impurity, per_sample_overlap
+from .decorrelation import batch_decorrelation, per_sample_cosine, per_sample_impurity, per_sample_overlap
+
+_PENALTIES = {"impurity": per_sample_impurity, "overlap": per_sample_overlap}
 
 
 @dataclass(frozen=True)
 class Objective:
-    """``loss = mean_i [ sum_t CE_t(i) + w * overlap(i) ]`` (per_sample) or ``... + w * D_batch`` (batch)."""
+    """``loss = mean_i [ sum_t CE_t(i) + w * penalty(i) + w_adv * adversary(i) ] (+ w * D_batch)``.
+
+    ``penalty`` is the per-sample de-correlation: the Cross-SEC attention's overlap or impurity, or the
+    squared cosine between task features (methods without Cross-SEC). The batch form replaces it with
+    distance correlation over the batch, which DP-SGD cannot use.
+    """
 
     form: Literal["batch", "per_sample"]
     weight: float
     input_weight: float = 0.0
-    per_sample_penalty: Literal["impurity", "overlap"] = "overlap"
+    per_sample_penalty: Literal["impurity", "overlap", "cosine"] = "overlap"
+    adversary_weight: float = 0.0
 
     def per_sample(
-        self, heads: nn.ModuleList, released: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor
+        self,
+        heads: nn.ModuleList,
+        released: torch.Tensor,
+        attention: torch.Tensor,
+        labels: torch.Tensor,
+        features: torch.Tensor | None = None,
+        inputs: torch.Tensor | None = None,
+        adversary: nn.Module | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Per-sample loss ``[B]`` (task losses + per-sample de-correlation) and each head's output."""
+        """Per-sample loss ``[B]`` and each head's output. ``features`` (before release) feed the cosine
+        penalty and the adversary; ``inputs`` the adversary's reconstruction."""
         outputs = [head(released[:, t]) for t, head in enumerate(heads)]
-        return self.from_outputs(heads, outputs, attention, labels), outputs
+        loss = self.from_outputs(heads, outputs, attention, labels, features)
+        if self.adversary_weight > 0:
+            if adversary is None or features is None or inputs is None:
+                raise ValueError("the adversarial objective needs the adversary, the features and the inputs")
+            loss = loss + self.adversary_weight * adversary.per_sample_loss(features, inputs, labels)
+        return loss, outputs
 
     def from_outputs(
-        self, heads: nn.ModuleList, outputs: list[torch.Tensor], attention: torch.Tensor, labels: torch.Tensor
+        self,
+        heads: nn.ModuleList,
+        outputs: list[torch.Tensor],
+        attention: torch.Tensor,
+        labels: torch.Tensor,
+        features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-sample loss ``[B]`` from the heads' outputs already computed."""
+        """Per-sample loss ``[B]`` (task losses + per-sample de-correlation) from the heads' outputs."""
         loss = sum(
             head.per_sample_loss(out, labels[:, t]) for t, (head, out) in enumerate(zip(heads, outputs, strict=True))
         )
         if self.form == "per_sample" and self.weight > 0:
-            penalty = per_sample_impurity if self.per_sample_penalty == "impurity" else per_sample_overlap
-            loss = loss + self.weight * penalty(attention)
+            if self.per_sample_penalty == "cosine":
+                if features is None:
+                    raise ValueError("the cosine penalty needs the task features")
+                loss = loss + self.weight * per_sample_cosine(features)
+            else:
+                loss = loss + self.weight * _PENALTIES[self.per_sample_penalty](attention)
         return loss
 
     def batch_term(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,16 @@ def render_report(summary: dict[str, Any]) -> str:
     lines += ["", "## Distance correlation (bias-corrected dCor², held-out released features)", ""]
     for name, m in methods.items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {_f(v)}" for k, v in m["distance_correlation"].items()))
+    if any("membership" in m for m in methods.values()):
+        lines += ["", "## Linear cross-task probes and membership inference", ""]
+        for name, m in methods.items():
+            if "membership" not in m:
+                continue
+            linear = ", ".join(f"{k} {_f(v['accuracy'])}" for k, v in m.get("cross_task_attack_linear", {}).items())
+            lines.append(
+                f"- {name}: linear probe {linear}; membership AUC {_f(m['membership']['auc'])} (chance 0.5, "
+                f"{m['membership']['members']} members vs {m['membership']['non_members']} held-out)"
+            )
     checks = summary.get("checks")
     if checks:
         lines += ["", "## Checks against the MetaMorphosis claim", ""]

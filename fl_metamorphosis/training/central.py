@@ -126,7 +126,13 @@ def run_central(cfg: ExperimentConfig, out: Path, on_epoch: EpochCallback | None
         methods[method] = method_summary(model, audit, len(tasks))
         grid_rows.update({f"{method}: {t}": r for t, r in recons.items()})
         torch.save(
-            {"generator": model.generator.state_dict(), "heads": model.heads.state_dict()}, out / f"model_{method}.pt"
+            {
+                "method": method,
+                "generator": model.generator.state_dict(),
+                "heads": model.heads.state_dict(),
+                "config": cfg.model_dump(),
+            },
+            out / f"model_{method}.pt",
         )
 
     summary = {

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from ..config import ExperimentConfig, FeatureDPConfig, Method
 from ..data import TrainTestSplit
 from ..losses import Objective
+from ..methods import method_spec
 from ..model import FeatureGenerator, build_heads
 from ..privacy import make_private, release
 from .inference import evaluate
@@ -31,17 +32,28 @@ class TrainedModel:
 
 
 def method_feature_dp(method: Method, cfg: ExperimentConfig) -> FeatureDPConfig:
-    """Universal releases the raw shared feature; MetaMorphosis clips and noises each task's feature."""
-    return cfg.feature_dp if method == "metamorphosis" else cfg.feature_dp.model_copy(update={"enabled": False})
+    """The release of ``method``: clipped and noised task features, or the raw ones."""
+    if method_spec(method).feature_noise:
+        return cfg.feature_dp
+    return cfg.feature_dp.model_copy(update={"enabled": False})
 
 
 def method_objective(method: Method, cfg: ExperimentConfig) -> Objective:
-    if method == "universal":
-        return Objective("per_sample", 0.0)
-    loss = cfg.loss
+    spec, loss = method_spec(method), cfg.loss
+    if spec.input_dcor:  # NoPeek: dCor(F, input) over the batch, nothing between tasks
+        return Objective("batch", 0.0, loss.nopeek_weight)
+    adversary_weight = loss.adversary_weight if spec.adversary else 0.0
+    if not spec.decorrelation:
+        return Objective("per_sample", 0.0, adversary_weight=adversary_weight)
+    penalty = "cosine" if spec.split == "projection" else loss.per_sample_penalty
     return Objective(
-        cfg.decorrelation_form(), loss.decorrelation_weight, loss.input_decorrelation_weight, loss.per_sample_penalty
+        cfg.decorrelation_form(), loss.decorrelation_weight, loss.input_decorrelation_weight, penalty, adversary_weight
     )
+
+
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The model inside an Opacus GradSampleModule (or the module itself)."""
+    return getattr(module, "_module", module)
 
 
 EpochCallback = Callable[[dict], None]
@@ -64,7 +76,9 @@ def run_epoch(
     total, seen = 0.0, 0
     for x, y in loader:
         feats, attention = module(x)
-        per_sample, _ = objective.per_sample(heads, release(feats, feature_dp, noise_rng), attention, y)
+        per_sample, _ = objective.per_sample(
+            heads, release(feats, feature_dp, noise_rng), attention, y, feats, x, unwrapped(module).adversary
+        )
         loss = per_sample.mean() + objective.batch_term(feats, x)
         opt.zero_grad(set_to_none=True)
         if head_opt is not None:
@@ -87,7 +101,8 @@ def train_method(
     started = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
     train = split.train
-    generator = FeatureGenerator(method, train.image_shape, len(train.tasks), cfg.model)
+    num_classes = [t.num_classes for t in train.tasks]
+    generator = FeatureGenerator(method, train.image_shape, len(train.tasks), cfg.model, num_classes)
     heads = build_heads(generator.feature_shape, [t.num_classes for t in train.tasks], cfg.model)
     feature_dp = method_feature_dp(method, cfg)
     objective = method_objective(method, cfg)

@@ -1,0 +1,69 @@
+"""Plots of a comparison: privacy against utility per task, and every method's reconstructions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .plots import _save, plt
+
+
+def plot_privacy_utility(comparison: dict[str, Any], tasks: list[str], path: Path) -> None:
+    """Per task: its accuracy against the cross-task attack on its features (left) and against the
+    reconstruction SSIM from them (right). Points are seed means, bars one standard deviation."""
+    methods = comparison["methods"]
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 3.6 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        pair = next(p for p in next(iter(methods.values()))["cross_task_attack"] if p.startswith(f"{task}->"))
+        panels = [
+            (axes[row][0], lambda m, p=pair: m["cross_task_attack"][p]["accuracy"], f"attack {pair} accuracy"),
+            (axes[row][1], lambda m, t=task: m["reconstruction"][t]["ssim"], f"reconstruction SSIM from {task}"),
+        ]
+        for ax, stat_of, xlabel in panels:
+            for name, m in methods.items():
+                x, y = stat_of(m), m["tasks"][task]["accuracy"]
+                ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=3, label=name)
+            ax.set(xlabel=f"{xlabel} (lower: more private)", ylabel=f"{task} accuracy")
+        first = next(iter(methods.values()))
+        axes[row][0].axvline(first["cross_task_attack"][pair]["chance"]["mean"], color="k", ls="--", lw=0.8)
+        axes[row][1].axvline(first["reconstruction"][task]["ssim_label_only"]["mean"], color="k", ls="--", lw=0.8)
+        axes[row][0].set_title(f"{task}: utility vs cross-task leak (dashed: chance)")
+        axes[row][1].set_title(f"{task}: utility vs input leak (dashed: label-only floor)")
+    _save(fig, [ax for pair_axes in axes for ax in pair_axes], path)
+
+
+def plot_image_panels(images: dict[str, Path], path: Path) -> None:
+    """Existing PNGs (e.g. each method's reconstruction grid) side by side, titled."""
+    fig, axes = plt.subplots(1, len(images), figsize=(5 * len(images), 5), squeeze=False)
+    for ax, (title, file) in zip(axes[0], images.items(), strict=True):
+        ax.imshow(plt.imread(file))
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
+    """Utility and attack results against the swept value (one line per method and swept setting)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for (method, key), mine in _group(rows).items():
+        xs = [r["value"] for r in mine]
+        for task in tasks:
+            axes[0].plot(xs, [r["accuracy"][task] for r in mine], marker="o", label=f"{method} {task}")
+            axes[2].plot(xs, [r["ssim"][task] for r in mine], marker="o", label=f"{method} {task}")
+        for pair in mine[0]["attack"]:
+            axes[1].plot(xs, [r["attack"][pair] for r in mine], marker="o", label=f"{method} {pair}")
+        for ax in axes:
+            ax.set_xlabel(key)
+    axes[0].set(ylabel="task accuracy", title="Utility")
+    axes[1].set(ylabel="cross-task attack accuracy", title="Cross-task leak")
+    axes[2].set(ylabel="reconstruction SSIM", title="Input leak")
+    _save(fig, axes, path)
+
+
+def _group(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["key"]), []).append(r)
+    return {k: sorted(v, key=lambda r: r["value"]) for k, v in groups.items()}

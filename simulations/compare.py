@@ -1,0 +1,176 @@
+"""``metamorphosis compare``: every method, several seeds, one federated pipeline, one table.
+
+Each (method, seed) is one ``simulate`` run in ``OUT/runs/<method>_seed<S>``: the same devices, data
+partition, encoder, heads, DP-SGD budget and rounds; only the feature-generation method differs. Each run
+is audited by the library (its attacker learns on at least as many released features as the server
+received over the whole training). A finished run is reused when the command is run again with the same
+experiment, so an interrupted comparison resumes; ``comparison.json`` and ``comparison.md`` are rewritten
+after every run. ``--sweep KEY=V1,V2`` runs the given methods again for each value (first seed only).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fl_metamorphosis.audit.saved_run import server_seen_releases
+from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
+from fl_metamorphosis.metrics import write_json
+from fl_metamorphosis.metrics.comparison import compare_methods, render_comparison
+from fl_metamorphosis.metrics.comparison_plots import plot_image_panels, plot_privacy_utility, plot_sweep
+from fl_metamorphosis.training.central import machine_description
+
+from .simulate import APP_DIR, simulate
+
+# Small enough for a test: 3 devices, 2 rounds, a few hundred pairs, a light audit.
+QUICK = [
+    "data.train_pairs=600",
+    "data.test_pairs=200",
+    "train.batch_size=64",
+    "federated.num_devices=3",
+    "federated.rounds=2",
+    "federated.feature_samples_per_device=60",
+    "federated.head_epochs=2",
+    "audit.attacker_samples=300",
+    "audit.eval_samples=150",
+    "audit.decoder_epochs=3",
+    "audit.probe_max_iter=10",
+    "audit.dcor_samples=100",
+]
+
+
+def run_config(cfg: ExperimentConfig, method: str, seed: int, extra: list[str] | None = None) -> ExperimentConfig:
+    """``cfg`` for one run: one method, one seed, and an attacker that sees what the server saw."""
+    tree = cfg.model_dump()
+    tree["methods"] = [method]
+    tree["train"]["seed"] = seed
+    one = build_config(tree, extra or [])
+    tree = one.model_dump()
+    tree["audit"]["attacker_samples"] = max(one.audit.attacker_samples, server_seen_releases(one))
+    return build_config(tree)
+
+
+def _run(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None], app_dir: Path) -> dict[str, Any]:
+    """One simulate run, or the finished one already in ``out`` for the same experiment."""
+    summary_file = out / "summary.json"
+    if summary_file.exists():
+        done = json.loads(summary_file.read_text())
+        if done.get("config") == cfg.model_dump() and "methods" in done:
+            echo(f"  reusing the finished run in {out}")
+            return done
+    started = time.perf_counter()
+    simulate(cfg, out, echo=echo, app_dir=app_dir)
+    summary = json.loads(summary_file.read_text())
+    summary["launcher_wall_seconds"] = time.perf_counter() - started
+    return summary
+
+
+def compare(
+    cfg: ExperimentConfig,
+    out: Path,
+    methods: list[str],
+    seeds: list[int],
+    echo: Callable[[str], None] = print,
+    app_dir: Path = APP_DIR,
+) -> dict[str, Any]:
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ConfigError(f"--seeds {seeds}: give distinct seeds")
+    for method in methods:  # every run's config is valid before the first one starts
+        run_config(cfg, method, seeds[0])
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    tasks: list[str] = []
+    grids: dict[str, Path] = {}
+    comparison: dict[str, Any] = {}
+    for seed in seeds:
+        for method in methods:
+            echo(f"[compare] {method}, seed {seed} ({len(methods) * len(seeds)} runs in all)")
+            run_out = out / "runs" / f"{method}_seed{seed}"
+            summary = _run(run_config(cfg, method, seed), run_out, echo, app_dir)
+            figures = summary["methods"][method]
+            figures["wall_seconds"] = summary.get("server_wall_seconds", figures.get("wall_seconds"))
+            runs.setdefault(method, {})[seed] = figures
+            tasks = summary["tasks"]
+            grids.setdefault(method, run_out / "reconstruction_grid.png")
+        done = {m: r for m, r in runs.items() if len(r) == len(runs[methods[0]])}
+        comparison = _write(cfg, out, done, tasks, grids)
+    return comparison
+
+
+def _write(cfg, out: Path, runs, tasks: list[str], grids: dict[str, Path]) -> dict[str, Any]:
+    comparison = compare_methods(runs)
+    comparison.update(
+        command="compare",
+        machine=machine_description(),
+        tasks=tasks,
+        federated={
+            "devices": cfg.federated.num_devices,
+            "rounds": cfg.federated.rounds,
+            "partitioning": cfg.federated.partitioning,
+            "dirichlet_alpha": cfg.federated.dirichlet_alpha,
+            "strategy": cfg.federated.strategy.name,
+        },
+        runs={m: {str(s): f"runs/{m}_seed{s}" for s in per_seed} for m, per_seed in runs.items()},
+        plots=["privacy_utility.png", "reconstruction_grids.png"],
+        config=cfg.model_dump(),
+    )
+    write_json(out / "comparison.json", comparison)
+    title = (
+        f"Comparison: {len(runs)} methods, {cfg.federated.num_devices} devices, {cfg.federated.partitioning}, "
+        f"{cfg.federated.rounds} rounds"
+    )
+    (out / "comparison.md").write_text(render_comparison(comparison, tasks, title))
+    plot_privacy_utility(comparison, tasks, out / "privacy_utility.png")
+    plot_image_panels({m: grids[m] for m in runs if grids[m].exists()}, out / "reconstruction_grids.png")
+    return comparison
+
+
+def parse_sweep(items: list[str]) -> list[tuple[str, list[str]]]:
+    sweeps = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--sweep {item!r}: write KEY=V1,V2,... e.g. dp_sgd.target_epsilon=2,4,8")
+        sweeps.append((key.strip(), [v.strip() for v in values.split(",") if v.strip()]))
+    return sweeps
+
+
+def sweep(
+    cfg: ExperimentConfig,
+    out: Path,
+    methods: list[str],
+    seed: int,
+    sweeps: list[tuple[str, list[str]]],
+    echo: Callable[[str], None] = print,
+    app_dir: Path = APP_DIR,
+) -> list[dict[str, Any]]:
+    """Each method for each swept value; rows with the measured epsilons, utility and attacks."""
+    configs = [(key, v, m, run_config(cfg, m, seed, [f"{key}={v}"])) for key, vs in sweeps for v in vs for m in methods]
+    rows: list[dict[str, Any]] = []
+    tasks: list[str] = []
+    for key, value, method, run_cfg in configs:
+        echo(f"[sweep] {key}={value}, {method}")
+        summary = _run(run_cfg, out / "sweep" / f"{key}={value}_{method}", echo, app_dir)
+        m, tasks = summary["methods"][method], summary["tasks"]
+        dp_eps, feature_eps = m["dp_sgd"].get("epsilon"), m["feature_dp"].get("epsilon")
+        measured = dp_eps if key.startswith("dp_sgd") else feature_eps if key.startswith("feature_dp") else None
+        rows.append(
+            {
+                "method": method,
+                "key": key,
+                "set": value,
+                # x axis: the epsilon the swept mechanism actually spent (the set value where it has none)
+                "value": measured if measured is not None else float(value),
+                "dp_sgd_epsilon": dp_eps,
+                "feature_epsilon": feature_eps,
+                "accuracy": {t: m["tasks"][t]["accuracy"] for t in tasks},
+                "attack": {p: v["accuracy"] for p, v in m["cross_task_attack"].items()},
+                "ssim": {t: m["reconstruction"][t]["ssim"] for t in tasks},
+            }
+        )
+        write_json(out / "sweep.json", {"seed": seed, "rows": rows})
+    plot_sweep(rows, tasks, out / "sweep.png")
+    return rows

@@ -1,0 +1,51 @@
+"""``metamorphosis compare``: the table is built from real federated runs, and resumes from them."""
+
+import json
+
+import pytest
+
+from fl_metamorphosis.cli import main
+from fl_metamorphosis.metrics.comparison import aggregate, compare_methods
+
+
+def test_aggregate_gives_mean_std_and_per_seed_values_and_keeps_labels():
+    runs = [{"a": {"accuracy": 0.5, "probe": "mlp"}, "n": 2}, {"a": {"accuracy": 0.7, "probe": "mlp"}, "n": 4}]
+    merged = aggregate(runs)
+    assert merged["a"]["accuracy"]["mean"] == pytest.approx(0.6)
+    assert merged["a"]["accuracy"]["std"] == pytest.approx(0.1414, abs=1e-4)
+    assert merged["a"]["accuracy"]["values"] == [0.5, 0.7] and merged["a"]["probe"] == "mlp"
+    assert merged["n"]["values"] == [2.0, 4.0]
+
+
+def test_compare_refuses_methods_with_different_seeds():
+    with pytest.raises(ValueError, match="seeds"):
+        compare_methods({"a": {0: {"x": 1}, 1: {"x": 2}}, "b": {0: {"x": 1}}})
+
+
+@pytest.mark.slow
+def test_quick_compare_builds_the_table_from_real_runs_and_reuses_them(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--quick", "--out", str(out), "--methods", "universal", "metamorphosis", "--seeds", "0", "1"]
+    assert main(args) == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["seeds"] == [0, 1] and set(comparison["methods"]) == {"universal", "metamorphosis"}
+    for method in ("universal", "metamorphosis"):
+        m = comparison["methods"][method]
+        per_seed = [
+            json.loads((out / "runs" / f"{method}_seed{s}" / "summary.json").read_text())["methods"][method]
+            for s in (0, 1)
+        ]
+        # each figure is the runs' own, not a re-computation
+        assert m["tasks"]["left"]["accuracy"]["values"] == [r["tasks"]["left"]["accuracy"] for r in per_seed]
+        assert m["membership"]["auc"]["values"] == [r["membership"]["auc"] for r in per_seed]
+        assert m["dp_sgd"]["epsilon"]["mean"] <= 8.0 + 0.05
+        # the attacker learned on as many releases as the server received: 60 x 3 devices x 3 queries
+        assert all(r["attacker"]["train_samples"] >= 540 for r in per_seed)
+    assert comparison["methods"]["universal"]["feature_dp"]["epsilon"] is None
+    for name in ("comparison.md", "privacy_utility.png", "reconstruction_grids.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| metamorphosis |" in (out / "comparison.md").read_text()
+    capsys.readouterr()
+    assert main(args) == 0  # the second call reuses every finished run
+    seen = capsys.readouterr()
+    assert (seen.out + seen.err).count("reusing the finished run") == 4

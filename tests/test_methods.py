@@ -1,0 +1,89 @@
+"""Every feature-generation method trains a private step and produces one feature per task."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from fl_metamorphosis.config import ConfigError, build_config
+from fl_metamorphosis.losses import Objective
+from fl_metamorphosis.methods import METHODS
+from fl_metamorphosis.model import FeatureGenerator, build_heads
+from fl_metamorphosis.model.adversary import Adversary, reverse_gradient
+from fl_metamorphosis.privacy import make_private
+from fl_metamorphosis.training.trainer import method_feature_dp, method_objective, run_epoch
+
+
+def test_config_method_names_are_the_registry():
+    from typing import get_args
+
+    from fl_metamorphosis.config import Method
+
+    assert set(get_args(Method)) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_each_method_trains_one_step_and_releases_task_features(method, tiny_overrides, tiny_split):
+    dp = method != "nopeek"  # nopeek's batch statistic is refused under DP-SGD (see the next test)
+    cfg = build_config(None, [*tiny_overrides, f"methods=['{method}']", f"dp_sgd.enabled={str(dp).lower()}"])
+    data = tiny_split.train.subset(torch.arange(128))
+    torch.manual_seed(0)
+    num_classes = [t.num_classes for t in data.tasks]
+    gen = FeatureGenerator(method, data.image_shape, 2, cfg.model, num_classes)
+    heads = build_heads(gen.feature_shape, num_classes, cfg.model)
+    before = {k: v.clone() for k, v in gen.state_dict().items()}
+    loader = DataLoader(data, batch_size=32, shuffle=True)
+    opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
+    module = gen
+    if dp:
+        private = make_private(gen, opt, loader, cfg.dp_sgd, 1)
+        module, opt, loader = private.module, private.optimizer, private.loader
+    objective = method_objective(method, cfg)
+    loss = run_epoch(module, heads, loader, objective, method_feature_dp(method, cfg), opt, None, torch.Generator())
+    assert torch.isfinite(torch.tensor(loss))
+    changed = [k for k, v in gen.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("encoder.") for k in changed)
+    if METHODS[method].adversary:
+        assert any(k.startswith("adversary.") for k in changed)  # the adversary trains with the encoder
+    feats, attention = gen(data.images[:5])
+    assert feats.shape == (5, 2, cfg.model.feature_dim) and attention.shape == (5, 2, cfg.model.feature_dim)
+    if METHODS[method].split == "shared":
+        assert torch.equal(feats[:, 0], feats[:, 1])
+    else:
+        assert not torch.equal(feats[:, 0], feats[:, 1])
+    assert method_feature_dp(method, cfg).enabled == METHODS[method].feature_noise
+
+
+def test_nopeek_under_dp_sgd_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="nopeek"):
+        build_config(None, ["methods=['nopeek']"])
+
+
+def test_gradient_reversal_flips_the_sign():
+    x = torch.randn(4, 3, requires_grad=True)
+    (reverse_gradient(x, 0.5) * 2).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, -1.0))
+
+
+def test_adversary_loss_is_per_sample():
+    """d loss_i / d x_j = 0 for i != j: the adversary is a legal DP-SGD loss term."""
+    torch.manual_seed(0)
+    adv = Adversary((6,), [3, 4], (1, 2, 2), hidden=8)
+    labels = torch.stack([torch.randint(0, 3, (5,)), torch.randint(0, 4, (5,))], 1)
+    inputs = torch.randn(5, 1, 2, 2)
+    jac = torch.autograd.functional.jacobian(lambda f: adv.per_sample_loss(f, inputs, labels), torch.randn(5, 2, 6))
+    off_diagonal = jac.abs().sum(dim=(2, 3)) * (1 - torch.eye(5))
+    assert float(off_diagonal.max()) == 0.0
+
+
+def test_cosine_penalty_is_per_sample_and_zero_for_orthogonal_features():
+    from fl_metamorphosis.losses import per_sample_cosine
+
+    orthogonal = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
+    parallel = torch.tensor([[[1.0, 1.0], [2.0, 2.0]]])
+    assert float(per_sample_cosine(orthogonal)) == 0.0 and float(per_sample_cosine(parallel)) == pytest.approx(1.0)
+    feats = torch.randn(4, 2, 5)
+    jac = torch.autograd.functional.jacobian(per_sample_cosine, feats)
+    assert float((jac.abs().sum(dim=(2, 3)) * (1 - torch.eye(4))).max()) == 0.0
+    objective = Objective("per_sample", 1.0, per_sample_penalty="cosine")
+    with pytest.raises(ValueError, match="features"):
+        objective.from_outputs(torch.nn.ModuleList(), [], torch.ones(1, 2, 2), torch.zeros(1, 2, dtype=torch.long))
