@@ -81,10 +81,10 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from simulations.compare import QUICK, compare, parse_sweep, sweep
+    from simulations.compare import COMPARE_DEFAULTS, QUICK, compare, parse_sweep, sweep
     from simulations.simulate import SimulationFailed
 
-    cfg = load_config(args.config, [*(QUICK if args.quick else []), *args.overrides])
+    cfg = load_config(args.config, [*COMPARE_DEFAULTS, *(QUICK if args.quick else []), *args.overrides])
     echo = lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
     from .methods import METHODS
 

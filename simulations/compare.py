@@ -25,6 +25,11 @@ from fl_metamorphosis.training.central import machine_description
 
 from .simulate import APP_DIR, simulate
 
+# The comparison's own defaults (before the user's --set): 21 runs must fit in an hour on two cores, so
+# 10 rounds (federated MetaMorphosis: 0.89 / 0.90 after 10, 0.91 / 0.92 after 30, docs/federated.md) and
+# 100 released features per device and round, which is also what the attacker then learns on (11,000).
+COMPARE_DEFAULTS = ["federated.rounds=10", "federated.feature_samples_per_device=100"]
+
 # Small enough for a test: 3 devices, 2 rounds, a few hundred pairs, a light audit.
 QUICK = [
     "data.train_pairs=600",
