@@ -18,11 +18,10 @@ logging.getLogger().addHandler(logging.NullHandler())  # before opacus' basicCon
 import torch  # noqa: E402
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
-from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
 
 from fl_metamorphosis.config import ExperimentConfig  # noqa: E402
 from fl_metamorphosis.federated import train_locally  # noqa: E402
-from fl_metamorphosis.federated.device import build_generator, split_state  # noqa: E402
+from fl_metamorphosis.federated.device import build_generator, privacy_plan, split_state  # noqa: E402
 from fl_metamorphosis.fl.partition import device_datasets  # noqa: E402
 from fl_metamorphosis.fl.records import experiment_from, load_json  # noqa: E402
 from fl_metamorphosis.model import build_heads  # noqa: E402
@@ -55,23 +54,12 @@ def _local_data(cfg: ExperimentConfig, context: Context):
     return device, *device_datasets(cfg.data, cfg.federated, device, cfg.train.seed)
 
 
-def _noise_multiplier(cfg: ExperimentConfig, context: Context, sample_rate: float) -> float:
+def _noise_multiplier(cfg: ExperimentConfig, context: Context, plan) -> float:
     """Calibrated once per device (first round it trains) for taking part in every round, then kept."""
     stored = load_json(context.state, PRIVACY, "noise-multiplier", None)
     if stored is not None:
         return float(stored)
-    if cfg.dp_sgd.noise_multiplier is not None:
-        return cfg.dp_sgd.noise_multiplier
-    epochs = cfg.federated.rounds * cfg.federated.local_epochs
-    return float(
-        get_noise_multiplier(
-            target_epsilon=cfg.dp_sgd.target_epsilon,
-            target_delta=cfg.dp_sgd.delta,
-            sample_rate=sample_rate,
-            epochs=epochs,
-            accountant=cfg.dp_sgd.accountant,
-        )
-    )
+    return plan.noise_multiplier(cfg.federated.rounds * cfg.federated.local_epochs)
 
 
 @app.train()
@@ -80,8 +68,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = experiment_from(config)
     device, data, _ = _local_data(cfg, context)
     history = [tuple(h) for h in load_json(context.state, PRIVACY, "history", [])]
-    batch = min(cfg.train.batch_size, len(data))
-    sigma = _noise_multiplier(cfg, context, 1 / max(1, len(data) // batch))
+    sigma = _noise_multiplier(cfg, context, privacy_plan(cfg, data))
     gen_w, head_w = split_state(msg.content["arrays"].to_torch_state_dict())
     update = train_locally(
         cfg,
@@ -108,6 +95,7 @@ def train(msg: Message, context: Context) -> Message:
             "noise-multiplier": sigma,
             "sample-rate": update.history[-1][1] if update.history else 0.0,
             "steps": sum(int(h[2]) for h in update.history),
+            "grouped": int(privacy_plan(cfg, data).grouped),  # accounted per group of pairs (nopeek)
             "declined": int(update.declined is not None),
             "device": device,
         }

@@ -99,6 +99,12 @@ class DPSGDConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0.0)
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     accountant: Literal["rdp", "prv"] = "rdp"
+    group_size: int = Field(
+        16,
+        ge=4,
+        description="methods with a batch statistic (nopeek): pairs per clipping unit; accounted per group and "
+        "converted to one pair by group privacy (privacy/group_dp_sgd.py)",
+    )
 
     @model_validator(mode="after")
     def _one_noise_source(self) -> DPSGDConfig:
@@ -257,11 +263,6 @@ class ExperimentConfig(_Strict):
             raise ValueError(
                 "loss.decorrelation_form='batch' couples the samples of a batch, which voids DP-SGD's "
                 "per-sample clipping: use 'per_sample' or 'auto', or set dp_sgd.enabled=false"
-            )
-        if self.dp_sgd.enabled and "nopeek" in self.methods:
-            raise ValueError(
-                "methods: 'nopeek' trains on dCor(F, input), a batch statistic that voids DP-SGD's per-sample "
-                "clipping: drop it from methods or set dp_sgd.enabled=false"
             )
         if self.dp_sgd.enabled and self.loss.input_decorrelation_weight > 0:
             raise ValueError(

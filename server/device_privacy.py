@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fl_metamorphosis.privacy import reference_epsilon
+from fl_metamorphosis.privacy.group_dp_sgd import pair_level
 
 from .replies import SortedReplies
 
@@ -21,7 +22,7 @@ from .replies import SortedReplies
 class PrivacyLedger:
     delta: float
     epsilons: dict[int, float] = field(default_factory=dict)  # device -> cumulative epsilon it reported
-    accounting: dict[int, tuple[float, float, int]] = field(default_factory=dict)  # sigma, q, steps
+    accounting: dict[int, tuple[float, float, int, bool]] = field(default_factory=dict)  # sigma, q, steps, grouped
     rounds_trained: Counter = field(default_factory=Counter)  # device -> rounds its update was aggregated
 
     def record(self, replies: SortedReplies) -> None:
@@ -40,14 +41,21 @@ class PrivacyLedger:
     def devices(self) -> dict[str, dict[str, Any]]:
         rows = {}
         for device, eps in sorted(self.epsilons.items()):
-            sigma, q, steps = self.accounting.get(device, (0.0, 0.0, 0))
+            sigma, q, steps, grouped = self.accounting.get(device, (0.0, 0.0, 0, False))
+            if not steps:
+                reference = 0.0
+            elif grouped:  # accounted per group of pairs: the same group-privacy conversion, other accountant
+                reference = pair_level(lambda d, s=sigma, r=q, n=steps: reference_epsilon(s, r, n, d), self.delta)
+            else:
+                reference = reference_epsilon(sigma, q, steps, self.delta)
             rows[str(device)] = {
                 "rounds_trained": self.rounds_trained[device],
                 "steps": steps,
                 "noise_multiplier": sigma,
                 "sample_rate": q,
+                "clipping_unit": "group of pairs" if grouped else "pair",
                 "epsilon": eps,
-                "epsilon_dp_accounting": reference_epsilon(sigma, q, steps, self.delta) if steps else 0.0,
+                "epsilon_dp_accounting": reference,
             }
         return rows
 

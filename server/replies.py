@@ -18,8 +18,9 @@ class SortedReplies:
     declined: dict[int, str] = field(default_factory=dict)  # device -> reason
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> reason
     epsilons: dict[int, float] = field(default_factory=dict)  # device -> cumulative epsilon it reported
-    # device -> (noise multiplier, sample rate, cumulative steps) it reported, for an independent re-count
-    accounting: dict[int, tuple[float, float, int]] = field(default_factory=dict)
+    # device -> (noise multiplier, sample rate, cumulative steps, accounted per group) it reported, for an
+    # independent re-count
+    accounting: dict[int, tuple[float, float, int, bool]] = field(default_factory=dict)
     trained: list[int] = field(default_factory=list)  # devices whose update is valid
 
 
@@ -39,7 +40,12 @@ def sort_replies(replies: Iterable[Message], reference: Mapping[str, torch.Tenso
             if not math.isfinite(eps) or eps < 0:
                 raise InvalidUpdate(f"epsilon {eps} is not a finite, non-negative number")
             acct = (
-                (float(metrics["noise-multiplier"]), float(metrics["sample-rate"]), int(metrics["steps"]))
+                (
+                    float(metrics["noise-multiplier"]),
+                    float(metrics["sample-rate"]),
+                    int(metrics["steps"]),
+                    bool(metrics.get("grouped", 0)),
+                )
                 if "steps" in metrics
                 else None
             )

@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fl_metamorphosis.config import ConfigError, build_config
+from fl_metamorphosis.config import build_config
 from fl_metamorphosis.losses import Objective
 from fl_metamorphosis.methods import METHODS
 from fl_metamorphosis.model import FeatureGenerator, build_heads
 from fl_metamorphosis.model.adversary import Adversary, reverse_gradient
-from fl_metamorphosis.privacy import make_private
-from fl_metamorphosis.training.trainer import method_feature_dp, method_objective, run_epoch
+from fl_metamorphosis.privacy import make_private, make_private_groups
+from fl_metamorphosis.training.trainer import method_feature_dp, method_objective, run_epoch, run_group_epoch
 
 
 def test_config_method_names_are_the_registry():
@@ -23,8 +23,7 @@ def test_config_method_names_are_the_registry():
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_each_method_trains_one_step_and_releases_task_features(method, tiny_overrides, tiny_split):
-    dp = method != "nopeek"  # nopeek's batch statistic is refused under DP-SGD (see the next test)
-    cfg = build_config(None, [*tiny_overrides, f"methods=['{method}']", f"dp_sgd.enabled={str(dp).lower()}"])
+    cfg = build_config(None, [*tiny_overrides, f"methods=['{method}']"])
     data = tiny_split.train.subset(torch.arange(128))
     torch.manual_seed(0)
     num_classes = [t.num_classes for t in data.tasks]
@@ -33,12 +32,16 @@ def test_each_method_trains_one_step_and_releases_task_features(method, tiny_ove
     before = {k: v.clone() for k, v in gen.state_dict().items()}
     loader = DataLoader(data, batch_size=32, shuffle=True)
     opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
-    module = gen
-    if dp:
-        private = make_private(gen, opt, loader, cfg.dp_sgd, 1)
-        module, opt, loader = private.module, private.optimizer, private.loader
     objective = method_objective(method, cfg)
-    loss = run_epoch(module, heads, loader, objective, method_feature_dp(method, cfg), opt, None, torch.Generator())
+    feature_dp = method_feature_dp(method, cfg)
+    if objective.form == "batch":  # nopeek: dCor(F, input) over a group, clipped per group
+        grouped = make_private_groups(gen, opt, data, cfg.dp_sgd, 1, 16, 4, seed=0)
+        loss = run_group_epoch(grouped, heads, objective, feature_dp, None, torch.Generator())
+    else:
+        private = make_private(gen, opt, loader, cfg.dp_sgd, 1)
+        loss = run_epoch(
+            private.module, heads, private.loader, objective, feature_dp, private.optimizer, None, torch.Generator()
+        )
     assert torch.isfinite(torch.tensor(loss))
     changed = [k for k, v in gen.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("encoder.") for k in changed)
@@ -51,11 +54,6 @@ def test_each_method_trains_one_step_and_releases_task_features(method, tiny_ove
     else:
         assert not torch.equal(feats[:, 0], feats[:, 1])
     assert method_feature_dp(method, cfg).enabled == METHODS[method].feature_noise
-
-
-def test_nopeek_under_dp_sgd_is_refused_with_the_fix():
-    with pytest.raises(ConfigError, match="nopeek"):
-        build_config(None, ["methods=['nopeek']"])
 
 
 def test_gradient_reversal_flips_the_sign():

@@ -15,11 +15,12 @@ from opacus.accountants import create_accountant
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import ExperimentConfig
+from ..config import DPSGDConfig, ExperimentConfig
 from ..data import MultiTaskDataset
 from ..model import FeatureGenerator, build_heads
-from ..privacy import make_private, release
-from ..training.trainer import method_feature_dp, method_objective, run_epoch
+from ..privacy import calibrate_noise_multiplier, make_private, make_private_groups, record_level, release
+from ..privacy.group_dp_sgd import GroupLoader, calibrate_group_noise
+from ..training.trainer import method_feature_dp, method_objective, run_epoch, run_group_epoch
 
 History = list[tuple[float, float, int]]
 
@@ -41,6 +42,38 @@ def planned_history(history: History, noise_multiplier: float, sample_rate: floa
     elif steps:
         out.append((noise_multiplier, sample_rate, steps))
     return out
+
+
+@dataclass(frozen=True)
+class DevicePrivacyPlan:
+    """How a device's DP-SGD samples and accounts: per pair (Opacus' per-sample clipping), or per group of
+    pairs for methods whose loss is a batch statistic (nopeek; ``privacy/group_dp_sgd.py``)."""
+
+    grouped: bool
+    sample_rate: float
+    steps_per_epoch: int
+    cfg: DPSGDConfig
+
+    def epsilon(self, history: History) -> float:
+        """Pair-level epsilon of an accountant history."""
+        if self.grouped:
+            return record_level(history, self.cfg.delta, self.cfg.accountant)
+        return epsilon_of(history, self.cfg.delta, self.cfg.accountant)
+
+    def noise_multiplier(self, epochs: int) -> float:
+        """Calibrated so that ``epochs`` of these steps spend the target epsilon (pair level)."""
+        if self.grouped:
+            return calibrate_group_noise(self.cfg, self.sample_rate, epochs)
+        return calibrate_noise_multiplier(self.cfg, self.sample_rate, epochs)
+
+
+def privacy_plan(cfg: ExperimentConfig, data: MultiTaskDataset) -> DevicePrivacyPlan:
+    if cfg.dp_sgd.enabled and method_objective(cfg.methods[-1], cfg).form == "batch":
+        group = cfg.dp_sgd.group_size
+        loader = GroupLoader(data, group, max(1, cfg.train.batch_size // group), key=0, seed=0)
+        return DevicePrivacyPlan(True, loader.sample_rate, len(loader), cfg.dp_sgd)
+    batches = max(1, len(data) // min(cfg.train.batch_size, len(data)))
+    return DevicePrivacyPlan(False, 1 / batches, batches, cfg.dp_sgd)
 
 
 @dataclass
@@ -114,10 +147,9 @@ def train_locally(
     """
     method = cfg.methods[-1]
     batch = min(cfg.train.batch_size, len(data))
-    steps = local_epochs * max(1, len(data) // batch)
-    sample_rate = 1 / max(1, len(data) // batch)
-    after = planned_history(history, noise_multiplier, sample_rate, steps)
-    spent, would_be = epsilon_of(history, cfg.dp_sgd.delta), epsilon_of(after, cfg.dp_sgd.delta)
+    plan = privacy_plan(cfg, data)
+    after = planned_history(history, noise_multiplier, plan.sample_rate, local_epochs * plan.steps_per_epoch)
+    spent, would_be = plan.epsilon(history), plan.epsilon(after)
     if would_be > budget:
         reason = f"budget: epsilon {spent:.3f} spent, {would_be:.3f} after this round > budget {budget:.3f}"
         return LocalUpdate(None, 0, 0.0, spent, list(history), declined=reason)
@@ -133,9 +165,7 @@ def train_locally(
     trained: nn.Module = DeviceModel(generator, heads, feature_dp, noise_rng) if train_heads else generator
     global_weights = {k: v.detach().clone() for k, v in trained.named_parameters()}
 
-    loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
     opt = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=cfg.federated.local_lr)
-    private = make_private(trained, opt, loader, cfg.dp_sgd, local_epochs, noise_multiplier, history)
 
     def proximal_step() -> None:
         with torch.no_grad():
@@ -144,6 +174,29 @@ def train_locally(
 
     after_step = proximal_step if proximal_mu > 0 else None
     loss = 0.0
+    if plan.grouped:  # a batch statistic in the loss: clip per group of pairs (privacy/group_dp_sgd.py)
+        if train_heads:
+            raise ValueError(f"method {method!r} clips per group: keep federated.device_heads='frozen'")
+        group = cfg.dp_sgd.group_size
+        grouped = make_private_groups(
+            generator,
+            opt,
+            data,
+            cfg.dp_sgd,
+            local_epochs,
+            group,
+            max(1, batch // group),
+            seed,
+            noise_multiplier,
+            history,
+        )
+        for _ in range(local_epochs):
+            loss = run_group_epoch(grouped, heads, objective, feature_dp, None, noise_rng, after_step)
+        weights = {k: v.detach().clone() for k, v in joint_state(generator, heads).items()}
+        return LocalUpdate(weights, len(data), loss, grouped.epsilon(), grouped.history)
+
+    loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
+    private = make_private(trained, opt, loader, cfg.dp_sgd, local_epochs, noise_multiplier, history)
     for _ in range(local_epochs):
         if train_heads:
             loss = _joint_epoch(private, heads, generator.adversary, objective, after_step)

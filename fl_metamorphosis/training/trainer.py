@@ -16,7 +16,7 @@ from ..data import TrainTestSplit
 from ..losses import Objective
 from ..methods import method_spec
 from ..model import FeatureGenerator, build_heads
-from ..privacy import make_private, release
+from ..privacy import PrivateGroupTraining, make_private, make_private_groups, release
 from .inference import evaluate
 
 
@@ -94,6 +94,61 @@ def run_epoch(
     return total / max(seen, 1)
 
 
+def group_loss(
+    objective: Objective,
+    heads: nn.ModuleList,
+    released: torch.Tensor,
+    attention: torch.Tensor,
+    labels: torch.Tensor,
+    feats: torch.Tensor,
+    x: torch.Tensor,
+    group: torch.Tensor,
+    groups: int,
+) -> torch.Tensor:
+    """Sum over groups of (the group's mean per-sample loss + the batch statistic on the group alone):
+    no group's term depends on another group's samples, so clipping per group bounds each group."""
+    per_sample, _ = objective.per_sample(heads, released, attention, labels, feats, x)
+    counts = torch.bincount(group, minlength=groups).clamp(min=1)
+    total = (per_sample / counts[group]).sum()
+    for g in range(groups):
+        mask = group == g
+        if int(mask.sum()) >= 4:  # the bias-corrected dCor needs at least 4 samples
+            total = total + objective.batch_term(feats[mask], x[mask])
+    return total
+
+
+def run_group_epoch(
+    private: PrivateGroupTraining,
+    heads: nn.ModuleList,
+    objective: Objective,
+    feature_dp: FeatureDPConfig,
+    head_opt: torch.optim.Optimizer | None,
+    noise_rng: torch.Generator,
+    after_step: Callable[[], None] | None = None,
+) -> float:
+    """One pass of group-level DP-SGD (privacy/group_dp_sgd.py). Mean per-group loss."""
+    private.module.train()
+    heads.train()
+    total, seen = 0.0, 0
+    for batch in private.loader:
+        loss = None
+        if batch.groups:
+            feats, attention = private.module(batch.images)
+            released = release(feats, feature_dp, noise_rng)
+            loss = group_loss(
+                objective, heads, released, attention, batch.labels, feats, batch.images, batch.group, batch.groups
+            )
+            total, seen = total + float(loss.detach()), seen + batch.groups
+        if head_opt is not None:
+            head_opt.zero_grad(set_to_none=True)
+        private.step(loss, batch)
+        if head_opt is not None and batch.groups:
+            head_opt.step()
+        if after_step is not None:
+            after_step()
+    return total / max(seen, 1)
+
+
 def train_method(
     method: Method, split: TrainTestSplit, cfg: ExperimentConfig, on_epoch: EpochCallback | None = None
 ) -> TrainedModel:
@@ -112,14 +167,23 @@ def train_method(
     head_opt = torch.optim.Adam(heads.parameters(), lr=cfg.train.head_lr)
     private = None
     module: nn.Module = generator
-    if cfg.dp_sgd.enabled:
+    grouped = cfg.dp_sgd.enabled and objective.form == "batch"  # a batch statistic: clip per group of pairs
+    if grouped:
+        group = cfg.dp_sgd.group_size
+        private = make_private_groups(
+            generator, opt, train, cfg.dp_sgd, cfg.train.epochs, group, cfg.train.batch_size // group, cfg.train.seed
+        )
+    elif cfg.dp_sgd.enabled:
         private = make_private(generator, opt, loader, cfg.dp_sgd, cfg.train.epochs)
         module, opt, loader = private.module, private.optimizer, private.loader
 
     result = TrainedModel(method, generator, heads, feature_dp)
     noise_rng = torch.Generator().manual_seed(cfg.train.seed + 1)
     for epoch in range(1, cfg.train.epochs + 1):
-        mean_loss = run_epoch(module, heads, loader, objective, feature_dp, opt, head_opt, noise_rng)
+        if grouped:
+            mean_loss = run_group_epoch(private, heads, objective, feature_dp, head_opt, noise_rng)
+        else:
+            mean_loss = run_epoch(module, heads, loader, objective, feature_dp, opt, head_opt, noise_rng)
         row = {"method": method, "epoch": epoch, "train_loss": mean_loss}
         row.update({f"test_acc.{k}": v for k, v in evaluate(generator, heads, split.test, feature_dp, epoch).items()})
         if private is not None:
@@ -133,12 +197,13 @@ def train_method(
         result.dp_sgd = {
             "enabled": True,
             "epsilon": private.epsilon(),
-            "delta": private.delta,
+            "delta": cfg.dp_sgd.delta,
             "noise_multiplier": private.noise_multiplier,
-            "sample_rate": private.sample_rate,
+            "sample_rate": private.loader.sample_rate if grouped else private.sample_rate,
             "steps": sum(h[2] for h in private.history),
             "max_grad_norm": cfg.dp_sgd.max_grad_norm,
             "accountant": cfg.dp_sgd.accountant,
+            "unit": f"group of about {cfg.dp_sgd.group_size} pairs, converted to one pair" if grouped else "pair",
         }
     else:
         result.dp_sgd = {"enabled": False, "epsilon": None, "delta": None}
