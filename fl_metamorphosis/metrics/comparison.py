@@ -67,7 +67,7 @@ def render_comparison(comparison: dict[str, Any], tasks: list[str], title: str) 
         + " | "
         + " | ".join(f"PSNR {t}" for t in tasks)
         + " | dCor² left~right | membership AUC | DP-SGD eps | feature eps | seconds |",
-        "|---|" + "---|" * (4 * len(tasks) + len(pairs) + 5),
+        "|---|" + "---|" * (3 * len(tasks) + len(pairs) + 5),
     ]
     for name, m in methods.items():
         attack = m.get("cross_task_attack", {})
