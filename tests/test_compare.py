@@ -49,3 +49,15 @@ def test_quick_compare_builds_the_table_from_real_runs_and_reuses_them(tmp_path,
     assert main(args) == 0  # the second call reuses every finished run
     seen = capsys.readouterr()
     assert (seen.out + seen.err).count("reusing the finished run") == 4
+
+
+@pytest.mark.slow
+def test_quick_sweep_plots_utility_and_attacks_against_the_spent_epsilon(tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["compare", "--quick", "--out", str(out), "--sweep", "feature_dp.noise_std=0.1,0.5"]) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [(r["method"], r["set"]) for r in rows] == [("metamorphosis", "0.1"), ("metamorphosis", "0.5")]
+    # x is the feature epsilon each run spent: more noise, smaller epsilon
+    assert rows[0]["value"] == rows[0]["feature_epsilon"] > rows[1]["value"] > 0
+    assert set(rows[0]["attack"]) == {"left->right", "right->left"}
+    assert (out / "sweep.png").stat().st_size > 0
