@@ -68,7 +68,8 @@ def train(msg: Message, context: Context) -> Message:
     cfg = experiment_from(config)
     device, data, _ = _local_data(cfg, context)
     history = [tuple(h) for h in load_json(context.state, PRIVACY, "history", [])]
-    sigma = _noise_multiplier(cfg, context, privacy_plan(cfg, data))
+    plan = privacy_plan(cfg, data)
+    sigma = _noise_multiplier(cfg, context, plan)
     gen_w, head_w = split_state(msg.content["arrays"].to_torch_state_dict())
     update = train_locally(
         cfg,
@@ -95,7 +96,7 @@ def train(msg: Message, context: Context) -> Message:
             "noise-multiplier": sigma,
             "sample-rate": update.history[-1][1] if update.history else 0.0,
             "steps": sum(int(h[2]) for h in update.history),
-            "grouped": int(privacy_plan(cfg, data).grouped),  # accounted per group of pairs (nopeek)
+            "grouped": int(plan.grouped),  # accounted per group of pairs (nopeek)
             "declined": int(update.declined is not None),
             "device": device,
         }

@@ -7,6 +7,7 @@ so the held-out set, the attacker's data and the release are rebuilt exactly as 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,8 +177,6 @@ def write_audit(source: Path, out: Path, export: Path | None = None, attacker_sa
 
 
 def _run_summary(source: Path) -> dict[str, Any]:
-    import json
-
     folder = source if source.is_dir() else source.parent
     for candidate in (folder / "summary.json", folder.parent / "summary.json"):
         if candidate.exists():

@@ -70,7 +70,7 @@ class DevicePrivacyPlan:
 def privacy_plan(cfg: ExperimentConfig, data: MultiTaskDataset) -> DevicePrivacyPlan:
     if cfg.dp_sgd.enabled and method_objective(cfg.methods[-1], cfg).form == "batch":
         group = cfg.dp_sgd.group_size
-        loader = GroupLoader(data, group, max(1, cfg.train.batch_size // group), key=0, seed=0)
+        loader = GroupLoader(data, group, max(1, cfg.train.batch_size // group), key=cfg.train.seed, seed=0)
         return DevicePrivacyPlan(True, loader.sample_rate, len(loader), cfg.dp_sgd)
     batches = max(1, len(data) // min(cfg.train.batch_size, len(data)))
     return DevicePrivacyPlan(False, 1 / batches, batches, cfg.dp_sgd)
@@ -189,6 +189,7 @@ def train_locally(
             seed,
             noise_multiplier,
             history,
+            group_key=cfg.train.seed,  # the plan's grouping, every round
         )
         for _ in range(local_epochs):
             loss = run_group_epoch(grouped, heads, objective, feature_dp, None, noise_rng, after_step)

@@ -155,8 +155,12 @@ def make_private_groups(
     seed: int,
     noise_multiplier: float | None = None,
     history: History | None = None,
+    group_key: int | None = None,
 ) -> PrivateGroupTraining:
-    loader = GroupLoader(data, group_size, groups_per_batch, key=seed * 7 + 1, seed=seed)
+    """``group_key`` fixes which group each pair falls in (default: from ``seed``); a device passes the
+    same key every round, so its groups and sample rate stay those its budget was planned with."""
+    key = seed * 7 + 1 if group_key is None else group_key
+    loader = GroupLoader(data, group_size, groups_per_batch, key=key, seed=seed)
     if noise_multiplier is None:
         noise_multiplier = calibrate_group_noise(cfg, loader.sample_rate, epochs)
     wrapped = GradSampleModule(module, loss_reduction="sum")
