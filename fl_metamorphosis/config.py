@@ -144,6 +144,17 @@ class AuditConfig(_Strict):
     probe_hidden: int = Field(256, ge=1)
     probe_max_iter: int = Field(60, ge=1)
     decoder_epochs: int = Field(30, ge=1)
+    max_steps: int = Field(
+        2_000,
+        ge=1,
+        description="cap on each learned attack's minibatch steps (fewer epochs over large attacker sets), so "
+        "the audit's time does not grow with the releases; benchmarks/audit_budget.py measures the cost",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="folder for method-independent results (the label-only floor), shared by runs with the "
+        "same data and attacker; `compare` sets it",
+    )
     ssim_kernel: int = Field(7, ge=3, description="odd SSIM window; <= the image's shorter side")
     dcor_samples: int = Field(1_000, ge=20)
 

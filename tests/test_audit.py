@@ -71,3 +71,32 @@ def test_membership_attack_sees_memorised_samples_and_chance_on_strangers():
     trained = membership_auc(heads, members, m_labels, outsiders, o_labels)
     assert trained["auc"] > 0.95 and trained["members"] == 64
     assert abs(untrained["auc"] - 0.5) < 0.15
+
+
+def test_step_cap_keeps_whole_epochs_within_the_budget():
+    from fl_metamorphosis.audit.budget import epochs_within
+
+    assert epochs_within(6_000, 128, 30, None) == 30
+    assert epochs_within(6_000, 128, 30, 2_000) == 30  # 47 steps an epoch: 1,410 steps fit
+    assert epochs_within(44_000, 128, 30, 2_000) == 5  # 344 steps an epoch
+    assert epochs_within(10**6, 128, 30, 2_000) == 1  # always at least one pass
+    assert epochs_within(50, 200, 7, 3) == 3  # a batch larger than the data is one step
+
+
+def test_label_only_floor_is_cached_per_attacker_data(tiny_cfg, tiny_split, tmp_path, monkeypatch):
+    from fl_metamorphosis.audit import AttackData, label_only_floor
+    from fl_metamorphosis.audit import run_audit
+
+    audit = tiny_cfg.audit.model_copy(update={"cache_dir": str(tmp_path)})
+    data = AttackData.draw(tiny_split, audit, 0)
+    first = label_only_floor(data, audit, 0)
+    assert len(list(tmp_path.glob("label_only_floor_*.json"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached floor was trained again")
+
+    monkeypatch.setattr(run_audit, "reconstruction_attack", no_training)
+    assert label_only_floor(data, audit, 0) == first
+    other = AttackData.draw(tiny_split, audit, 0, attacker_samples=len(data.attacker) + 50)
+    with pytest.raises(AssertionError, match="trained again"):  # different attacker data: not a hit
+        label_only_floor(other, audit, 0)

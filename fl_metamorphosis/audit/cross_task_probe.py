@@ -17,6 +17,10 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .budget import epochs_within
+
+MLP_BATCH = 200  # scikit-learn's own default (min(200, n))
+
 
 def chance_level(labels: np.ndarray) -> float:
     return float(np.bincount(labels).max() / len(labels))
@@ -31,10 +35,19 @@ def probe_accuracy(
     hidden: int = 256,
     max_iter: int = 60,
     seed: int = 0,
+    max_steps: int | None = None,
 ) -> float:
-    """Held-out accuracy of a probe trained on ``(train_x, train_y)``."""
+    """Held-out accuracy of a probe trained on ``(train_x, train_y)``: an MLP for ``max_iter`` epochs
+    (fewer when that would exceed ``max_steps`` minibatches), or a logistic regression."""
     if kind == "mlp":
-        clf = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=max_iter, random_state=seed, alpha=1e-4)
+        epochs = epochs_within(len(train_x), MLP_BATCH, max_iter, max_steps)
+        clf = MLPClassifier(
+            hidden_layer_sizes=(hidden,),
+            max_iter=epochs,
+            batch_size=min(MLP_BATCH, len(train_x)),
+            random_state=seed,
+            alpha=1e-4,
+        )
     elif kind == "linear":
         clf = LogisticRegression(max_iter=max_iter * 10)
     else:
@@ -56,6 +69,7 @@ def cross_task_attacks(
     hidden: int = 256,
     max_iter: int = 60,
     seed: int = 0,
+    max_steps: int | None = None,
 ) -> dict[str, dict[str, float | str]]:
     """``{"t->s": {accuracy, chance, probe}}`` for every ordered pair of distinct tasks."""
     results: dict[str, dict[str, float | str]] = {}
@@ -72,6 +86,7 @@ def cross_task_attacks(
                 hidden,
                 max_iter,
                 seed,
+                max_steps,
             )
             results[f"{name_t}->{name_s}"] = {"accuracy": acc, "chance": chance_level(eval_labels[:, s]), "probe": kind}
     return results

@@ -15,6 +15,10 @@ from torch import nn
 from torch.nn import functional as nnf
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from .budget import epochs_within
+
+DECODER_BATCH = 128
+
 
 class Decoder(nn.Module):
     def __init__(self, in_features: int, image_shape: tuple[int, int, int], hidden: int = 512):
@@ -34,13 +38,19 @@ class Decoder(nn.Module):
 
 
 def train_decoder(
-    inputs: torch.Tensor, images: torch.Tensor, epochs: int, seed: int, batch_size: int = 128, lr: float = 1e-3
+    inputs: torch.Tensor,
+    images: torch.Tensor,
+    epochs: int,
+    seed: int,
+    batch_size: int = DECODER_BATCH,
+    lr: float = 1e-3,
+    max_steps: int | None = None,
 ) -> Decoder:
     torch.manual_seed(seed)
     decoder = Decoder(math.prod(inputs.shape[1:]), tuple(images.shape[1:]))
     opt = torch.optim.Adam(decoder.parameters(), lr=lr)
     n = inputs.shape[0]
-    for _ in range(epochs):
+    for _ in range(epochs_within(n, batch_size, epochs, max_steps)):
         for idx in torch.randperm(n).split(batch_size):
             loss = nnf.mse_loss(decoder(inputs[idx]), images[idx])
             opt.zero_grad(set_to_none=True)
@@ -69,9 +79,10 @@ def reconstruction_attack(
     epochs: int,
     ssim_kernel: int,
     seed: int = 0,
+    max_steps: int | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Train on the attacker's (features, images); return held-out scores and the reconstructions."""
-    decoder = train_decoder(attacker_inputs, attacker_images, epochs, seed)
+    decoder = train_decoder(attacker_inputs, attacker_images, epochs, seed, max_steps=max_steps)
     with torch.no_grad():
         recon = decoder(eval_inputs)
     return image_scores(recon, eval_images, ssim_kernel), recon

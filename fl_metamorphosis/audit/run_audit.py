@@ -9,17 +9,22 @@ model trained on (``members``) with held-out images.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..config import AuditConfig
 from ..data import MultiTaskDataset, TrainTestSplit
 from ..training import TrainedModel, released_features, task_accuracy
-from .cross_task_probe import cross_task_attacks
+from .budget import epochs_within
+from .cross_task_probe import MLP_BATCH, cross_task_attacks
 from .dependence import dependence_report
 from .membership_attack import membership_auc
-from .reconstruction_attack import one_hot, reconstruction_attack
+from .reconstruction_attack import DECODER_BATCH, one_hot, reconstruction_attack
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,11 @@ class AttackData:
 
 
 def label_only_floor(data: AttackData, cfg: AuditConfig, seed: int) -> dict[str, float]:
-    """SSIM of the reconstruction decoder fed only each task's one-hot label (method-independent)."""
+    """SSIM of the reconstruction decoder fed only each task's one-hot label (method-independent, so
+    read from / written to ``cfg.cache_dir`` when set: every method of a comparison shares it)."""
+    cached = _floor_file(data, cfg, seed)
+    if cached is not None and cached.exists():
+        return json.loads(cached.read_text())
     floors = {}
     for t, task in enumerate(data.attacker.tasks):
         scores, _ = reconstruction_attack(
@@ -66,9 +75,27 @@ def label_only_floor(data: AttackData, cfg: AuditConfig, seed: int) -> dict[str,
             cfg.decoder_epochs,
             cfg.ssim_kernel,
             seed,
+            cfg.max_steps,
         )
         floors[task.name] = scores["ssim"]
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(floors))
+        tmp.replace(cached)  # atomic: a concurrent run reads the old file or the whole new one
     return floors
+
+
+def _floor_file(data: AttackData, cfg: AuditConfig, seed: int) -> Path | None:
+    """The cache file of exactly these attacker and held-out samples and this decoder, or None."""
+    if cfg.cache_dir is None:
+        return None
+    key = hashlib.sha256()
+    for part in (data.attacker, data.evaluation):
+        key.update(part.images.numpy().tobytes())
+        key.update(part.labels.numpy().tobytes())
+    key.update(repr((cfg.decoder_epochs, cfg.max_steps, cfg.ssim_kernel, seed)).encode())
+    return Path(cfg.cache_dir) / f"label_only_floor_{key.hexdigest()[:20]}.json"
 
 
 def audit_model(
@@ -95,6 +122,7 @@ def audit_model(
             cfg.probe_hidden,
             cfg.probe_max_iter,
             seed,
+            cfg.max_steps,
         )
         for kind in ("mlp", "linear")
     )
@@ -103,11 +131,21 @@ def audit_model(
     reconstruction, recons = {}, {}
     for t, name in enumerate(names):
         scores, recons[name] = reconstruction_attack(
-            att[:, t], data.attacker.images, ev[:, t], data.evaluation.images, cfg.decoder_epochs, cfg.ssim_kernel, seed
+            att[:, t],
+            data.attacker.images,
+            ev[:, t],
+            data.evaluation.images,
+            cfg.decoder_epochs,
+            cfg.ssim_kernel,
+            seed,
+            cfg.max_steps,
         )
         reconstruction[name] = {**scores, "ssim_label_only": floors[name]}
     n = min(cfg.dcor_samples, len(data.evaluation))
     dcor = dependence_report(ev[:n], data.evaluation.images[:n], names)
+    n_att = len(data.attacker)
+    mlp_epochs = epochs_within(n_att, MLP_BATCH, cfg.probe_max_iter, cfg.max_steps)
+    decoder_epochs = epochs_within(n_att, DECODER_BATCH, cfg.decoder_epochs, cfg.max_steps)
     audit = {
         "tasks": tasks,
         "cross_task_attack": cross,
@@ -119,8 +157,8 @@ def audit_model(
             "train_samples": len(data.attacker),
             "eval_samples": len(data.evaluation),
             "knows": "released features, every task's labels and the images of its training samples",
-            "probe": f"StandardScaler + MLP({cfg.probe_hidden}), {cfg.probe_max_iter} epochs (and a linear one)",
-            "decoder": f"MLP(512, 512), {cfg.decoder_epochs} epochs, SSIM window {cfg.ssim_kernel} px (uniform)",
+            "probe": f"StandardScaler + MLP({cfg.probe_hidden}), {mlp_epochs} epochs (and a linear one)",
+            "decoder": f"MLP(512, 512), {decoder_epochs} epochs, SSIM window {cfg.ssim_kernel} px (uniform)",
         },
     }
     return audit, recons
