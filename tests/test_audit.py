@@ -84,8 +84,7 @@ def test_step_cap_keeps_whole_epochs_within_the_budget():
 
 
 def test_label_only_floor_is_cached_per_attacker_data(tiny_cfg, tiny_split, tmp_path, monkeypatch):
-    from fl_metamorphosis.audit import AttackData, label_only_floor
-    from fl_metamorphosis.audit import run_audit
+    from fl_metamorphosis.audit import AttackData, label_only_floor, run_audit
 
     audit = tiny_cfg.audit.model_copy(update={"cache_dir": str(tmp_path)})
     data = AttackData.draw(tiny_split, audit, 0)
