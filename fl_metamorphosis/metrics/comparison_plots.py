@@ -44,22 +44,29 @@ def plot_image_panels(images: dict[str, Path], path: Path) -> None:
     plt.close(fig)
 
 
+SWEEP_AXES = {"dp_sgd": "DP-SGD epsilon spent (per device)", "feature_dp": "feature epsilon (per release)"}
+
+
 def plot_sweep(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
-    """Utility and attack results against the swept value (one line per method and swept setting)."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    """Utility and attack results against the swept value: one row of panels per swept key (its epsilons
+    are on different scales), one line per method and task or attacked pair."""
+    keys = list(dict.fromkeys(r["key"] for r in rows))
+    fig, axes = plt.subplots(len(keys), 3, figsize=(15, 3.8 * len(keys)), squeeze=False)
     for (method, key), mine in _group(rows).items():
+        row = axes[keys.index(key)]
         xs = [r["value"] for r in mine]
         for task in tasks:
-            axes[0].plot(xs, [r["accuracy"][task] for r in mine], marker="o", label=f"{method} {task}")
-            axes[2].plot(xs, [r["ssim"][task] for r in mine], marker="o", label=f"{method} {task}")
+            row[0].plot(xs, [r["accuracy"][task] for r in mine], marker="o", label=f"{method} {task}")
+            row[2].plot(xs, [r["ssim"][task] for r in mine], marker="o", label=f"{method} {task}")
         for pair in mine[0]["attack"]:
-            axes[1].plot(xs, [r["attack"][pair] for r in mine], marker="o", label=f"{method} {pair}")
-        for ax in axes:
-            ax.set_xlabel(key)
-    axes[0].set(ylabel="task accuracy", title="Utility")
-    axes[1].set(ylabel="cross-task attack accuracy", title="Cross-task leak")
-    axes[2].set(ylabel="reconstruction SSIM", title="Input leak")
-    _save(fig, axes, path)
+            row[1].plot(xs, [r["attack"][pair] for r in mine], marker="o", label=f"{method} {pair}")
+    for key, row in zip(keys, axes, strict=True):
+        for ax in row:
+            ax.set_xlabel(SWEEP_AXES.get(key.split(".")[0], key))
+        row[0].set(ylabel="task accuracy", title=f"Utility ({key})")
+        row[1].set(ylabel="cross-task attack accuracy", title=f"Cross-task leak ({key})")
+        row[2].set(ylabel="reconstruction SSIM", title=f"Input leak ({key})")
+    _save(fig, [ax for row in axes for ax in row], path)
 
 
 def _group(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
