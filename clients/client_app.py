@@ -27,6 +27,12 @@ from fl_metamorphosis.fl.records import experiment_from, load_json  # noqa: E402
 from fl_metamorphosis.model import build_heads  # noqa: E402
 from fl_metamorphosis.training import method_feature_dp, released_features, task_accuracy  # noqa: E402
 
+# Everything imported so far (torch, Ray, Flower, Opacus: about half a million objects) lives as long as
+# the process. Freezing it takes it out of the cyclic collector's scans, so the full collection that
+# ``release_memory`` runs after every message costs milliseconds instead of about 0.23 s (most of a
+# simulated device's overhead: benchmarks/gc_freeze.py).
+gc.freeze()
+
 
 def release_memory(msg: Message, context: Context, call_next) -> Message:
     """Flower mod: collect the reference cycles a DP-SGD round leaves (Opacus' hooks) and hand the freed

@@ -20,6 +20,7 @@ calibrated so that the pair-level result meets the same (epsilon, delta) target 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -66,10 +67,16 @@ def pair_level(epsilon_at: Callable[[float], float], delta: float) -> float:
 
 def record_level(history: History, delta: float, accountant: str = "rdp") -> float:
     """Pair-level epsilon at ``delta`` of a group-level Opacus accountant history."""
+    return _record_level(tuple(tuple(h) for h in history), delta, accountant)
+
+
+@functools.lru_cache(maxsize=1024)
+def _record_level(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+    # Cached: the conversion evaluates the accountant several times, and devices repeat histories.
     if not history:
         return 0.0
     acc = create_accountant(accountant)
-    acc.history = [tuple(h) for h in history]
+    acc.history = list(history)
     return pair_level(lambda d: float(acc.get_epsilon(d)), delta)
 
 
