@@ -37,8 +37,7 @@ def main() -> None:
     gc.freeze()
     after = _seconds(gc.collect)
     print(
-        f"gc.collect() with {tracked} tracked objects: {before * 1e3:.1f} ms; after gc.freeze(): "
-        f"{after * 1e3:.3f} ms"
+        f"gc.collect() with {tracked} tracked objects: {before * 1e3:.1f} ms; after gc.freeze(): {after * 1e3:.3f} ms"
     )
     history = ((1.56, 1 / 7, 70),)
     uncached = _seconds(lambda: _epsilon.__wrapped__(history, 1e-5, "rdp"))
