@@ -52,16 +52,15 @@ def test_pair_level_epsilon_is_the_group_privacy_fixed_point_and_meets_the_targe
     assert eps_g == 4.0 and delta_g == pytest.approx(1e-5 / (2 * math.exp(4.0)))
     from fl_metamorphosis.privacy.group_dp_sgd import calibrate_group_noise
 
-    q, epochs = 0.128, 10
-    sigma = calibrate_group_noise(cfg, q, epochs)
-    history = [(sigma, q, int(epochs / q))]
-    pair = record_level(history, 1e-5)
-    assert pair == pytest.approx(8.0, abs=0.1)
+    q, steps = 0.128, 70  # 16 of 125 groups a batch: 7 batches an epoch, 10 epochs
+    sigma = calibrate_group_noise(cfg, q, steps)
+    pair = record_level([(sigma, q, steps)], 1e-5)
+    assert pair == pytest.approx(8.0, abs=0.1)  # the steps taken spend the whole budget
     # the same conversion over dp-accounting's accountant agrees with Opacus'
-    reference = pair_level(lambda d: reference_epsilon(sigma, q, int(epochs / q), d), 1e-5)
+    reference = pair_level(lambda d: reference_epsilon(sigma, q, steps, d), 1e-5)
     assert reference == pytest.approx(pair, rel=0.02)
     # and it is more than the per-sample reading of the same steps (the price of the group unit)
-    assert pair > reference_epsilon(sigma, q, int(epochs / q), 1e-5)
+    assert pair > reference_epsilon(sigma, q, steps, 1e-5)
 
 
 def test_a_nopeek_device_trains_with_a_cumulative_pair_level_budget(tiny_overrides, tiny_split):
@@ -76,6 +75,7 @@ def test_a_nopeek_device_trains_with_a_cumulative_pair_level_budget(tiny_overrid
     first = train_locally(cfg, data, gen.state_dict(), heads.state_dict(), [], sigma, 8.0, 1, seed=1)
     second = train_locally(cfg, data, gen.state_dict(), heads.state_dict(), first.history, sigma, 8.0, 1, seed=2)
     assert 0 < first.epsilon < second.epsilon <= 8.0 + 0.1
+    assert second.epsilon > 7.8  # calibrated for the steps it takes: the budget is spent, not left over
     assert second.epsilon == pytest.approx(record_level(second.history, cfg.dp_sgd.delta))
     spent = train_locally(cfg, data, gen.state_dict(), heads.state_dict(), second.history, sigma, 8.0, 1, seed=3)
     assert spent.declined and spent.weights is None  # a third round would exceed the budget

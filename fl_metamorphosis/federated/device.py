@@ -71,7 +71,7 @@ class DevicePrivacyPlan:
     def noise_multiplier(self, epochs: int) -> float:
         """Calibrated so that ``epochs`` of these steps spend the target epsilon (pair level)."""
         if self.grouped:
-            return calibrate_group_noise(self.cfg, self.sample_rate, epochs)
+            return calibrate_group_noise(self.cfg, self.sample_rate, epochs * self.steps_per_epoch)
         return calibrate_noise_multiplier(self.cfg, self.sample_rate, epochs)
 
 
