@@ -19,7 +19,7 @@ import opacus  # noqa: F401
 import ray  # noqa: F401
 import torch  # noqa: F401
 
-from fl_metamorphosis.federated.device import _epsilon
+from fl_metamorphosis.privacy.dp_sgd import _history_epsilon
 
 
 def _seconds(fn, repeats: int = 5) -> float:
@@ -40,8 +40,8 @@ def main() -> None:
         f"gc.collect() with {tracked} tracked objects: {before * 1e3:.1f} ms; after gc.freeze(): {after * 1e3:.3f} ms"
     )
     history = ((1.56, 1 / 7, 70),)
-    uncached = _seconds(lambda: _epsilon.__wrapped__(history, 1e-5, "rdp"))
-    cached = _seconds(lambda: _epsilon(history, 1e-5, "rdp"))
+    uncached = _seconds(lambda: _history_epsilon.__wrapped__(history, 1e-5, "rdp"))
+    cached = _seconds(lambda: _history_epsilon(history, 1e-5, "rdp"))
     print(f"RDP epsilon of one history: {uncached * 1e3:.1f} ms; cached: {cached * 1e6:.1f} us")
 
 

@@ -8,38 +8,30 @@ past the budget ever leaves the device.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import torch
-from opacus.accountants import create_accountant
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import DPSGDConfig, ExperimentConfig
 from ..data import MultiTaskDataset
 from ..model import FeatureGenerator, build_heads
-from ..privacy import calibrate_noise_multiplier, make_private, make_private_groups, record_level, release
+from ..privacy import (
+    calibrate_noise_multiplier,
+    history_epsilon,
+    make_private,
+    make_private_groups,
+    record_level,
+    release,
+)
 from ..privacy.group_dp_sgd import GroupLoader, calibrate_group_noise
 from ..training.trainer import method_feature_dp, method_objective, run_epoch, run_group_epoch
 
 History = list[tuple[float, float, int]]
 
 
-def epsilon_of(history: History, delta: float, accountant: str = "rdp") -> float:
-    """Epsilon of an accountant history (0 for no steps), by the same Opacus accountant the device uses."""
-    return _epsilon(tuple(tuple(h) for h in history), delta, accountant)
-
-
-@functools.lru_cache(maxsize=4096)
-def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
-    # Cached: an RDP evaluation takes about 50 ms, and every device of an IID federation (many share one
-    # simulated process) holds the same history in the same round.
-    if not history:
-        return 0.0
-    acc = create_accountant(accountant)
-    acc.history = list(history)
-    return float(acc.get_epsilon(delta))
+epsilon_of = history_epsilon  # a device's spent epsilon: the same Opacus accountant it trains with
 
 
 def planned_history(history: History, noise_multiplier: float, sample_rate: float, steps: int) -> History:

@@ -20,14 +20,12 @@ calibrated so that the pair-level result meets the same (epsilon, delta) target 
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from opacus import GradSampleModule
-from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
@@ -35,6 +33,7 @@ from torch import nn, optim
 
 from ..config import DPSGDConfig
 from ..data import MultiTaskDataset
+from .dp_sgd import history_epsilon
 
 History = list[tuple[float, float, int]]
 
@@ -67,17 +66,10 @@ def pair_level(epsilon_at: Callable[[float], float], delta: float) -> float:
 
 def record_level(history: History, delta: float, accountant: str = "rdp") -> float:
     """Pair-level epsilon at ``delta`` of a group-level Opacus accountant history."""
-    return _record_level(tuple(tuple(h) for h in history), delta, accountant)
-
-
-@functools.lru_cache(maxsize=1024)
-def _record_level(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
-    # Cached: the conversion evaluates the accountant several times, and devices repeat histories.
     if not history:
         return 0.0
-    acc = create_accountant(accountant)
-    acc.history = list(history)
-    return pair_level(lambda d: float(acc.get_epsilon(d)), delta)
+    # the fixed point asks for the same deltas every time for one history: the cached evaluations hit
+    return pair_level(lambda d: history_epsilon(history, d, accountant), delta)
 
 
 @dataclass
