@@ -29,7 +29,7 @@ from fl_metamorphosis.training import method_feature_dp, released_features, task
 
 # Everything imported so far (torch, Ray, Flower, Opacus: about half a million objects) lives as long as
 # the process. Freezing it takes it out of the cyclic collector's scans, so the full collection that
-# ``release_memory`` runs after every message costs milliseconds instead of about 0.23 s (most of a
+# ``release_memory`` runs after every message costs microseconds instead of about 0.2 s (most of a
 # simulated device's overhead: benchmarks/gc_freeze.py).
 gc.freeze()
 
