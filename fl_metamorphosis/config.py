@@ -124,6 +124,22 @@ class FeatureDPConfig(_Strict):
     clip_norm: float = Field(1.0, gt=0.0, description="L2 (gaussian) or L1 (laplace) bound")
     noise_std: float = Field(0.2, gt=0.0, description="gaussian std, or laplace scale b")
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="delta of the gaussian release")
+    max_releases_per_pair: int | None = Field(
+        1,
+        ge=1,
+        description="a device releases each of its pairs at most this often over a run (every release "
+        "composes, and averaging k releases divides the noise by sqrt(k)); none: no cap (docs/privacy.md)",
+    )
+
+
+class RandomnessConfig(_Strict):
+    """Where the devices' privacy randomness (DP-SGD noise and sampling, feature noise, released pairs) comes from."""
+
+    source: Literal["os_entropy", "seeded"] = Field(
+        "os_entropy",
+        description="os_entropy: the OS CSPRNG, secret from the server; seeded: reproducible from train.seed, "
+        "NOT private against the server (flagged in every summary; devices refuse it outside simulation)",
+    )
 
 
 class TrainConfig(_Strict):
@@ -154,6 +170,19 @@ class AuditConfig(_Strict):
         None,
         description="folder for method-independent results (the label-only floor), shared by runs with the "
         "same data and attacker; `compare` sets it",
+    )
+    attackers: list[Literal["linear", "mlp", "knn", "boosting"]] = Field(
+        default_factory=lambda: ["linear", "mlp", "knn", "boosting"],
+        min_length=1,
+        description="cross-task attacker families; the headline is the strongest of them",
+    )
+    knn_neighbors: int = Field(25, ge=1, description="k of the k-nearest-neighbours attacker")
+    boosting_max_iter: int = Field(100, ge=1, description="boosting rounds of the gradient-boosting attacker")
+    max_rows: int = Field(
+        40_000,
+        ge=100,
+        description="cap on the rows the k-NN and boosting attackers learn from (a random sample); the MLP and "
+        "linear probes see every row within audit.max_steps",
     )
     ssim_kernel: int = Field(7, ge=3, description="odd SSIM window; <= the image's shorter side")
     dcor_samples: int = Field(1_000, ge=20)
@@ -264,6 +293,7 @@ class ExperimentConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     dp_sgd: DPSGDConfig = Field(default_factory=DPSGDConfig)
     feature_dp: FeatureDPConfig = Field(default_factory=FeatureDPConfig)
+    randomness: RandomnessConfig = Field(default_factory=RandomnessConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     federated: FederatedConfig = Field(default_factory=FederatedConfig)

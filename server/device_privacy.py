@@ -24,6 +24,17 @@ class PrivacyLedger:
     epsilons: dict[int, float] = field(default_factory=dict)  # device -> cumulative epsilon it reported
     accounting: dict[int, tuple[float, float, int, bool]] = field(default_factory=dict)  # sigma, q, steps, grouped
     rounds_trained: Counter = field(default_factory=Counter)  # device -> rounds its update was aggregated
+    releases_max: dict[int, int] = field(default_factory=dict)  # device -> most releases of one of its pairs
+    rows_received: int = 0  # released task-feature rows the server received, all devices and rounds
+
+    def record_releases(self, device: int, releases_max: int, rows: int) -> None:
+        """A features reply: the device's own count of its most-released pair, and the rows it sent."""
+        self.releases_max[device] = max(self.releases_max.get(device, 0), releases_max)
+        self.rows_received += rows
+
+    @property
+    def max_releases_per_pair(self) -> int:
+        return max(self.releases_max.values(), default=0)
 
     def record(self, replies: SortedReplies) -> None:
         self.epsilons.update(replies.epsilons)
@@ -56,6 +67,7 @@ class PrivacyLedger:
                 "clipping_unit": "group of pairs" if grouped else "pair",
                 "epsilon": eps,
                 "epsilon_dp_accounting": reference,
+                "releases_per_pair_max": self.releases_max.get(device, 0),
             }
         return rows
 

@@ -33,9 +33,8 @@ from fl_metamorphosis.metrics import (
     write_json,
 )
 from fl_metamorphosis.model import FeatureGenerator, build_heads
-from fl_metamorphosis.privacy import gaussian_epsilon
 from fl_metamorphosis.training import TrainedModel, evaluate, method_feature_dp
-from fl_metamorphosis.training.central import machine_description, method_summary
+from fl_metamorphosis.training.central import machine_description, method_summary, randomness_summary
 
 from .device_privacy import PrivacyLedger
 from .replies import sort_replies
@@ -44,8 +43,11 @@ from .strategies import build_strategy
 REPLY_TIMEOUT_S = 3600.0
 
 
-def _query_features(grid: Grid, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, rnd: int):
-    """Ask ``nodes`` for released features; return per task (features, labels), concatenated."""
+def _query_features(
+    grid: Grid, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, rnd: int, ledger: PrivacyLedger
+):
+    """Ask ``nodes`` for released features; return per task (features, labels), concatenated. Each reply's
+    release counts go to the ledger."""
     messages = [
         Message(
             content=RecordDict({"arrays": arrays, "config": config}),
@@ -60,6 +62,11 @@ def _query_features(grid: Grid, nodes: list[int], arrays: ArrayRecord, config: C
         if reply.has_error():
             print(f"  features: node {reply.metadata.src_node_id} failed: {reply.error.reason}", flush=True)
             continue
+        metrics = reply.content.metric_records.get("metrics")
+        if metrics is not None and "releases-max" in metrics:
+            ledger.record_releases(
+                int(metrics["device"]), int(metrics["releases-max"]), int(metrics.get("num-examples", 0))
+            )
         for name, record in reply.content.array_records.items():
             if name.startswith("task."):
                 feats, labels = per_task.setdefault(name.removeprefix("task."), ([], []))
@@ -98,14 +105,18 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
     cache: dict[str, Any] = {}
 
     def attack() -> AttackData:
-        if "attack" not in cache:
+        # The attacker learns from at least as many released rows as the server has received so far.
+        rows = max(cfg.audit.attacker_samples, ledger.rows_received)
+        if cache.get("attack_rows") != rows:
             # members for the membership attack: the devices' own training pairs
-            cache["attack"] = AttackData.draw(split, cfg.audit, cfg.train.seed, members=federated_training_pairs(cfg))
+            cache["attack"] = AttackData.draw(split, cfg.audit, cfg.train.seed, rows, federated_training_pairs(cfg))
+            cache["attack_rows"], cache["floors"] = rows, None
         return cache["attack"]
 
     def floors() -> dict[str, float]:
-        if "floors" not in cache:
-            cache["floors"] = label_only_floor(attack(), cfg.audit, cfg.train.seed)
+        data = attack()
+        if cache.get("floors") is None:
+            cache["floors"] = label_only_floor(data, cfg.audit, cfg.train.seed)
         return cache["floors"]
 
     # Round 0: heads learn from the initial encoder's features, so the first local round has useful heads.
@@ -113,7 +124,12 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
         heads,
         tasks,
         _query_features(
-            grid, all_nodes, ArrayRecord(joint_state(generator, heads)), config_record(cfg, **{"server-round": 0}), 0
+            grid,
+            all_nodes,
+            ArrayRecord(joint_state(generator, heads)),
+            config_record(cfg, **{"server-round": 0}),
+            0,
+            ledger,
         ),
         cfg,
         0,
@@ -147,6 +163,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
             ArrayRecord(joint_state(generator, heads)),
             config_record(cfg, **{"server-round": rnd}),
             rnd,
+            ledger,
         )
         _fit_heads(heads, tasks, received, cfg, rnd)
         accuracy = evaluate(generator, heads, split.test, feature_dp, cfg.train.seed + rnd)
@@ -161,6 +178,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
             **{f"test_acc.{k}": v for k, v in accuracy.items()},
             "epsilon_max": ledger.max_epsilon,
             "epsilon_mean": ledger.mean_epsilon,
+            "releases_per_pair_max": ledger.max_releases_per_pair,
+            "feature_rows_received": ledger.rows_received,
             "seconds": time.perf_counter() - t0,
         }
         metrics.write(row)
@@ -178,13 +197,16 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
         every = cfg.federated.audit_every
         if audit and cfg.audit.enabled and every and rnd % every == 0 and rnd < cfg.federated.rounds:
             interim = TrainedModel(method, generator, heads, feature_dp)
-            figures, _ = audit_model(interim, attack(), cfg.audit, floors(), cfg.train.seed)
+            figures, _ = audit_model(
+                interim, attack(), cfg.audit, floors(), cfg.train.seed, ledger.max_releases_per_pair
+            )
             audits.write({"round": rnd, **{k: figures[k] for k in ("tasks", "cross_task_attack", "reconstruction")}})
         accs = "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
         print(
             f"[round {rnd}/{cfg.federated.rounds}] devices sampled {row['sampled']}, answered {row['answered']}, "
             f"declined {row['declined']}, rejected {row['rejected']} | {accs} | epsilon max "
-            f"{row['epsilon_max']:.2f} mean {row['epsilon_mean']:.2f} | {row['seconds']:.1f} s",
+            f"{row['epsilon_max']:.2f} mean {row['epsilon_mean']:.2f} | releases per pair max "
+            f"{row['releases_per_pair_max']} | {row['seconds']:.1f} s",
             flush=True,
         )
 
@@ -224,18 +246,16 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
             },
         )
         return {"history": history}
-    print("auditing the final model", flush=True)
+    print(
+        f"auditing the final model: {ledger.rows_received} released rows received, most releases of one pair "
+        f"{ledger.max_releases_per_pair}",
+        flush=True,
+    )
     attack_data = attack()
-    figures, recons = audit_model(model, attack_data, cfg.audit, floors(), cfg.train.seed)
-    method_figures = method_summary(model, figures, len(tasks))
-    if feature_dp.enabled and feature_dp.mechanism == "gaussian":
-        # A device may release the same image in every features query (round 0 and each round): the worst
-        # case composes (rounds + 1) x tasks Gaussian releases of it.
-        releases = (cfg.federated.rounds + 1) * len(tasks)
-        method_figures["feature_dp"]["releases_per_image_max"] = releases
-        method_figures["feature_dp"]["epsilon_all_rounds_worst_case"] = gaussian_epsilon(
-            feature_dp.noise_std, 2 * feature_dp.clip_norm, feature_dp.delta, releases=releases
-        )
+    k = ledger.max_releases_per_pair
+    figures, recons = audit_model(model, attack_data, cfg.audit, floors(), cfg.train.seed, k)
+    figures["attacker"]["server_saw_releases"] = ledger.rows_received
+    method_figures = method_summary(model, figures, len(tasks), releases_per_pair=k)
     summary = {
         "command": "simulate",
         "machine": machine_description(),
@@ -254,6 +274,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
             "device_privacy": devices,
             "local_test_accuracy": local_accuracy,
         },
+        "randomness": randomness_summary(cfg),
         "history": history,
         "server_wall_seconds": time.perf_counter() - started,
         "config": cfg.model_dump(),

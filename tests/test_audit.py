@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fl_metamorphosis.audit import cross_task_attacks, dependence_report, image_scores, reconstruction_attack
-from fl_metamorphosis.config import ModelConfig
+from fl_metamorphosis.config import AuditConfig, ModelConfig
 
 
 def _labels(n, seed):
@@ -23,10 +23,16 @@ def test_probe_finds_a_leak_and_reports_chance_on_noise():
     def feats(y):
         return np.stack([_one_hot(y[:, 1]) + 0.1 * rng.normal(size=(len(y), 10)), rng.normal(size=(len(y), 10))], 1)
 
-    res = cross_task_attacks(feats(ytr), ytr, feats(yte), yte, ["a", "b"], max_iter=50)
-    assert res["a->b"]["accuracy"] > 0.95
-    assert abs(res["b->a"]["accuracy"] - res["b->a"]["chance"]) < 0.06
-    assert 0.08 < res["b->a"]["chance"] < 0.15
+    cfg = AuditConfig(probe_max_iter=50, boosting_max_iter=20)
+    res = cross_task_attacks(feats(ytr), ytr, feats(yte), yte, ["a", "b"], cfg)
+    leak, blind = res["a->b"], res["b->a"]
+    assert set(leak["families"]) == {"linear", "mlp", "knn", "boosting"}
+    # the headline is the strongest family, inside its own interval, and far from chance only for the leak
+    assert leak["accuracy"] == max(leak["families"].values()) > 0.95
+    assert leak["ci95"][0] <= leak["accuracy"] <= leak["ci95"][1] and leak["p_value"] < 1e-6
+    assert abs(blind["accuracy"] - blind["chance"]) < 0.07
+    assert blind["p_value"] > 0.01
+    assert 0.08 < blind["chance"] < 0.15
 
 
 def test_reconstruction_scores_copy_high_noise_low():

@@ -92,9 +92,49 @@ def test_features_handler_sends_each_task_only_its_own_labels():
     for t, name in enumerate(["left", "right"]):
         rec = reply.content[f"task.{name}"]
         assert set(rec) == {"features", "labels"}
-        assert rec["features"].numpy().shape == (100, cfg.model.feature_dim)
+        # one release per pair (the default cap) spread over round 0 and 2 rounds: ceil(200 / 3) of 100 asked
+        assert rec["features"].numpy().shape == (67, cfg.model.feature_dim)
         labels = rec["labels"].numpy()
         assert set(labels) <= set(data.labels[:, t].tolist())
+    assert reply.content["metrics"]["releases-max"] == 1
+
+
+def test_features_handler_never_releases_a_pair_past_its_cap_and_keeps_the_count():
+    cfg = _cfg("feature_dp.max_releases_per_pair=1")
+    context = _context()
+    rows = []
+    for rnd in range(4):  # round 0, the 2 rounds, and one query more than the schedule
+        msg, _ = _train_message(cfg, rnd)
+        msg.metadata.__dict__["_message_type"] = "query.features"
+        reply = client_app(msg, context)
+        rows.append(len(reply.content["task.left"]["labels"].numpy()))
+        assert reply.content["metrics"]["releases-max"] <= 1
+    assert rows == [67, 67, 66, 0]  # every one of the device's 200 pairs once, then nothing
+    assert reply.content["metrics"]["releases-total"] == 200
+
+
+def test_a_device_limit_in_its_node_config_bounds_the_servers_config():
+    cfg = _cfg("feature_dp.max_releases_per_pair=none")
+    context = _context()
+    context.node_config["max-releases-per-pair"] = 1
+    msg, _ = _train_message(cfg, 0)
+    msg.metadata.__dict__["_message_type"] = "query.features"
+    assert len(client_app(msg, context).content["task.left"]["labels"].numpy()) == 67  # not 100: capped at 1
+
+
+def test_task_records_are_shuffled_apart():
+    # rows of the two task records must not line up: the server cannot pair one task's features with
+    # another task's labels by position
+    cfg = _cfg("feature_dp.max_releases_per_pair=none", "federated.feature_samples_per_device=200")
+    msg, _ = _train_message(cfg, 0)
+    msg.metadata.__dict__["_message_type"] = "query.features"
+    reply = client_app(msg, _context())
+    data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
+    left, right = (reply.content[f"task.{n}"]["labels"].numpy() for n in ("left", "right"))
+    # all 200 pairs released: as multisets the labels are the device's, but the row order differs per task
+    assert sorted(left) == sorted(data.labels[:, 0].tolist()) and sorted(right) == sorted(data.labels[:, 1].tolist())
+    aligned = [(int(a), int(b)) for a, b in zip(left, right, strict=True)]
+    assert sorted(aligned) != sorted(map(tuple, data.labels.tolist()))
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from fl_metamorphosis.federated import epsilon_of, planned_history, train_locall
 from fl_metamorphosis.federated.device import build_generator, split_state
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy import reference_epsilon
+from fl_metamorphosis.privacy.randomness import Randomness
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,15 @@ def test_epsilon_is_cumulative_and_matches_one_accountant(device_setup):
     history, eps = [], []
     for rnd in range(3):
         up = train_locally(
-            cfg, data, gen_w, head_w, history, noise_multiplier=1.0, budget=100.0, local_epochs=1, seed=rnd
+            cfg,
+            data,
+            gen_w,
+            head_w,
+            history,
+            noise_multiplier=1.0,
+            budget=100.0,
+            local_epochs=1,
+            randomness=Randomness.seeded(rnd),
         )
         assert up.declined is None and up.num_examples == 256
         history, (gen_w, _) = up.history, split_state(up.weights)
@@ -36,8 +45,8 @@ def test_epsilon_is_cumulative_and_matches_one_accountant(device_setup):
 
 def test_dp_trained_heads_change_and_frozen_heads_do_not(device_setup):
     cfg, data, gen_w, head_w = device_setup
-    frozen = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, seed=0, train_heads=False)
-    trained = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, seed=0, train_heads=True)
+    frozen = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, Randomness.seeded(0), train_heads=False)
+    trained = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, Randomness.seeded(0), train_heads=True)
     for up, moved in ((frozen, False), (trained, True)):
         _, heads = split_state(up.weights)
         assert any(not torch.equal(heads[k], head_w[k]) for k in head_w) is moved
@@ -46,9 +55,19 @@ def test_dp_trained_heads_change_and_frozen_heads_do_not(device_setup):
 
 def test_over_budget_device_declines_without_training(device_setup):
     cfg, data, gen_w, head_w = device_setup
-    first = train_locally(cfg, data, gen_w, head_w, [], 1.0, budget=100.0, local_epochs=1, seed=0)
+    first = train_locally(
+        cfg, data, gen_w, head_w, [], 1.0, budget=100.0, local_epochs=1, randomness=Randomness.seeded(0)
+    )
     declined = train_locally(
-        cfg, data, gen_w, head_w, first.history, 1.0, budget=first.epsilon * 1.01, local_epochs=1, seed=1
+        cfg,
+        data,
+        gen_w,
+        head_w,
+        first.history,
+        1.0,
+        budget=first.epsilon * 1.01,
+        local_epochs=1,
+        randomness=Randomness.seeded(1),
     )
     assert declined.weights is None and declined.num_examples == 0
     assert "budget" in declined.declined
@@ -66,7 +85,7 @@ def test_proximal_term_pulls_towards_the_global_weights(device_setup):
     cfg, data, gen_w, head_w = device_setup
 
     def drift(mu):
-        up = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, seed=0, proximal_mu=mu)
+        up = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, Randomness.seeded(0), proximal_mu=mu)
         new, _ = split_state(up.weights)
         return sum(float((new[k] - gen_w[k]).norm()) for k in gen_w if k.endswith("weight"))
 

@@ -12,6 +12,7 @@ from fl_metamorphosis.federated.device import build_generator, privacy_plan
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy import make_private_groups, record_level, reference_epsilon
 from fl_metamorphosis.privacy.group_dp_sgd import group_of, group_target, pair_level
+from fl_metamorphosis.privacy.randomness import Randomness
 from fl_metamorphosis.training.trainer import group_loss, method_objective
 
 
@@ -32,7 +33,9 @@ def test_pooled_group_gradients_sum_to_the_plain_gradient(tiny_overrides, tiny_s
     plain = copy.deepcopy(gen)
     objective = method_objective("nopeek", cfg)
     dp = cfg.dp_sgd.model_copy(update={"max_grad_norm": 1e6})
-    private = make_private_groups(gen, torch.optim.SGD(gen.parameters(), lr=0.1), data, dp, 1, 16, 4, 0, 0.0)
+    private = make_private_groups(
+        gen, torch.optim.SGD(gen.parameters(), lr=0.1), data, dp, 1, 16, 4, 0, 0.0, randomness=Randomness.seeded(0)
+    )
     batch = next(b for b in private.loader if b.groups >= 2)
     feats, att = private.module(batch.images)
     private.step(
@@ -72,10 +75,14 @@ def test_a_nopeek_device_trains_with_a_cumulative_pair_level_budget(tiny_overrid
     plan = privacy_plan(cfg, data)
     assert plan.grouped
     sigma = plan.noise_multiplier(2)
-    first = train_locally(cfg, data, gen.state_dict(), heads.state_dict(), [], sigma, 8.0, 1, seed=1)
-    second = train_locally(cfg, data, gen.state_dict(), heads.state_dict(), first.history, sigma, 8.0, 1, seed=2)
+    first = train_locally(cfg, data, gen.state_dict(), heads.state_dict(), [], sigma, 8.0, 1, Randomness.seeded(1))
+    second = train_locally(
+        cfg, data, gen.state_dict(), heads.state_dict(), first.history, sigma, 8.0, 1, Randomness.seeded(2)
+    )
     assert 0 < first.epsilon < second.epsilon <= 8.0 + 0.1
     assert second.epsilon > 7.8  # calibrated for the steps it takes: the budget is spent, not left over
     assert second.epsilon == pytest.approx(record_level(second.history, cfg.dp_sgd.delta))
-    spent = train_locally(cfg, data, gen.state_dict(), heads.state_dict(), second.history, sigma, 8.0, 1, seed=3)
+    spent = train_locally(
+        cfg, data, gen.state_dict(), heads.state_dict(), second.history, sigma, 8.0, 1, Randomness.seeded(3)
+    )
     assert spent.declined and spent.weights is None  # a third round would exceed the budget

@@ -10,6 +10,7 @@ from fl_metamorphosis.methods import METHODS
 from fl_metamorphosis.model import FeatureGenerator, build_heads
 from fl_metamorphosis.model.adversary import Adversary, reverse_gradient
 from fl_metamorphosis.privacy import make_private, make_private_groups
+from fl_metamorphosis.privacy.randomness import Randomness
 from fl_metamorphosis.training.trainer import method_feature_dp, method_objective, run_epoch, run_group_epoch
 
 
@@ -35,12 +36,12 @@ def test_each_method_trains_one_step_and_releases_task_features(method, tiny_ove
     objective = method_objective(method, cfg)
     feature_dp = method_feature_dp(method, cfg)
     if objective.form == "batch":  # nopeek: dCor(F, input) over a group, clipped per group
-        grouped = make_private_groups(gen, opt, data, cfg.dp_sgd, 1, 16, 4, seed=0)
-        loss = run_group_epoch(grouped, heads, objective, feature_dp, None, torch.Generator())
+        grouped = make_private_groups(gen, opt, data, cfg.dp_sgd, 1, 16, 4, 0, randomness=Randomness.seeded(0))
+        loss = run_group_epoch(grouped, heads, objective, feature_dp, None, Randomness.seeded(1))
     else:
-        private = make_private(gen, opt, loader, cfg.dp_sgd, 1)
+        private = make_private(gen, opt, loader, cfg.dp_sgd, 1, randomness=Randomness.seeded(0))
         loss = run_epoch(
-            private.module, heads, private.loader, objective, feature_dp, private.optimizer, None, torch.Generator()
+            private.module, heads, private.loader, objective, feature_dp, private.optimizer, None, Randomness.seeded(1)
         )
     assert torch.isfinite(torch.tensor(loss))
     changed = [k for k, v in gen.state_dict().items() if not torch.equal(v, before[k])]

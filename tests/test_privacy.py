@@ -9,6 +9,7 @@ from fl_metamorphosis.config import DPSGDConfig, FeatureDPConfig, ModelConfig
 from fl_metamorphosis.model import FeatureGenerator
 from fl_metamorphosis.privacy import account_release, clip_features, gaussian_epsilon, make_private, reference_epsilon
 from fl_metamorphosis.privacy.feature_noise import analytic_gaussian_delta, gaussian_noise_std_for, release
+from fl_metamorphosis.privacy.randomness import Randomness
 
 
 def test_opacus_rdp_agrees_with_dp_accounting():
@@ -26,7 +27,7 @@ def test_dp_sgd_training_epsilon_matches_independent_accountant(tiny_split):
     loader = DataLoader(tiny_split.train, batch_size=60)
     opt = torch.optim.SGD(gen.parameters(), lr=0.1)
     cfg = DPSGDConfig(target_epsilon=3.0, delta=1e-5)
-    private = make_private(gen, opt, loader, cfg, epochs=2)
+    private = make_private(gen, opt, loader, cfg, epochs=2, randomness=Randomness.secret())
     steps = 0
     for _ in range(2):
         for x, _y in private.loader:
@@ -52,13 +53,13 @@ def test_clip_features_bounds_each_task_feature():
 
 
 def test_release_noise_has_the_configured_scale():
-    g = torch.Generator().manual_seed(0)
+    g = Randomness.secret()
     zeros = torch.zeros(4000, 2, 50)
     gauss = release(zeros, FeatureDPConfig(noise_std=0.3), g)
     assert float(gauss.std()) == pytest.approx(0.3, rel=0.02)
     lap = release(zeros, FeatureDPConfig(mechanism="laplace", noise_std=0.3), g)
     assert float(lap.std()) == pytest.approx(0.3 * math.sqrt(2), rel=0.03)  # Laplace(b) has std b*sqrt(2)
-    assert torch.equal(release(zeros, FeatureDPConfig(enabled=False)), zeros)
+    assert torch.equal(release(zeros, FeatureDPConfig(enabled=False), g), zeros)
 
 
 @pytest.mark.parametrize("noise_std", [0.5, 2.0, 8.0])

@@ -1,9 +1,14 @@
 """Cross-task attack: can task t's released features predict task s?
 
-For every ordered pair (t, s), a fresh probe (standardised inputs, then an MLP or a logistic regression,
-scikit-learn) learns task s's labels from task t's released features on the attacker's data and is
-scored on held-out data. Standardising matters: a feature the method merely shrank (small attention
-weights) is rescaled back by the attacker. Chance is the best label-blind guess on the held-out labels.
+For every ordered pair (t, s), fresh attackers of several families (scikit-learn: logistic regression,
+an MLP, k-nearest neighbours, gradient boosting; inputs standardised) learn task s's labels from task
+t's released features on the attacker's data and are scored on held-out data. Standardising matters: a
+feature the method merely shrank (small attention weights) is rescaled back by the attacker.
+
+The headline of a pair is its STRONGEST family: a privacy claim must hold against the best attacker one
+can build, not against the one that happened to be run first. Beside it: an exact (Clopper-Pearson)
+95 % interval, and a one-sided binomial test against chance, Bonferroni-corrected for having picked the
+best of the families. Chance is the best label-blind guess on the held-out labels.
 """
 
 from __future__ import annotations
@@ -11,12 +16,16 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy.stats import binomtest
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ..config import AuditConfig
 from .budget import epochs_within
 
 MLP_BATCH = 200  # scikit-learn's own default (min(200, n))
@@ -36,9 +45,16 @@ def probe_accuracy(
     max_iter: int = 60,
     seed: int = 0,
     max_steps: int | None = None,
+    neighbors: int = 25,
+    boosting_iter: int = 100,
+    max_rows: int | None = None,
 ) -> float:
-    """Held-out accuracy of a probe trained on ``(train_x, train_y)``: an MLP for ``max_iter`` epochs
-    (fewer when that would exceed ``max_steps`` minibatches), or a logistic regression."""
+    """Held-out accuracy of an attacker trained on ``(train_x, train_y)``: an MLP for ``max_iter`` epochs
+    (fewer when that would exceed ``max_steps`` minibatches), a logistic regression, k-nearest neighbours
+    or gradient boosting (these two on at most ``max_rows`` rows, a random sample)."""
+    if kind in ("knn", "boosting") and max_rows is not None and len(train_x) > max_rows:
+        keep = np.random.default_rng(seed).choice(len(train_x), max_rows, replace=False)
+        train_x, train_y = train_x[keep], train_y[keep]
     if kind == "mlp":
         epochs = epochs_within(len(train_x), MLP_BATCH, max_iter, max_steps)
         clf = MLPClassifier(
@@ -50,13 +66,35 @@ def probe_accuracy(
         )
     elif kind == "linear":
         clf = LogisticRegression(max_iter=max_iter * 10)
+    elif kind == "knn":
+        clf = KNeighborsClassifier(n_neighbors=min(neighbors, len(train_x)))
+    elif kind == "boosting":
+        clf = HistGradientBoostingClassifier(max_iter=boosting_iter, random_state=seed)
     else:
-        raise ValueError(f"probe kind must be 'mlp' or 'linear', got {kind!r}")
+        raise ValueError(f"attacker kind must be one of linear, mlp, knn, boosting; got {kind!r}")
     model = make_pipeline(StandardScaler(), clf)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(train_x.reshape(len(train_x), -1), train_y)
     return float((model.predict(test_x.reshape(len(test_x), -1)) == test_y).mean())
+
+
+def headline(accuracies: dict[str, float], test_y: np.ndarray) -> dict:
+    """The strongest family's accuracy, its exact 95 % interval and its p-value against chance
+    (one-sided binomial, Bonferroni over the families compared)."""
+    best = max(accuracies, key=accuracies.get)
+    n, chance = len(test_y), chance_level(test_y)
+    correct = round(accuracies[best] * n)
+    test = binomtest(correct, n, chance, alternative="greater")
+    interval = test.proportion_ci(confidence_level=0.95, method="exact")
+    return {
+        "accuracy": accuracies[best],
+        "chance": chance,
+        "attacker": best,
+        "ci95": [float(interval.low), float(interval.high)],
+        "p_value": float(min(1.0, test.pvalue * len(accuracies))),
+        "families": accuracies,
+    }
 
 
 def cross_task_attacks(
@@ -65,28 +103,31 @@ def cross_task_attacks(
     eval_features: np.ndarray,
     eval_labels: np.ndarray,
     task_names: list[str],
-    kind: str = "mlp",
-    hidden: int = 256,
-    max_iter: int = 60,
+    cfg: AuditConfig,
     seed: int = 0,
-    max_steps: int | None = None,
-) -> dict[str, dict[str, float | str]]:
-    """``{"t->s": {accuracy, chance, probe}}`` for every ordered pair of distinct tasks."""
-    results: dict[str, dict[str, float | str]] = {}
+) -> dict[str, dict]:
+    """``{"t->s": headline(...)}`` for every ordered pair of distinct tasks, over ``cfg.attackers``."""
+    results: dict[str, dict] = {}
     for t, name_t in enumerate(task_names):
         for s, name_s in enumerate(task_names):
             if s == t:
                 continue
-            acc = probe_accuracy(
-                attacker_features[:, t],
-                attacker_labels[:, s],
-                eval_features[:, t],
-                eval_labels[:, s],
-                kind,
-                hidden,
-                max_iter,
-                seed,
-                max_steps,
-            )
-            results[f"{name_t}->{name_s}"] = {"accuracy": acc, "chance": chance_level(eval_labels[:, s]), "probe": kind}
+            accuracies = {
+                kind: probe_accuracy(
+                    attacker_features[:, t],
+                    attacker_labels[:, s],
+                    eval_features[:, t],
+                    eval_labels[:, s],
+                    kind,
+                    cfg.probe_hidden,
+                    cfg.probe_max_iter,
+                    seed,
+                    cfg.max_steps,
+                    cfg.knn_neighbors,
+                    cfg.boosting_max_iter,
+                    cfg.max_rows,
+                )
+                for kind in cfg.attackers
+            }
+            results[f"{name_t}->{name_s}"] = headline(accuracies, eval_labels[:, s])
     return results

@@ -5,6 +5,16 @@ pass how many releases the server saw over the whole training, and training imag
 each copy with fresh noise) together with their labels for every task and the images themselves, and is
 scored on ``eval_samples`` held-out TEST images it never saw. The membership attack compares samples the
 model trained on (``members``) with held-out images.
+
+What the attacker knows is more than the protocol gives the server (which never receives images, and
+whose task records are shuffled separately): rows aligned across tasks, every task's labels, and the
+training images. Against that attacker:
+
+* the cross-task headline is the strongest of several attacker families (``cross_task_probe.py``);
+* the averaging attacker assumes the server can link the k releases of one pair (k: the most releases
+  any pair had in the run) and averages them, on its training rows and on the held-out pairs;
+* reconstruction is scored three ways: from the features, from the task's label alone (the floor), and
+  from the features together with the label: features that add nothing to the label stay at the floor.
 """
 
 from __future__ import annotations
@@ -98,10 +108,25 @@ def _floor_file(data: AttackData, cfg: AuditConfig, seed: int) -> Path | None:
     return Path(cfg.cache_dir) / f"label_only_floor_{key.hexdigest()[:20]}.json"
 
 
+def averaged_releases(model: TrainedModel, images: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """The mean of ``k`` independent releases of each image: what linking k releases of a pair gives."""
+    total = None
+    for copy in range(k):
+        one = released_features(model.generator, images, model.feature_dp, seed + 1_000 * copy)
+        total = one if total is None else total + one
+    return total / k
+
+
 def audit_model(
-    model: TrainedModel, data: AttackData, cfg: AuditConfig, floors: dict[str, float], seed: int
+    model: TrainedModel,
+    data: AttackData,
+    cfg: AuditConfig,
+    floors: dict[str, float],
+    seed: int,
+    releases_per_pair: int = 1,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The audit section of a method's summary, and each task's held-out reconstructions (for the grid)."""
+    """The audit section of a method's summary, and each task's held-out reconstructions (for the grid).
+    ``releases_per_pair`` > 1 (and feature noise on) adds the averaging attacker."""
     names = data.attacker.task_names
     # Distinct seeds: the attacker's copies carry fresh noise, as a second release of the image would.
     att = released_features(model.generator, data.attacker.images, model.feature_dp, seed + 101)
@@ -111,21 +136,28 @@ def audit_model(
     tasks = {
         name: {"accuracy": accuracies[t], "chance": data.evaluation.chance_level(t)} for t, name in enumerate(names)
     }
-    cross, linear = (
-        cross_task_attacks(
-            att.numpy(),
-            data.attacker.labels.numpy(),
-            ev.numpy(),
+    cross = cross_task_attacks(
+        att.numpy(), data.attacker.labels.numpy(), ev.numpy(), data.evaluation.labels.numpy(), names, cfg, seed
+    )
+    averaged = None
+    k = releases_per_pair
+    if k > 1 and model.feature_dp.enabled:
+        # each averaged row costs the attacker k of the released rows it was given
+        rows = max(1, len(data.attacker) // k)
+        att_avg = averaged_releases(model, data.attacker.images[:rows], k, seed + 404)
+        ev_avg = averaged_releases(model, data.evaluation.images, k, seed + 505)
+        averaged = cross_task_attacks(
+            att_avg.numpy(),
+            data.attacker.labels[:rows].numpy(),
+            ev_avg.numpy(),
             data.evaluation.labels.numpy(),
             names,
-            kind,
-            cfg.probe_hidden,
-            cfg.probe_max_iter,
+            cfg,
             seed,
-            cfg.max_steps,
         )
-        for kind in ("mlp", "linear")
-    )
+        for pair in averaged.values():
+            pair["releases_averaged"] = k
+            pair["train_rows"] = rows
     members = released_features(model.generator, data.members.images, model.feature_dp, seed + 303)
     membership = membership_auc(model.heads, members, data.members.labels, ev, data.evaluation.labels)
     reconstruction, recons = {}, {}
@@ -140,7 +172,23 @@ def audit_model(
             seed,
             cfg.max_steps,
         )
-        reconstruction[name] = {**scores, "ssim_label_only": floors[name]}
+        task = data.attacker.tasks[t]
+        with_label, _ = reconstruction_attack(
+            torch.cat([att[:, t].flatten(1), one_hot(data.attacker.labels[:, t], task.num_classes)], dim=1),
+            data.attacker.images,
+            torch.cat([ev[:, t].flatten(1), one_hot(data.evaluation.labels[:, t], task.num_classes)], dim=1),
+            data.evaluation.images,
+            cfg.decoder_epochs,
+            cfg.ssim_kernel,
+            seed,
+            cfg.max_steps,
+        )
+        reconstruction[name] = {
+            **scores,
+            "ssim_label_only": floors[name],
+            "ssim_features_and_label": with_label["ssim"],
+            "psnr_features_and_label": with_label["psnr"],
+        }
     n = min(cfg.dcor_samples, len(data.evaluation))
     dcor = dependence_report(ev[:n], data.evaluation.images[:n], names)
     n_att = len(data.attacker)
@@ -149,15 +197,19 @@ def audit_model(
     audit = {
         "tasks": tasks,
         "cross_task_attack": cross,
-        "cross_task_attack_linear": linear,
+        "cross_task_attack_averaged": averaged,
         "reconstruction": reconstruction,
         "membership": membership,
         "distance_correlation": dcor,
         "attacker": {
             "train_samples": len(data.attacker),
             "eval_samples": len(data.evaluation),
-            "knows": "released features, every task's labels and the images of its training samples",
-            "probe": f"StandardScaler + MLP({cfg.probe_hidden}), {mlp_epochs} epochs (and a linear one)",
+            "knows": "released features of every task with rows aligned across tasks, every task's labels and "
+            "the images of its training samples (more than the server receives: no images, tasks shuffled apart)",
+            "probe": f"strongest of {', '.join(cfg.attackers)} (StandardScaler first; MLP({cfg.probe_hidden}) "
+            f"{mlp_epochs} epochs; k-NN k={cfg.knn_neighbors}; boosting {cfg.boosting_max_iter} rounds; k-NN and "
+            f"boosting on at most {cfg.max_rows} rows)",
+            "averaging": f"links and averages the {k} releases of each pair" if averaged else "none (1 release a pair)",
             "decoder": f"MLP(512, 512), {decoder_epochs} epochs, SSIM window {cfg.ssim_kernel} px (uniform)",
         },
     }

@@ -26,6 +26,7 @@ from ..privacy import (
     release,
 )
 from ..privacy.group_dp_sgd import GroupLoader, calibrate_group_noise
+from ..privacy.randomness import Randomness
 from ..training.trainer import method_feature_dp, method_objective, run_epoch, run_group_epoch
 
 History = list[tuple[float, float, int]]
@@ -70,7 +71,7 @@ class DevicePrivacyPlan:
 def privacy_plan(cfg: ExperimentConfig, data: MultiTaskDataset) -> DevicePrivacyPlan:
     if cfg.dp_sgd.enabled and method_objective(cfg.methods[-1], cfg).form == "batch":
         group = cfg.dp_sgd.group_size
-        loader = GroupLoader(data, group, max(1, cfg.train.batch_size // group), key=cfg.train.seed, seed=0)
+        loader = GroupLoader(data, group, max(1, cfg.train.batch_size // group), key=cfg.train.seed)
         return DevicePrivacyPlan(True, loader.sample_rate, len(loader), cfg.dp_sgd)
     batches = max(1, len(data) // min(cfg.train.batch_size, len(data)))
     return DevicePrivacyPlan(False, 1 / batches, batches, cfg.dp_sgd)
@@ -95,14 +96,14 @@ class DeviceModel(nn.Module):
     per-sample gradients flow through the heads, and non-private heads carry every sample's influence.
     """
 
-    def __init__(self, generator: FeatureGenerator, heads: nn.ModuleList, feature_dp, rng: torch.Generator):
+    def __init__(self, generator: FeatureGenerator, heads: nn.ModuleList, feature_dp, randomness: Randomness):
         super().__init__()
         self.generator, self.heads = generator, heads
-        self.feature_dp, self.rng = feature_dp, rng
+        self.feature_dp, self.randomness = feature_dp, randomness
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         feats, attention = self.generator(x)
-        released = release(feats, self.feature_dp, self.rng)
+        released = release(feats, self.feature_dp, self.randomness)
         return [head(released[:, t]) for t, head in enumerate(self.heads)], attention, feats
 
 
@@ -134,12 +135,13 @@ def train_locally(
     noise_multiplier: float,
     budget: float,
     local_epochs: int,
-    seed: int,
+    randomness: Randomness,
     proximal_mu: float = 0.0,
     train_heads: bool = False,
 ) -> LocalUpdate:
     """Run ``local_epochs`` of DP-SGD on encoder + Cross-SEC with the server's heads frozen, or (with
-    ``train_heads``) on encoder + Cross-SEC + heads together, all of it under DP-SGD.
+    ``train_heads``) on encoder + Cross-SEC + heads together, all of it under DP-SGD. The DP-SGD noise,
+    the Poisson sampling and the feature noise in the loss all come from ``randomness``.
 
     FedProx's proximal term ``mu/2 ||w - w_global||^2`` does not depend on the data, so it is applied as
     a separate step after each private step (post-processing of DP-SGD output): adding it to the loss
@@ -154,15 +156,13 @@ def train_locally(
         reason = f"budget: epsilon {spent:.3f} spent, {would_be:.3f} after this round > budget {budget:.3f}"
         return LocalUpdate(None, 0, 0.0, spent, list(history), declined=reason)
 
-    torch.manual_seed(seed)
     generator = build_generator(cfg, data)
     generator.load_state_dict(generator_weights)
     heads = build_heads(generator.feature_shape, [t.num_classes for t in data.tasks], cfg.model)
     heads.load_state_dict(head_weights)
     heads.requires_grad_(train_heads)
-    noise_rng = torch.Generator().manual_seed(seed + 1)
     feature_dp, objective = method_feature_dp(method, cfg), method_objective(method, cfg)
-    trained: nn.Module = DeviceModel(generator, heads, feature_dp, noise_rng) if train_heads else generator
+    trained: nn.Module = DeviceModel(generator, heads, feature_dp, randomness) if train_heads else generator
     global_weights = {k: v.detach().clone() for k, v in trained.named_parameters()}
 
     opt = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=cfg.federated.local_lr)
@@ -186,18 +186,20 @@ def train_locally(
             local_epochs,
             group,
             max(1, batch // group),
-            seed,
+            cfg.train.seed,  # the plan's grouping, every round
             noise_multiplier,
             history,
-            group_key=cfg.train.seed,  # the plan's grouping, every round
+            randomness=randomness,
         )
         for _ in range(local_epochs):
-            loss = run_group_epoch(grouped, heads, objective, feature_dp, None, noise_rng, after_step)
+            loss = run_group_epoch(grouped, heads, objective, feature_dp, None, randomness, after_step)
         weights = {k: v.detach().clone() for k, v in joint_state(generator, heads).items()}
         return LocalUpdate(weights, len(data), loss, plan.epsilon(grouped.history), grouped.history)
 
     loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
-    private = make_private(trained, opt, loader, cfg.dp_sgd, local_epochs, noise_multiplier, history)
+    private = make_private(
+        trained, opt, loader, cfg.dp_sgd, local_epochs, noise_multiplier, history, randomness=randomness
+    )
     for _ in range(local_epochs):
         if train_heads:
             loss = _joint_epoch(private, heads, generator.adversary, objective, after_step)
@@ -210,7 +212,7 @@ def train_locally(
                 feature_dp,
                 private.optimizer,
                 None,
-                noise_rng,
+                randomness,
                 after_step,
             )
     weights = {k: v.detach().clone() for k, v in joint_state(generator, heads).items()}

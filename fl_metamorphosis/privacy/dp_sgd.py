@@ -3,6 +3,11 @@
 The noise multiplier is either given or calibrated ONCE to a target epsilon for the planned number of
 steps (Opacus' ``get_noise_multiplier``); epsilon is then read from the accountant that saw the real
 steps. ``reference_epsilon`` recomputes it with Google's dp-accounting as an independent check.
+
+The noise and the Poisson sampling come from the caller's ``Randomness`` (``privacy/randomness.py``),
+never from torch's global generator: Opacus draws both from it by default, and a device that seeds it
+from anything the server knows hands the server its noise. ``SecretNoiseDPOptimizer`` is Opacus'
+``DPOptimizer`` with that one change; the engine, clipping and accountant are Opacus' own.
 """
 
 from __future__ import annotations
@@ -18,10 +23,50 @@ import dp_accounting  # noqa: E402
 from opacus import PrivacyEngine  # noqa: E402
 from opacus.accountants import create_accountant  # noqa: E402
 from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
+from opacus.data_loader import DPDataLoader  # noqa: E402
+from opacus.optimizers import DPOptimizer  # noqa: E402
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed  # noqa: E402
 from torch import nn, optim  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from ..config import DPSGDConfig  # noqa: E402
+from .randomness import Randomness  # noqa: E402
+
+
+class SecretNoiseDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer whose Gaussian noise comes from a ``Randomness`` (by default the OS CSPRNG)."""
+
+    def __init__(self, optimizer: optim.Optimizer, *, randomness: Randomness, **kwargs):
+        super().__init__(optimizer, **kwargs)
+        self.randomness = randomness
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noise = self.randomness.normal(p.summed_grad.shape, std, dtype=p.summed_grad.dtype)
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+class _DevicePrivacyEngine(PrivacyEngine):
+    """Opacus' engine, building ``SecretNoiseDPOptimizer`` instead of the generator-driven DPOptimizer."""
+
+    def __init__(self, *, accountant: str, randomness: Randomness):
+        super().__init__(accountant=accountant)
+        self.randomness = randomness
+
+    def _prepare_optimizer(self, *, optimizer, noise_multiplier, max_grad_norm, expected_batch_size, **kwargs):
+        if kwargs.get("distributed") or kwargs.get("clipping", "flat") != "flat":
+            raise ValueError("device DP-SGD supports flat clipping on one process only")
+        return SecretNoiseDPOptimizer(
+            optimizer,
+            randomness=self.randomness,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction=kwargs.get("loss_reduction", "mean"),
+        )
 
 
 @dataclass
@@ -66,25 +111,33 @@ def make_private(
     epochs: int,
     noise_multiplier: float | None = None,
     history: list[tuple[float, float, int]] | None = None,
+    *,
+    randomness: Randomness,
 ) -> PrivateTraining:
     """Wrap ``module`` (encoder + Cross-SEC) for DP-SGD with Poisson sampling over ``loader``'s dataset.
 
     ``noise_multiplier`` overrides the config (a federated server calibrates it once for all rounds);
-    ``history`` restores an accountant's earlier steps, so epsilon is cumulative across calls.
+    ``history`` restores an accountant's earlier steps, so epsilon is cumulative across calls;
+    ``randomness`` draws the noise and the Poisson sampling.
     """
     sample_rate = 1 / len(loader)
     sigma = noise_multiplier if noise_multiplier is not None else calibrate_noise_multiplier(cfg, sample_rate, epochs)
-    engine = PrivacyEngine(accountant=cfg.accountant)
-    engine.accountant.history = [tuple(h) for h in history or []]
+    engine = _DevicePrivacyEngine(accountant=cfg.accountant, randomness=randomness)
+    if history:
+        engine.accountant.load_state_dict(
+            {"history": [tuple(h) for h in history], "mechanism": engine.accountant.mechanism()}
+        )
+    poisson = DPDataLoader.from_data_loader(loader, generator=randomness.generator())
     private_module, private_opt, private_loader = engine.make_private(
         module=module,
         optimizer=optimizer,
-        data_loader=loader,
+        data_loader=poisson,
         noise_multiplier=sigma,
         max_grad_norm=cfg.max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=False,  # already Poisson-sampled, with the caller's generator
         grad_sample_mode="hooks",  # per-sample gradients by module hooks; ghost clipping needs its own loss wrapper
     )
+    private_module.forbid_grad_accumulation()
     return PrivateTraining(private_module, private_opt, private_loader, engine, sigma, sample_rate, cfg.delta)
 
 
@@ -110,5 +163,5 @@ def _history_epsilon(history: tuple[tuple[float, float, int], ...], delta: float
     if not history:
         return 0.0
     acc = create_accountant(accountant)
-    acc.history = list(history)
+    acc.load_state_dict({"history": list(history), "mechanism": acc.mechanism()})
     return float(acc.get_epsilon(delta))

@@ -6,6 +6,13 @@ release of one sample's feature is an (epsilon, delta) local-DP mechanism with r
 Gaussian: the tight epsilon of the Gaussian mechanism, from dp-accounting's privacy-loss distribution
 (checked in the tests against the analytic Gaussian mechanism of Balle & Wang 2018). Laplace: pure
 epsilon = 2C / b. Releasing T task features of one input composes T such mechanisms.
+
+Every release of a pair counts: a device that releases the same pair k times (in k rounds) composes
+k x T mechanisms for it, and averaging the k copies divides the noise by sqrt(k). ``account_release``
+reports the per-release figure and the composition over the most releases any pair had; a device caps
+that count (``feature_dp.max_releases_per_pair``, kept in its ``ReleaseLedger``). Composing n Gaussian
+mechanisms of one std and sensitivity is exactly one Gaussian mechanism of std / sqrt(n), which gives the
+closed-form cross-check (``analytic_gaussian_epsilon``) of dp-accounting's PLD composition.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from scipy.optimize import brentq
 from scipy.stats import norm
 
 from ..config import FeatureDPConfig
+from .randomness import Randomness
 
 
 def clip_features(features: torch.Tensor, clip_norm: float, p: int = 2) -> torch.Tensor:
@@ -29,18 +37,17 @@ def clip_features(features: torch.Tensor, clip_norm: float, p: int = 2) -> torch
     return (flat * scale).view_as(features)
 
 
-def release(features: torch.Tensor, cfg: FeatureDPConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+def release(features: torch.Tensor, cfg: FeatureDPConfig, randomness: Randomness) -> torch.Tensor:
     """What leaves the device: clipped and noised task features ``[B, T, ...]`` (differentiable)."""
     if not cfg.enabled:
         return features
     if cfg.mechanism == "gaussian":
         clipped = clip_features(features, cfg.clip_norm, p=2)
-        noise = torch.randn(clipped.shape, generator=generator, device=clipped.device) * cfg.noise_std
+        noise = randomness.normal(clipped.shape, cfg.noise_std, dtype=clipped.dtype)
     else:
         clipped = clip_features(features, cfg.clip_norm, p=1)
-        u = torch.rand(clipped.shape, generator=generator, device=clipped.device) - 0.5
-        noise = -cfg.noise_std * torch.sign(u) * torch.log1p(-2 * u.abs())  # inverse-CDF Laplace(0, b)
-    return clipped + noise
+        noise = randomness.laplace(clipped.shape, cfg.noise_std, dtype=clipped.dtype)
+    return clipped + noise.to(clipped.device)
 
 
 def gaussian_epsilon(noise_std: float, sensitivity: float, delta: float, releases: int = 1) -> float:
@@ -54,10 +61,21 @@ def gaussian_epsilon(noise_std: float, sensitivity: float, delta: float, release
 
 
 def analytic_gaussian_delta(epsilon: float, noise_std: float, sensitivity: float) -> float:
-    """Balle & Wang (2018), Thm. 8: the exact delta(epsilon) of one Gaussian mechanism."""
+    """Balle & Wang (2018), Thm. 8: the exact delta(epsilon) of one Gaussian mechanism (the second term
+    in log space, so that epsilons in the hundreds do not overflow)."""
     a = sensitivity / (2 * noise_std)
     b = epsilon * noise_std / sensitivity
-    return float(norm.cdf(a - b) - math.exp(epsilon) * norm.cdf(-a - b))
+    return float(norm.cdf(a - b) - math.exp(epsilon + norm.logcdf(-a - b)))
+
+
+def analytic_gaussian_epsilon(noise_std: float, sensitivity: float, delta: float, releases: int = 1) -> float:
+    """The exact epsilon at ``delta`` of ``releases`` Gaussian mechanisms, in closed form: their
+    composition is one Gaussian mechanism of std ``noise_std / sqrt(releases)``."""
+    std = noise_std / math.sqrt(releases)
+    hi = 1.0
+    while analytic_gaussian_delta(hi, std, sensitivity) > delta:
+        hi *= 2
+    return brentq(lambda e: analytic_gaussian_delta(e, std, sensitivity) - delta, 0.0, hi, xtol=1e-9)
 
 
 def gaussian_noise_std_for(epsilon: float, delta: float, sensitivity: float) -> float:
@@ -76,23 +94,33 @@ class FeatureDPReport:
     noise_std: float
     sensitivity: float
     delta: float
-    epsilon: float  # one task feature of one input
-    epsilon_all_tasks: float  # all T task features of one input, composed
+    epsilon: float  # one task feature of one input, one release
+    epsilon_all_tasks: float  # all T task features of one input, one release
+    releases_per_pair: int  # the most times any pair was released (1 for a model audited alone)
+    epsilon_per_task_owner: float  # one task's features of the most-released pair, every release composed
+    epsilon_per_pair: float  # every task's features of the most-released pair, every release composed
+    accountant: str
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
 
 
-def account_release(cfg: FeatureDPConfig, num_tasks: int) -> FeatureDPReport | None:
-    """The accounted per-release epsilon of a config, or None when feature DP is off."""
+def account_release(cfg: FeatureDPConfig, num_tasks: int, releases_per_pair: int = 1) -> FeatureDPReport | None:
+    """The accounted epsilons of a config's releases, or None when feature DP is off: per release, and
+    composed over ``releases_per_pair`` releases of one pair (what a run's ledgers counted at most)."""
     if not cfg.enabled:
         return None
-    sensitivity = 2 * cfg.clip_norm
+    sensitivity, k = 2 * cfg.clip_norm, max(1, releases_per_pair)
     if cfg.mechanism == "gaussian":
         eps = gaussian_epsilon(cfg.noise_std, sensitivity, cfg.delta)
         eps_all = gaussian_epsilon(cfg.noise_std, sensitivity, cfg.delta, releases=num_tasks)
-        delta = cfg.delta
+        owner = gaussian_epsilon(cfg.noise_std, sensitivity, cfg.delta, releases=k)
+        pair = gaussian_epsilon(cfg.noise_std, sensitivity, cfg.delta, releases=k * num_tasks)
+        delta, accountant = cfg.delta, "dp-accounting PLD (Gaussian mechanism, composed)"
     else:
         eps, delta = sensitivity / cfg.noise_std, 0.0
-        eps_all = num_tasks * eps  # pure DP composes additively
-    return FeatureDPReport(cfg.mechanism, cfg.clip_norm, cfg.noise_std, sensitivity, delta, eps, eps_all)
+        eps_all, owner, pair = num_tasks * eps, k * eps, k * num_tasks * eps  # pure DP composes additively
+        accountant = "pure DP, additive composition"
+    return FeatureDPReport(
+        cfg.mechanism, cfg.clip_norm, cfg.noise_std, sensitivity, delta, eps, eps_all, k, owner, pair, accountant
+    )

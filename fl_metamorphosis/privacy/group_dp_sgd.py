@@ -33,7 +33,8 @@ from torch import nn, optim
 
 from ..config import DPSGDConfig
 from ..data import MultiTaskDataset
-from .dp_sgd import history_epsilon
+from .dp_sgd import SecretNoiseDPOptimizer, history_epsilon
+from .randomness import Randomness
 
 History = list[tuple[float, float, int]]
 
@@ -83,7 +84,14 @@ class GroupBatch:
 class GroupLoader:
     """Poisson-sampled groups; each batch holds every pair of every sampled group."""
 
-    def __init__(self, data: MultiTaskDataset, group_size: int, groups_per_batch: int, key: int, seed: int):
+    def __init__(
+        self,
+        data: MultiTaskDataset,
+        group_size: int,
+        groups_per_batch: int,
+        key: int,
+        generator: torch.Generator | None = None,
+    ):
         num_groups = max(1, len(data) // group_size)
         ids = group_of(data.images, num_groups, key)
         self.members = [idx for g in range(num_groups) if len(idx := torch.nonzero(ids == g).flatten())]
@@ -92,7 +100,7 @@ class GroupLoader:
         self.sampler = UniformWithReplacementSampler(
             num_samples=len(self.members),
             sample_rate=self.sample_rate,
-            generator=torch.Generator().manual_seed(seed),
+            generator=generator,  # the sampling is secret: the caller's Randomness
         )
 
     def __len__(self) -> int:
@@ -151,20 +159,22 @@ def make_private_groups(
     epochs: int,
     group_size: int,
     groups_per_batch: int,
-    seed: int,
+    group_key: int,
     noise_multiplier: float | None = None,
     history: History | None = None,
-    group_key: int | None = None,
+    *,
+    randomness: Randomness,
 ) -> PrivateGroupTraining:
-    """``group_key`` fixes which group each pair falls in (default: from ``seed``); a device passes the
-    same key every round, so its groups and sample rate stay those its budget was planned with."""
-    key = seed * 7 + 1 if group_key is None else group_key
-    loader = GroupLoader(data, group_size, groups_per_batch, key=key, seed=seed)
+    """``group_key`` fixes which group each pair falls in; a device passes the same key every round, so its
+    groups and sample rate stay those its budget was planned with. The grouping need not be secret (it is
+    the clipping unit, not noise); the group sampling and the noise come from ``randomness``."""
+    loader = GroupLoader(data, group_size, groups_per_batch, key=group_key, generator=randomness.generator())
     if noise_multiplier is None:
         noise_multiplier = calibrate_group_noise(cfg, loader.sample_rate, epochs * len(loader))
     wrapped = GradSampleModule(module, loss_reduction="sum")
-    dp_opt = DPOptimizer(
+    dp_opt = SecretNoiseDPOptimizer(
         optimizer,
+        randomness=randomness,
         noise_multiplier=noise_multiplier,
         max_grad_norm=cfg.max_grad_norm,
         expected_batch_size=max(1, groups_per_batch),

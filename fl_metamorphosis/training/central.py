@@ -34,8 +34,18 @@ def machine_description() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU"
 
 
-def method_summary(model: TrainedModel, audit: dict, num_tasks: int) -> dict[str, Any]:
-    feature = account_release(model.feature_dp, num_tasks)
+def randomness_summary(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Where the privacy noise came from, and whether the server could have reproduced it."""
+    secret = cfg.randomness.source == "os_entropy"
+    return {
+        "source": cfg.randomness.source,
+        "private_against_server": secret,
+        "note": "OS CSPRNG on the device" if secret else "seeded from the config: NOT private against the server",
+    }
+
+
+def method_summary(model: TrainedModel, audit: dict, num_tasks: int, releases_per_pair: int = 1) -> dict[str, Any]:
+    feature = account_release(model.feature_dp, num_tasks, releases_per_pair)
     return {
         **audit,
         "dp_sgd": model.dp_sgd,
@@ -143,6 +153,7 @@ def run_central(cfg: ExperimentConfig, out: Path, on_epoch: EpochCallback | None
         "data": {"name": cfg.data.name, "train": len(split.train), "test": len(split.test)},
         "methods": methods,
         "checks": claim_checks(methods, tasks),
+        "randomness": randomness_summary(cfg),
         "plots": ["training_curves.png", "attacks.png", "reconstruction_grid.png"],
         "wall_seconds": time.perf_counter() - started,
         "config": cfg.model_dump(),

@@ -8,15 +8,21 @@ from torch import nn
 from ..config import FeatureDPConfig
 from ..data import MultiTaskDataset
 from ..privacy import release
+from ..privacy.randomness import Randomness
 
 
 @torch.no_grad()
 def released_features(
-    generator: nn.Module, images: torch.Tensor, feature_dp: FeatureDPConfig, seed: int, batch_size: int = 1024
+    generator: nn.Module,
+    images: torch.Tensor,
+    feature_dp: FeatureDPConfig,
+    randomness: Randomness | int,
+    batch_size: int = 1024,
 ) -> torch.Tensor:
-    """What a device would send for ``images``: ``[N, T, ...]`` task features after clip + noise."""
+    """What a device would send for ``images``: ``[N, T, ...]`` task features after clip + noise. An int
+    seeds the noise (an auditor's simulated releases, reproducible); a device passes its secret Randomness."""
     generator.eval()
-    rng = torch.Generator().manual_seed(seed)
+    rng = Randomness.seeded(randomness) if isinstance(randomness, int) else randomness
     out = []
     for start in range(0, images.shape[0], batch_size):
         feats, _ = generator(images[start : start + batch_size])

@@ -16,7 +16,9 @@ from ..data import TrainTestSplit
 from ..losses import Objective
 from ..methods import method_spec
 from ..model import FeatureGenerator, build_heads
-from ..privacy import PrivateGroupTraining, make_private, make_private_groups, release
+from ..privacy import PrivateGroupTraining, make_private, make_private_groups, reference_epsilon, release
+from ..privacy.group_dp_sgd import pair_level
+from ..privacy.randomness import Randomness, randomness_for
 from .inference import evaluate
 
 
@@ -67,7 +69,7 @@ def run_epoch(
     feature_dp: FeatureDPConfig,
     opt: torch.optim.Optimizer,
     head_opt: torch.optim.Optimizer | None,
-    noise_rng: torch.Generator,
+    randomness: Randomness,
     after_step: Callable[[], None] | None = None,
 ) -> float:
     """One pass over ``loader``; heads are updated only when ``head_opt`` is given. Mean per-sample loss."""
@@ -77,7 +79,7 @@ def run_epoch(
     for x, y in loader:
         feats, attention = module(x)
         per_sample, _ = objective.per_sample(
-            heads, release(feats, feature_dp, noise_rng), attention, y, feats, x, unwrapped(module).adversary
+            heads, release(feats, feature_dp, randomness), attention, y, feats, x, unwrapped(module).adversary
         )
         loss = per_sample.mean() + objective.batch_term(feats, x)
         opt.zero_grad(set_to_none=True)
@@ -123,7 +125,7 @@ def run_group_epoch(
     objective: Objective,
     feature_dp: FeatureDPConfig,
     head_opt: torch.optim.Optimizer | None,
-    noise_rng: torch.Generator,
+    randomness: Randomness,
     after_step: Callable[[], None] | None = None,
 ) -> float:
     """One pass of group-level DP-SGD (privacy/group_dp_sgd.py). Mean per-group loss."""
@@ -134,7 +136,7 @@ def run_group_epoch(
         loss = None
         if batch.groups:
             feats, attention = private.module(batch.images)
-            released = release(feats, feature_dp, noise_rng)
+            released = release(feats, feature_dp, randomness)
             loss = group_loss(
                 objective, heads, released, attention, batch.labels, feats, batch.images, batch.group, batch.groups
             )
@@ -167,23 +169,31 @@ def train_method(
     head_opt = torch.optim.Adam(heads.parameters(), lr=cfg.train.head_lr)
     private = None
     module: nn.Module = generator
+    randomness = randomness_for(cfg.randomness.source, cfg.train.seed)
     grouped = cfg.dp_sgd.enabled and objective.form == "batch"  # a batch statistic: clip per group of pairs
     if grouped:
         group = cfg.dp_sgd.group_size
         private = make_private_groups(
-            generator, opt, train, cfg.dp_sgd, cfg.train.epochs, group, cfg.train.batch_size // group, cfg.train.seed
+            generator,
+            opt,
+            train,
+            cfg.dp_sgd,
+            cfg.train.epochs,
+            group,
+            cfg.train.batch_size // group,
+            cfg.train.seed,
+            randomness=randomness,
         )
     elif cfg.dp_sgd.enabled:
-        private = make_private(generator, opt, loader, cfg.dp_sgd, cfg.train.epochs)
+        private = make_private(generator, opt, loader, cfg.dp_sgd, cfg.train.epochs, randomness=randomness)
         module, opt, loader = private.module, private.optimizer, private.loader
 
     result = TrainedModel(method, generator, heads, feature_dp)
-    noise_rng = torch.Generator().manual_seed(cfg.train.seed + 1)
     for epoch in range(1, cfg.train.epochs + 1):
         if grouped:
-            mean_loss = run_group_epoch(private, heads, objective, feature_dp, head_opt, noise_rng)
+            mean_loss = run_group_epoch(private, heads, objective, feature_dp, head_opt, randomness)
         else:
-            mean_loss = run_epoch(module, heads, loader, objective, feature_dp, opt, head_opt, noise_rng)
+            mean_loss = run_epoch(module, heads, loader, objective, feature_dp, opt, head_opt, randomness)
         row = {"method": method, "epoch": epoch, "train_loss": mean_loss}
         row.update({f"test_acc.{k}": v for k, v in evaluate(generator, heads, split.test, feature_dp, epoch).items()})
         if private is not None:
@@ -194,13 +204,18 @@ def train_method(
             on_epoch(row)
 
     if private is not None:
+        steps = sum(h[2] for h in private.history)
+        q = private.loader.sample_rate if grouped else private.sample_rate
         result.dp_sgd = {
             "enabled": True,
             "epsilon": private.epsilon(),
+            "epsilon_dp_accounting": dp_accounting_epsilon(
+                private.noise_multiplier, q, steps, cfg.dp_sgd.delta, grouped
+            ),
             "delta": cfg.dp_sgd.delta,
             "noise_multiplier": private.noise_multiplier,
-            "sample_rate": private.loader.sample_rate if grouped else private.sample_rate,
-            "steps": sum(h[2] for h in private.history),
+            "sample_rate": q,
+            "steps": steps,
             "max_grad_norm": cfg.dp_sgd.max_grad_norm,
             "accountant": cfg.dp_sgd.accountant,
             "unit": f"group of about {cfg.dp_sgd.group_size} pairs, converted to one pair" if grouped else "pair",
@@ -211,6 +226,16 @@ def train_method(
     result.generator = _unwrapped_copy(generator)
     result.wall_seconds = time.perf_counter() - started
     return result
+
+
+def dp_accounting_epsilon(sigma: float, sample_rate: float, steps: int, delta: float, grouped: bool) -> float:
+    """The same steps re-accounted with dp-accounting's RDP accountant (a second, independent accountant);
+    per group of pairs, through the same group-privacy conversion."""
+    if not steps:
+        return 0.0
+    if grouped:
+        return pair_level(lambda d: reference_epsilon(sigma, sample_rate, steps, d), delta)
+    return reference_epsilon(sigma, sample_rate, steps, delta)
 
 
 def _unwrapped_copy(generator: FeatureGenerator) -> FeatureGenerator:
