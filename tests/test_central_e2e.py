@@ -70,7 +70,12 @@ def test_audit_command_re_audits_the_saved_models_and_exports_what_devices_send(
     trained = json.loads((central_run / "summary.json").read_text())
     assert set(audit["methods"]) == {"universal", "metamorphosis"}
     for name, m in audit["methods"].items():
-        assert set(m["cross_task_attack_linear"]) == {"left->right", "right->left"}
+        assert set(m["cross_task_attack"]) == {"left->right", "right->left"}
+        for pair in m["cross_task_attack"].values():  # the headline is the strongest family, with its interval
+            assert set(pair["families"]) == {"linear", "mlp", "knn", "boosting"}
+            assert pair["accuracy"] == max(pair["families"].values())
+            assert pair["ci95"][0] <= pair["accuracy"] <= pair["ci95"][1] and 0 <= pair["p_value"] <= 1
+        assert "ssim_features_and_label" in m["reconstruction"]["left"]
         assert 0.0 <= m["membership"]["auc"] <= 1.0 and m["membership"]["members"] > 0
         assert m["dp_sgd"]["epsilon"] == trained["methods"][name]["dp_sgd"]["epsilon"]  # carried, not recomputed
         # same model, same held-out set and release seed as the run's own audit: same task accuracy

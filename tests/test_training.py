@@ -1,16 +1,23 @@
 import torch
 
-from fl_metamorphosis.config import build_config
+from fl_metamorphosis.config import RandomnessConfig, build_config
 from fl_metamorphosis.training import train_method
 
 
-def test_training_is_seeded_and_reproducible(tiny_cfg, tiny_split):
-    cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 1})})
+def test_training_is_reproducible_only_when_seeded(tiny_cfg, tiny_split):
+    one_epoch = {"train": tiny_cfg.train.model_copy(update={"epochs": 1})}
+    cfg = tiny_cfg.model_copy(update={**one_epoch, "randomness": RandomnessConfig(source="seeded")})
     a = train_method("metamorphosis", tiny_split, cfg)
     b = train_method("metamorphosis", tiny_split, cfg)
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
     for (k, va), vb in zip(a.generator.state_dict().items(), b.generator.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
+    # the default draws its noise and batches from the OS: the same config trains a different model
+    secret = train_method("metamorphosis", tiny_split, tiny_cfg.model_copy(update=one_epoch))
+    assert not all(
+        torch.equal(va, vb)
+        for va, vb in zip(a.generator.state_dict().values(), secret.generator.state_dict().values(), strict=True)
+    )
     # the returned generator carries no Opacus prefix or hooks: it can be saved and reloaded as is
     assert not any(k.startswith("_module") for k in a.generator.state_dict())
     assert a.dp_sgd["enabled"] and a.dp_sgd["steps"] > 0

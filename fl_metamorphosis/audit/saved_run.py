@@ -80,10 +80,13 @@ def load_saved(path: Path) -> list[SavedModel]:
 
 def server_seen_releases(cfg: ExperimentConfig) -> int:
     """How many released task-feature rows a federated server received over the whole training: each
-    round's features query (and round 0's) asks every sampled device for ``feature_samples_per_device``."""
+    round's features query (and round 0's) asks every sampled device for ``feature_samples_per_device``,
+    and no device releases more than ``max_releases_per_pair`` times each of its pairs."""
     fed = cfg.federated
     sampled = max(1, round(fed.fraction_train * fed.num_devices))
-    return fed.feature_samples_per_device * sampled * (fed.rounds + 1)
+    asked = fed.feature_samples_per_device * sampled * (fed.rounds + 1)
+    cap = cfg.feature_dp.max_releases_per_pair
+    return asked if cap is None else min(asked, cap * cfg.data.train_pairs)
 
 
 def export_released(model: SavedModel, evaluation: MultiTaskDataset, file: Path, seed: int) -> None:
@@ -105,6 +108,7 @@ def audit_saved(
     models: list[SavedModel],
     attacker_samples: int | None = None,
     members: MembersFn | None = None,
+    releases_per_pair: int = 1,
 ) -> tuple[dict[str, Any], AttackData, dict[str, dict[str, torch.Tensor]]]:
     """Audit every model against one held-out set; ``attacker_samples`` None: as many releases as a
     federated server saw (at least ``audit.attacker_samples``). ``members`` rebuilds the training pairs of a
@@ -121,7 +125,7 @@ def audit_saved(
     results, recons = {}, {}
     for m in models:
         trained = TrainedModel(m.method, m.generator, m.heads, method_feature_dp(m.method, m.cfg))
-        figures, recons[m.method] = audit_model(trained, data, m.cfg.audit, floors, m.cfg.train.seed)
+        figures, recons[m.method] = audit_model(trained, data, m.cfg.audit, floors, m.cfg.train.seed, releases_per_pair)
         figures["attacker"]["server_saw_releases"] = seen
         figures["membership"]["members_are"] = (
             "the devices' training pairs" if member_set is not None else "images of the training set"
@@ -142,10 +146,12 @@ def write_audit(source: Path, out: Path, export: Path | None = None, attacker_sa
         from ..fl.partition import federated_training_pairs
 
         members = federated_training_pairs
-    results, data, recons = audit_saved(models, attacker_samples, members)
     run_summary = _run_summary(source)
+    # the most releases of one pair that the run's devices counted (1 for a central run)
+    releases = int((run_summary.get("history") or [{}])[-1].get("releases_per_pair_max", 1) or 1)
+    results, data, recons = audit_saved(models, attacker_samples, members, releases)
     for m in models:
-        release = account_release(method_feature_dp(m.method, m.cfg), len(data.evaluation.tasks))
+        release = account_release(method_feature_dp(m.method, m.cfg), len(data.evaluation.tasks), releases)
         trained = run_summary.get("methods", {}).get(m.method, {})
         results[m.method].update(
             dp_sgd=trained.get("dp_sgd", {"epsilon": None, "note": "no summary.json beside the model"}),

@@ -86,11 +86,25 @@ def render_comparison(comparison: dict[str, Any], tasks: list[str], title: str) 
             _ms(m.get("wall_seconds"), 0),
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    linear = [
-        f"- {name}: " + ", ".join(f"{p} {_ms(v['accuracy'])}" for p, v in m["cross_task_attack_linear"].items())
+    lines += ["", "Headline attacker per pair (the strongest family, as picked in each seed's run):", ""]
+    for name, m in methods.items():
+        picked = ", ".join(f"{p} {m['cross_task_attack'][p].get('attacker')}" for p in pairs)
+        lines.append(f"- {name}: {picked}")
+    averaged = [
+        f"- {name}: " + ", ".join(f"{p} {_ms(v['accuracy'])}" for p, v in m["cross_task_attack_averaged"].items())
         for name, m in methods.items()
-        if "cross_task_attack_linear" in m
+        if isinstance(m.get("cross_task_attack_averaged"), dict)
     ]
-    if linear:
-        lines += ["", "Linear cross-task probes:", "", *linear]
+    if averaged:
+        lines += ["", "Averaging attacker (links and averages the releases of each pair):", "", *averaged]
+    with_label = [
+        f"- {name}: "
+        + ", ".join(
+            f"{t} {_ms(m['reconstruction'][t].get('ssim_features_and_label'))} "
+            f"(label only {_ms(m['reconstruction'][t]['ssim_label_only'])})"
+            for t in tasks
+        )
+        for name, m in methods.items()
+    ]
+    lines += ["", "Reconstruction SSIM from features + the task's own label:", "", *with_label]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,90 @@
+"""What secret noise costs a device: OS-CSPRNG Gaussians against torch's seeded generator, side by side.
+
+Measures, in one process and one torch thread (a device's setting):
+1. drawing the noise of one DP-SGD step (one normal per model parameter) and of one features release;
+2. one whole DP-SGD step of the device (forward, per-sample gradients, clipping, noise) with Opacus'
+   DPOptimizer on a seeded torch generator against ``SecretNoiseDPOptimizer`` on the OS CSPRNG.
+
+Prints the times and their ratios. Run: .venv/bin/python benchmarks/device_randomness.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+
+logging.getLogger().addHandler(logging.NullHandler())
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from fl_metamorphosis.config import build_config  # noqa: E402
+from fl_metamorphosis.data import load_dataset  # noqa: E402
+from fl_metamorphosis.federated.device import build_generator  # noqa: E402
+from fl_metamorphosis.model import build_heads  # noqa: E402
+from fl_metamorphosis.privacy import make_private  # noqa: E402
+from fl_metamorphosis.privacy.randomness import Randomness  # noqa: E402
+from fl_metamorphosis.training.trainer import method_feature_dp, method_objective, run_epoch  # noqa: E402
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = build_config(None, ['methods=["metamorphosis"]', "data.train_pairs=2000"])
+    data = load_dataset(cfg.data, 0).train
+    generator = build_generator(cfg, data)
+    params = sum(p.numel() for p in generator.parameters())
+    release_shape = (cfg.federated.feature_samples_per_device, len(data.tasks), cfg.model.feature_dim)
+    seeded, secret = Randomness.seeded(0), Randomness.secret()
+
+    rows = []
+    for label, shape in ((f"noise of one DP-SGD step ({params} parameters)", (params,)), ("one features release", release_shape)):
+        a = _median_seconds(lambda s=shape: seeded.normal(s, 1.0), args.repeats)
+        b = _median_seconds(lambda s=shape: secret.normal(s, 1.0), args.repeats)
+        rows.append((label, a, b))
+
+    def epoch(randomness: Randomness) -> float:
+        gen = build_generator(cfg, data)
+        heads = build_heads(gen.feature_shape, [t.num_classes for t in data.tasks], cfg.model).requires_grad_(False)
+        opt = torch.optim.Adam(gen.parameters(), lr=0.01)
+        loader = DataLoader(data, batch_size=cfg.train.batch_size, drop_last=True)
+        private = make_private(gen, opt, loader, cfg.dp_sgd, 1, 1.0, randomness=randomness)
+        t0 = time.perf_counter()
+        run_epoch(
+            private.module,
+            heads,
+            private.loader,
+            method_objective("metamorphosis", cfg),
+            method_feature_dp("metamorphosis", cfg),
+            private.optimizer,
+            None,
+            randomness,
+        )
+        return time.perf_counter() - t0
+
+    steps = len(data) // cfg.train.batch_size
+    pairs = [(epoch(seeded), epoch(secret)) for _ in range(max(3, args.repeats // 5))]
+    a, b = statistics.median(p[0] for p in pairs) / steps, statistics.median(p[1] for p in pairs) / steps
+    rows.append(("one DP-SGD step of the device (batch 256, all of it)", a, b))
+
+    print(f"{'what':58s} {'seeded torch':>13s} {'OS CSPRNG':>11s} {'ratio':>7s}")
+    for label, a, b in rows:
+        print(f"{label:58s} {a * 1e3:10.2f} ms {b * 1e3:8.2f} ms {b / a:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
