@@ -52,7 +52,8 @@ def main() -> None:
     seeded, secret = Randomness.seeded(0), Randomness.secret()
 
     rows = []
-    for label, shape in ((f"noise of one DP-SGD step ({params} parameters)", (params,)), ("one features release", release_shape)):
+    draws = ((f"noise of one DP-SGD step ({params} parameters)", (params,)), ("one features release", release_shape))
+    for label, shape in draws:
         a = _median_seconds(lambda s=shape: seeded.normal(s, 1.0), args.repeats)
         b = _median_seconds(lambda s=shape: secret.normal(s, 1.0), args.repeats)
         rows.append((label, a, b))
