@@ -34,7 +34,12 @@ from fl_metamorphosis.metrics import (
 )
 from fl_metamorphosis.model import FeatureGenerator, build_heads
 from fl_metamorphosis.training import TrainedModel, evaluate, method_feature_dp
-from fl_metamorphosis.training.central import machine_description, method_summary, randomness_summary
+from fl_metamorphosis.training.central import (
+    SUMMARY_VERSION,
+    machine_description,
+    method_summary,
+    randomness_summary,
+)
 
 from .device_privacy import PrivacyLedger
 from .replies import sort_replies
@@ -257,6 +262,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = Tr
     figures["attacker"]["server_saw_releases"] = ledger.rows_received
     method_figures = method_summary(model, figures, len(tasks), releases_per_pair=k)
     summary = {
+        "summary_version": SUMMARY_VERSION,
         "command": "simulate",
         "machine": machine_description(),
         "tasks": tasks,

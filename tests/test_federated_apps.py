@@ -217,3 +217,17 @@ def test_over_budget_devices_decline_and_are_never_aggregated(tmp_path):
     assert rows[0]["declined"] == 0 and rows[0]["epsilon_max"] <= 4.0
     assert rows[1]["declined"] == 3 and rows[1]["answered"] == 0 and rows[1]["aggregated"] is False
     assert rows[1]["epsilon_max"] == rows[0]["epsilon_max"]  # no update past the budget ever left a device
+
+
+def test_synthetic_set_splits_iid_across_devices_and_refuses_other_schemes():
+    cfg = _cfg('data.name="synthetic"')
+    shares = [device_datasets(cfg.data, cfg.federated, d, 0)[0] for d in range(3)]
+    assert sum(len(s) for s in shares) == cfg.data.train_pairs
+    assert shares[0].task_names == ["shape", "colour"] and shares[0].image_shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="partitioning='iid'"):
+        device_datasets(
+            _cfg('data.name="synthetic"', "federated.partitioning=dirichlet").data,
+            _cfg("federated.partitioning=dirichlet").federated,
+            0,
+            0,
+        )

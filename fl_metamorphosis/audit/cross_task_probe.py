@@ -86,7 +86,7 @@ def headline(accuracies: dict[str, float], test_y: np.ndarray) -> dict:
     n, chance = len(test_y), chance_level(test_y)
     correct = round(accuracies[best] * n)
     test = binomtest(correct, n, chance, alternative="greater")
-    interval = test.proportion_ci(confidence_level=0.95, method="exact")
+    interval = binomtest(correct, n, chance).proportion_ci(confidence_level=0.95, method="exact")  # two-sided
     return {
         "accuracy": accuracies[best],
         "chance": chance,

@@ -15,7 +15,7 @@ from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
 from ..config import DataConfig, ExperimentConfig, FederatedConfig
-from ..data import MultiTaskDataset
+from ..data import MultiTaskDataset, load_dataset
 from ..data.digits import compose_pairs, source_digits, split_sources
 
 
@@ -57,14 +57,38 @@ def device_sources(data: DataConfig, fed: FederatedConfig, device: int, seed: in
     return parts[device]
 
 
+@lru_cache(maxsize=2)
+def _synthetic(data_json: str, seed: int):
+    return load_dataset(DataConfig.model_validate_json(data_json), seed)
+
+
+def _synthetic_share(data: DataConfig, fed: FederatedConfig, device: int, seed: int):
+    """An IID share of the synthetic set: every ``num_devices``-th image of its train and test splits.
+    Its factors are drawn independently per image, so there is no source to skew by."""
+    if fed.partitioning != "iid":
+        raise ValueError(
+            f"data.name='synthetic' supports federated.partitioning='iid' only, got {fed.partitioning!r}: "
+            "use data.name='digits' for Dirichlet or pathological partitions"
+        )
+    if not 0 <= device < fed.num_devices:
+        raise ValueError(f"partition-id {device} outside [0, federated.num_devices={fed.num_devices})")
+    split = _synthetic(data.model_dump_json(), seed)
+    train = split.train.subset(torch.arange(device, len(split.train), fed.num_devices))
+    # local test images: the device's share of the test split (the server keeps the whole split)
+    return train, split.test.subset(torch.arange(device, len(split.test), fed.num_devices))
+
+
 def device_datasets(
     data: DataConfig, fed: FederatedConfig, device: int, seed: int, test_share: float = 0.2
 ) -> tuple[MultiTaskDataset, MultiTaskDataset]:
     """Device ``device``'s local (train, test) pairs, each composed from its own, disjoint source digits.
 
     The device trains on an equal share of ``data.train_pairs``; its local test pairs come from the
-    ``test_share`` of its digits it never trains on (all of them when it holds a single digit).
+    ``test_share`` of its digits it never trains on (all of them when it holds a single digit). On the
+    synthetic set a device holds an IID share of the images instead.
     """
+    if data.name == "synthetic":
+        return _synthetic_share(data, fed, device, seed)
     sources = device_sources(data, fed, device, seed)
     if len(sources) == 0:
         raise ValueError(f"device {device} received no source digits: use fewer devices or a larger alpha")

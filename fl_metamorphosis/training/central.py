@@ -27,7 +27,7 @@ from ..metrics import (
 from ..privacy import account_release
 from .trainer import EpochCallback, TrainedModel, train_method
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 
 
 def machine_description() -> str:
