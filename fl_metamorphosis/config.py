@@ -122,7 +122,7 @@ class FeatureDPConfig(_Strict):
     enabled: bool = True
     mechanism: Literal["gaussian", "laplace"] = "gaussian"
     clip_norm: float = Field(1.0, gt=0.0, description="L2 (gaussian) or L1 (laplace) bound")
-    noise_std: float = Field(0.2, gt=0.0, description="gaussian std, or laplace scale b")
+    noise_std: float = Field(0.25, gt=0.0, description="gaussian std, or laplace scale b (docs/privacy.md)")
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="delta of the gaussian release")
     max_releases_per_pair: int | None = Field(
         1,

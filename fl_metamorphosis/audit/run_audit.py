@@ -209,7 +209,9 @@ def audit_model(
             "probe": f"strongest of {', '.join(cfg.attackers)} (StandardScaler first; MLP({cfg.probe_hidden}) "
             f"{mlp_epochs} epochs; k-NN k={cfg.knn_neighbors}; boosting {cfg.boosting_max_iter} rounds; k-NN and "
             f"boosting on at most {cfg.max_rows} rows)",
-            "averaging": f"links and averages the {k} releases of each pair" if averaged else "none (1 release a pair)",
+            "averaging": f"links and averages the {k} releases of each pair"
+            if averaged
+            else "nothing to average: each pair was released at most once (k = 1), so the headline covers it",
             "decoder": f"MLP(512, 512), {decoder_epochs} epochs, SSIM window {cfg.ssim_kernel} px (uniform)",
         },
     }
