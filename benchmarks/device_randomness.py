@@ -18,6 +18,7 @@ import time
 logging.getLogger().addHandler(logging.NullHandler())
 
 import torch  # noqa: E402
+from timing import median_seconds  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from fl_metamorphosis.config import build_config  # noqa: E402
@@ -27,16 +28,6 @@ from fl_metamorphosis.model import build_heads  # noqa: E402
 from fl_metamorphosis.privacy import make_private  # noqa: E402
 from fl_metamorphosis.privacy.randomness import Randomness  # noqa: E402
 from fl_metamorphosis.training.trainer import method_feature_dp, method_objective, run_epoch  # noqa: E402
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -54,8 +45,8 @@ def main() -> None:
     rows = []
     draws = ((f"noise of one DP-SGD step ({params} parameters)", (params,)), ("one features release", release_shape))
     for label, shape in draws:
-        a = _median_seconds(lambda s=shape: seeded.normal(s, 1.0), args.repeats)
-        b = _median_seconds(lambda s=shape: secret.normal(s, 1.0), args.repeats)
+        a = median_seconds(lambda s=shape: seeded.normal(s, 1.0), args.repeats, warm_up=True)
+        b = median_seconds(lambda s=shape: secret.normal(s, 1.0), args.repeats, warm_up=True)
         rows.append((label, a, b))
 
     def epoch(randomness: Randomness) -> float:

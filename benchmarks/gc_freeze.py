@@ -11,37 +11,27 @@ scan walks about half a million long-lived objects. This measures one full colle
 from __future__ import annotations
 
 import gc
-import statistics
-import time
 
 import flwr.clientapp  # noqa: F401 - what a device process imports
 import opacus  # noqa: F401
 import ray  # noqa: F401
 import torch  # noqa: F401
+from timing import median_seconds
 
 from fl_metamorphosis.privacy.dp_sgd import _history_epsilon
 
 
-def _seconds(fn, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     tracked = len(gc.get_objects())
-    before = _seconds(gc.collect)
+    before = median_seconds(gc.collect)
     gc.freeze()
-    after = _seconds(gc.collect)
+    after = median_seconds(gc.collect)
     print(
         f"gc.collect() with {tracked} tracked objects: {before * 1e3:.1f} ms; after gc.freeze(): {after * 1e3:.3f} ms"
     )
     history = ((1.56, 1 / 7, 70),)
-    uncached = _seconds(lambda: _history_epsilon.__wrapped__(history, 1e-5, "rdp"))
-    cached = _seconds(lambda: _history_epsilon(history, 1e-5, "rdp"))
+    uncached = median_seconds(lambda: _history_epsilon.__wrapped__(history, 1e-5, "rdp"))
+    cached = median_seconds(lambda: _history_epsilon(history, 1e-5, "rdp"))
     print(f"RDP epsilon of one history: {uncached * 1e3:.1f} ms; cached: {cached * 1e6:.1f} us")
 
 
