@@ -169,6 +169,36 @@ def test_round_loop_writes_rows_checkpoints_and_summary(federated_run):
     # every train message carries the heads with the encoder, in one record
     train_msgs = [m for m in grid.sent if m.metadata.message_type == "train"]
     assert train_msgs and all(any(k.startswith("heads.") for k in m.content["arrays"]) for m in train_msgs)
+    # every release counted: one per pair (the default cap), all 3 x 200 pairs over round 0 and 2 rounds
+    assert rows[-1]["releases_per_pair_max"] == 1 and rows[-1]["feature_rows_received"] == 600
+    assert m["feature_dp"]["releases_per_pair"] == 1
+    assert m["feature_dp"]["epsilon_per_pair"] == pytest.approx(m["feature_dp"]["epsilon_all_tasks"])
+    assert m["attacker"]["server_saw_releases"] == 600 and m["attacker"]["train_samples"] >= 600
+    assert summary["randomness"] == {
+        "source": "os_entropy",
+        "private_against_server": True,
+        "note": "OS CSPRNG on the device",
+    }
+    assert "ssim_features_and_label" in m["reconstruction"]["left"]
+
+
+@pytest.mark.slow
+def test_an_uncapped_run_composes_every_release_and_runs_the_averaging_attacker(tmp_path):
+    cfg = _cfg("feature_dp.max_releases_per_pair=none", "federated.feature_samples_per_device=150")
+    summary = run_federated(InProcessGrid(client_app, 3), cfg, tmp_path)
+    m = summary["methods"]["metamorphosis"]
+    k = summary["history"][-1]["releases_per_pair_max"]
+    assert k == 3  # 3 queries of 150 of 200 pairs, least released first: ceil(450 / 200)
+    assert (
+        m["feature_dp"]["releases_per_pair"] == k
+        and m["feature_dp"]["epsilon_per_pair"] > m["feature_dp"]["epsilon_all_tasks"]
+    )
+    averaged = m["cross_task_attack_averaged"]
+    assert set(averaged) == {"left->right", "right->left"}
+    assert all(
+        v["releases_averaged"] == k and v["train_rows"] == m["attacker"]["train_samples"] // k
+        for v in averaged.values()
+    )
 
 
 def _poison(kind):
