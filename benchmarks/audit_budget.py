@@ -62,10 +62,8 @@ def main() -> None:
             ev[:, 0].numpy(),
             labels_ev[:, 1],
             "mlp",
-            cfg.audit.probe_hidden,
-            cfg.audit.probe_max_iter,
+            cfg.audit.model_copy(update={"max_steps": cap}),  # None: uncapped
             seed,
-            cap,
         )
 
     for name, attack, unit in (("decoder", decoder, "SSIM"), ("MLP probe 0->1", probe, "accuracy")):

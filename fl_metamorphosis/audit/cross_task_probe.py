@@ -40,36 +40,32 @@ def probe_accuracy(
     train_y: np.ndarray,
     test_x: np.ndarray,
     test_y: np.ndarray,
-    kind: str = "mlp",
-    hidden: int = 256,
-    max_iter: int = 60,
+    kind: str,
+    cfg: AuditConfig,
     seed: int = 0,
-    max_steps: int | None = None,
-    neighbors: int = 25,
-    boosting_iter: int = 100,
-    max_rows: int | None = None,
 ) -> float:
-    """Held-out accuracy of an attacker trained on ``(train_x, train_y)``: an MLP for ``max_iter`` epochs
-    (fewer when that would exceed ``max_steps`` minibatches), a logistic regression, k-nearest neighbours
-    or gradient boosting (these two on at most ``max_rows`` rows, a random sample)."""
-    if kind in ("knn", "boosting") and max_rows is not None and len(train_x) > max_rows:
-        keep = np.random.default_rng(seed).choice(len(train_x), max_rows, replace=False)
+    """Held-out accuracy of an attacker trained on ``(train_x, train_y)``: an MLP for ``cfg.probe_max_iter``
+    epochs (fewer when that would exceed ``cfg.max_steps`` minibatches), a logistic regression, k-nearest
+    neighbours or gradient boosting (these two on at most ``cfg.max_rows`` rows, a random sample: the
+    auditor's own draw, nothing a device releases depends on it)."""
+    if kind in ("knn", "boosting") and len(train_x) > cfg.max_rows:
+        keep = np.random.default_rng(seed).choice(len(train_x), cfg.max_rows, replace=False)
         train_x, train_y = train_x[keep], train_y[keep]
     if kind == "mlp":
-        epochs = epochs_within(len(train_x), MLP_BATCH, max_iter, max_steps)
+        epochs = epochs_within(len(train_x), MLP_BATCH, cfg.probe_max_iter, cfg.max_steps)
         clf = MLPClassifier(
-            hidden_layer_sizes=(hidden,),
+            hidden_layer_sizes=(cfg.probe_hidden,),
             max_iter=epochs,
             batch_size=min(MLP_BATCH, len(train_x)),
             random_state=seed,
             alpha=1e-4,
         )
     elif kind == "linear":
-        clf = LogisticRegression(max_iter=max_iter * 10)
+        clf = LogisticRegression(max_iter=cfg.probe_max_iter * 10)
     elif kind == "knn":
-        clf = KNeighborsClassifier(n_neighbors=min(neighbors, len(train_x)))
+        clf = KNeighborsClassifier(n_neighbors=min(cfg.knn_neighbors, len(train_x)))
     elif kind == "boosting":
-        clf = HistGradientBoostingClassifier(max_iter=boosting_iter, random_state=seed)
+        clf = HistGradientBoostingClassifier(max_iter=cfg.boosting_max_iter, random_state=seed)
     else:
         raise ValueError(f"attacker kind must be one of linear, mlp, knn, boosting; got {kind!r}")
     model = make_pipeline(StandardScaler(), clf)
@@ -112,21 +108,9 @@ def cross_task_attacks(
         for s, name_s in enumerate(task_names):
             if s == t:
                 continue
+            x, y = attacker_features[:, t], attacker_labels[:, s]
             accuracies = {
-                kind: probe_accuracy(
-                    attacker_features[:, t],
-                    attacker_labels[:, s],
-                    eval_features[:, t],
-                    eval_labels[:, s],
-                    kind,
-                    cfg.probe_hidden,
-                    cfg.probe_max_iter,
-                    seed,
-                    cfg.max_steps,
-                    cfg.knn_neighbors,
-                    cfg.boosting_max_iter,
-                    cfg.max_rows,
-                )
+                kind: probe_accuracy(x, y, eval_features[:, t], eval_labels[:, s], kind, cfg, seed)
                 for kind in cfg.attackers
             }
             results[f"{name_t}->{name_s}"] = headline(accuracies, eval_labels[:, s])
