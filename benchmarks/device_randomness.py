@@ -11,23 +11,20 @@ Prints the times and their ratios. Run: .venv/bin/python benchmarks/device_rando
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import time
 
-logging.getLogger().addHandler(logging.NullHandler())
+import torch
+from timing import median_seconds
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-from timing import median_seconds  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from fl_metamorphosis.config import build_config  # noqa: E402
-from fl_metamorphosis.data import load_dataset  # noqa: E402
-from fl_metamorphosis.federated.device import build_generator  # noqa: E402
-from fl_metamorphosis.model import build_heads  # noqa: E402
-from fl_metamorphosis.privacy import make_private  # noqa: E402
-from fl_metamorphosis.privacy.randomness import Randomness  # noqa: E402
-from fl_metamorphosis.training.trainer import method_feature_dp, method_objective, run_epoch  # noqa: E402
+from fl_metamorphosis.config import build_config
+from fl_metamorphosis.data import load_dataset
+from fl_metamorphosis.federated.device import build_generator
+from fl_metamorphosis.model import build_heads
+from fl_metamorphosis.privacy import make_private
+from fl_metamorphosis.privacy.randomness import Randomness
+from fl_metamorphosis.training.trainer import method_feature_dp, method_objective, run_epoch
 
 
 def main() -> None:

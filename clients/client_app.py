@@ -1,9 +1,16 @@
 """Flower ClientApp: a thin adapter from messages to the library's device functions.
 
 Handlers: ``train`` (local DP-SGD on encoder + Cross-SEC, with the server's heads frozen or also
-DP-trained, ``federated.device_heads``; cumulative budget kept in ``context.state``),
-``query.features`` (released, clipped and noised task features of a local sample, each task in its
-own record) and ``evaluate`` (local test accuracy of the global model).
+DP-trained, ``federated.device_heads``; cumulative budget), ``query.features`` (released, clipped and
+noised task features of a local sample, each task in its own record) and ``evaluate`` (local test
+accuracy of the global model). Replies are the protocol's types (``fl_metamorphosis/flower/messages.py``).
+
+The device's privacy state (DP-SGD step history, noise multiplier, release counts) lives in its own
+state folder (``federated/device_state.py``): node config ``state-dir`` on a real device, the run
+folder's ``devices/<partition-id>`` in a simulation. Each handler writes it before its reply leaves, so a
+restarted device keeps counting. The ``replay_repeated_requests`` mod answers a request identical to the
+last one of its kind with the same reply (a server that resumed after a crash asks for its lost round
+again): one release sent twice counts once.
 
 The server is one of the parties the device protects itself against, so nothing it sends decides the
 device's privacy randomness: noise and sampling come from the OS CSPRNG (``privacy/randomness.py``), and
@@ -18,37 +25,33 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
-import logging
 import os
+from pathlib import Path
 
-logging.getLogger().addHandler(logging.NullHandler())  # before opacus' basicConfig (see privacy/dp_sgd.py)
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
 
-import torch  # noqa: E402
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
+from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.federated import train_locally
+from fl_metamorphosis.federated.device import build_generator, privacy_plan, split_state
+from fl_metamorphosis.federated.device_state import DeviceState
+from fl_metamorphosis.flower import messages as proto
+from fl_metamorphosis.flower.partition import device_datasets
+from fl_metamorphosis.model import build_heads
+from fl_metamorphosis.privacy.randomness import Randomness, randomness_for
+from fl_metamorphosis.privacy.release_ledger import ReleaseLedger
+from fl_metamorphosis.training import method_feature_dp, released_features, task_accuracy
 
-from fl_metamorphosis.config import ExperimentConfig  # noqa: E402
-from fl_metamorphosis.federated import train_locally  # noqa: E402
-from fl_metamorphosis.federated.device import build_generator, privacy_plan, split_state  # noqa: E402
-from fl_metamorphosis.fl.partition import device_datasets  # noqa: E402
-from fl_metamorphosis.fl.records import experiment_from, load_json  # noqa: E402
-from fl_metamorphosis.model import build_heads  # noqa: E402
-from fl_metamorphosis.privacy.randomness import Randomness, randomness_for  # noqa: E402
-from fl_metamorphosis.privacy.release_ledger import ReleaseLedger  # noqa: E402
-from fl_metamorphosis.training import method_feature_dp, released_features, task_accuracy  # noqa: E402
-
-# Everything imported so far (torch, Ray, Flower, Opacus: about half a million objects) lives as long as
-# the process. Freezing it takes it out of the cyclic collector's scans, so the full collection that
-# ``release_memory`` runs after every message costs microseconds instead of about 0.2 s (most of a
-# simulated device's overhead: benchmarks/gc_freeze.py).
+# Everything imported so far (torch, Ray, Flower, Opacus) lives as long as the process. Freezing it takes
+# it out of the cyclic collector's scans, so the full collection that ``release_memory`` runs after every
+# message stays cheap (measured in benchmarks/gc_freeze.py, docs/federated.md).
 gc.freeze()
 
 
 def release_memory(msg: Message, context: Context, call_next) -> Message:
     """Flower mod: collect the reference cycles a DP-SGD round leaves (Opacus' hooks) and hand the freed
-    heap back to the OS. Without it a simulated device's Ray actor grew by about 270 MB a round (4.2 GB
-    after 21 rounds of 10 devices); with it one device's process stayed flat over 12 rounds."""
+    heap back to the OS. Without it a simulated device's Ray actor grows every round (docs/federated.md)."""
     reply = call_next(msg, context)
     gc.collect()
     if _LIBC is not None:
@@ -62,10 +65,8 @@ try:  # glibc only (Linux devices); elsewhere the collection alone still runs
 except (OSError, AttributeError):
     _LIBC = None
 
-app = ClientApp(mods=[release_memory])
-PRIVACY = "privacy"  # context.state record: accountant history and the device's noise multiplier
-RELEASES = "releases"  # context.state record: the per-pair release ledger
 SIMULATION_ENV = "METAMORPHOSIS_SIMULATION"  # set by the simulate launcher in the devices' environment
+STATE_DIR = "state-dir"  # node config: the device's own state folder (its privacy ledger)
 
 # Purposes of the seeded streams (randomness.source = "seeded" only): one stream per handler and round.
 _TRAIN, _FEATURES, _EVALUATE = 1, 2, 3
@@ -73,6 +74,41 @@ _TRAIN, _FEATURES, _EVALUATE = 1, 2, 3
 
 class SeededNoiseRefused(RuntimeError):
     """A config asked a device outside simulation for noise the server could reproduce."""
+
+
+class NoStateFolder(RuntimeError):
+    """A device outside a simulation was started without a folder for its privacy ledger."""
+
+
+def state_dir(context: Context) -> Path:
+    """The device's state folder: its node config's, or the simulation run folder's ``devices/<id>``."""
+    own = context.node_config.get(STATE_DIR)
+    if own:
+        return Path(str(own))
+    if os.environ.get(SIMULATION_ENV) == "1" and context.run_config.get("out-dir"):
+        return Path(str(context.run_config["out-dir"])) / "devices" / str(int(context.node_config["partition-id"]))
+    raise NoStateFolder(
+        f"this device keeps its privacy ledger on disk and has no folder for it: start it with node config "
+        f"{STATE_DIR}=PATH (a folder on the device that survives restarts)"
+    )
+
+
+def replay_repeated_requests(msg: Message, context: Context, call_next) -> Message:
+    """Flower mod: a request identical to the last one of its kind gets the same reply, at no new cost."""
+    folder = state_dir(context)
+    request = proto.request_digest(msg.metadata.message_type, msg.content)
+    earlier = DeviceState.load(folder).replay(msg.metadata.message_type, request)
+    if earlier is not None:
+        return Message(content=proto.from_payload(earlier), reply_to=msg)
+    reply = call_next(msg, context)
+    if not reply.has_error():
+        state = DeviceState.load(folder)  # as the handler left it
+        state.remember(msg.metadata.message_type, request, proto.to_payload(reply.content))
+        state.save(folder)
+    return reply
+
+
+app = ClientApp(mods=[release_memory, replay_repeated_requests])
 
 
 def _local_data(cfg: ExperimentConfig, context: Context):
@@ -97,71 +133,51 @@ def _device_limit(context: Context, key: str, server_value: float | None) -> flo
     return float(own) if server_value is None else min(float(own), server_value)
 
 
-def _release_ledger(context: Context, num_pairs: int) -> ReleaseLedger:
-    ledger = ReleaseLedger(num_pairs)
-    if RELEASES in context.state.array_records:
-        ledger.load_state_dict(context.state[RELEASES].to_torch_state_dict())
-    return ledger
-
-
-def _noise_multiplier(cfg: ExperimentConfig, context: Context, plan) -> float:
-    """Calibrated once per device (first round it trains) for taking part in every round, then kept."""
-    stored = load_json(context.state, PRIVACY, "noise-multiplier", None)
-    if stored is not None:
-        return float(stored)
-    return plan.noise_multiplier(cfg.federated.rounds * cfg.federated.local_epochs)
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    config = msg.content["config"]
-    cfg = experiment_from(config)
+    config = msg.content[proto.CONFIG]
+    cfg = proto.experiment_from(config)
     device, data, _ = _local_data(cfg, context)
-    randomness = _randomness(cfg, device, int(config["server-round"]), _TRAIN)
-    history = [tuple(h) for h in load_json(context.state, PRIVACY, "history", [])]
+    folder = state_dir(context)
+    state = DeviceState.load(folder)
+    randomness = _randomness(cfg, device, int(config[proto.SERVER_ROUND]), _TRAIN)
     plan = privacy_plan(cfg, data)
-    sigma = _noise_multiplier(cfg, context, plan)
-    gen_w, head_w = split_state(msg.content["arrays"].to_torch_state_dict())
+    if state.noise_multiplier is None:  # calibrated once, for taking part in every round, then kept
+        state.noise_multiplier = plan.noise_multiplier(cfg.federated.rounds * cfg.federated.local_epochs)
+    gen_w, head_w = split_state(msg.content[proto.ARRAYS].to_torch_state_dict())
     update = train_locally(
         cfg,
         data,
         gen_w,
         head_w,
-        history,
-        sigma,
+        state.history,
+        state.noise_multiplier,
         _device_limit(context, "epsilon-budget", cfg.federated.device_epsilon_budget),
         cfg.federated.local_epochs,
         randomness,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        proximal_mu=float(config.get(proto.PROXIMAL_MU, 0.0)),
         train_heads=cfg.federated.device_heads == "dp_trained",
     )
-    context.state[PRIVACY] = ConfigRecord(
-        {"history": json.dumps(update.history), "noise-multiplier": json.dumps(sigma)}
+    state.history = update.history
+    state.save(folder)  # before the reply leaves: whatever the server receives is already counted
+    reply = proto.TrainReply(
+        device=device,
+        num_examples=update.num_examples,
+        train_loss=update.train_loss,
+        epsilon=update.epsilon,
+        noise_multiplier=state.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        steps=update.history.steps,
+        round_steps=update.round_steps,
+        grouped=plan.grouped,
+        declined=update.declined,
+        weights=update.weights,
     )
-    metrics = MetricRecord(
-        {
-            "num-examples": update.num_examples,
-            "train-loss": update.train_loss,
-            "epsilon": update.epsilon,
-            # what the server needs to re-account the epsilon with an independent accountant
-            "noise-multiplier": sigma,
-            "sample-rate": update.history[-1][1] if update.history else 0.0,
-            "steps": sum(int(h[2]) for h in update.history),
-            "grouped": int(plan.grouped),  # accounted per group of pairs (nopeek)
-            "declined": int(update.declined is not None),
-            "device": device,
-        }
-    )
-    content = RecordDict({"metrics": metrics})
-    if update.weights is not None:
-        content["arrays"] = ArrayRecord(update.weights)
-    else:
-        content["status"] = ConfigRecord({"declined": update.declined})
-    return Message(content=content, reply_to=msg)
+    return Message(content=reply.to_record(), reply_to=msg)
 
 
 def _global_model(cfg: ExperimentConfig, msg: Message, data):
-    gen_w, head_w = split_state(msg.content["arrays"].to_torch_state_dict())
+    gen_w, head_w = split_state(msg.content[proto.ARRAYS].to_torch_state_dict())
     generator = build_generator(cfg, data)
     generator.load_state_dict(gen_w)
     heads = build_heads(generator.feature_shape, [t.num_classes for t in data.tasks], cfg.model)
@@ -174,13 +190,17 @@ def features(msg: Message, context: Context) -> Message:
     """Released features of a local sample; task t's record holds only task t's features and labels.
 
     The pairs are chosen by the release ledger (least released first, none past the cap); the ledger is
-    saved to the device's state before the reply leaves."""
-    config = msg.content["config"]
-    cfg = experiment_from(config)
+    saved to the device's state folder before the reply leaves."""
+    config = msg.content[proto.CONFIG]
+    cfg = proto.experiment_from(config)
     device, data, _ = _local_data(cfg, context)
-    randomness = _randomness(cfg, device, int(config["server-round"]), _FEATURES)
+    folder = state_dir(context)
+    state = DeviceState.load(folder)
+    randomness = _randomness(cfg, device, int(config[proto.SERVER_ROUND]), _FEATURES)
     generator, _ = _global_model(cfg, msg, data)
-    ledger = _release_ledger(context, len(data))
+    ledger = ReleaseLedger(len(data))
+    if state.releases is not None:
+        ledger.load_state_dict(state.releases)
     cap = _device_limit(context, "max-releases-per-pair", cfg.feature_dp.max_releases_per_pair)
     idx = ledger.choose(
         cfg.federated.feature_samples_per_device,
@@ -193,33 +213,24 @@ def features(msg: Message, context: Context) -> Message:
     else:  # every pair released as often as allowed: an empty reply, still a valid one
         released = torch.zeros(0, len(data.task_names), *generator.feature_shape)
     ledger.record(idx)
-    context.state[RELEASES] = ArrayRecord(ledger.state_dict())
-    metrics = {
-        "num-examples": len(idx),
-        "device": device,
-        "releases-max": ledger.max_releases,  # the most any one of its pairs has been released
-        "releases-total": ledger.total_releases,
-    }
-    content = RecordDict({"metrics": MetricRecord(metrics)})
+    state.releases = ledger.state_dict()
+    state.save(folder)
+    tasks = {}
     for t, name in enumerate(data.task_names):
         order = torch.randperm(len(idx), generator=randomness.generator())  # rows of two tasks do not line up
-        content[f"task.{name}"] = ArrayRecord(
-            {"features": released[order, t].contiguous(), "labels": data.labels[idx[order], t].contiguous()}
-        )
-    return Message(content=content, reply_to=msg)
+        tasks[name] = (released[order, t], data.labels[idx[order], t])
+    reply = proto.FeaturesReply(device, ledger.max_releases, ledger.total_releases, tasks)
+    return Message(content=reply.to_record(), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    config = msg.content["config"]
-    cfg = experiment_from(config)
+    config = msg.content[proto.CONFIG]
+    cfg = proto.experiment_from(config)
     device, _, test = _local_data(cfg, context)
-    randomness = _randomness(cfg, device, int(config.get("server-round", 0)), _EVALUATE)
+    randomness = _randomness(cfg, device, int(config.get(proto.SERVER_ROUND, 0)), _EVALUATE)
     generator, heads = _global_model(cfg, msg, test)
     released = released_features(generator, test.images, method_feature_dp(cfg.methods[-1], cfg), randomness)
     accs = task_accuracy(heads, released, test.labels)
-    metrics = {f"accuracy.{name}": acc for name, acc in zip(test.task_names, accs, strict=True)}
-    return Message(
-        content=RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(test), "device": device})}),
-        reply_to=msg,
-    )
+    reply = proto.EvaluateReply(device, len(test), dict(zip(test.task_names, accs, strict=True)))
+    return Message(content=reply.to_record(), reply_to=msg)

@@ -2,6 +2,7 @@
 
 metamorphosis central [--config FILE] [--set key=value ...] [--out DIR]
 metamorphosis simulate [--config FILE] [--set key=value ...] [--out DIR]
+metamorphosis simulate --resume RUN_DIR [--set federated.rounds=N ...]
 metamorphosis audit RUN_OR_CHECKPOINT [--out DIR] [--export FILE.npz] [--attacker-samples N]
 metamorphosis compare [--config FILE] [--set key=value ...] [--out DIR] [--methods M ...] [--seeds S ...]
                       [--quick] [--sweep KEY=V1,V2 ...]
@@ -13,12 +14,11 @@ import argparse
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 from rich.console import Console
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, preset_overrides
 
 console = Console(stderr=True)
 
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
             help="override one config value, e.g. --set train.epochs=3 (repeatable)",
         )
         cmd.add_argument("--out", type=Path, default=Path(f"runs/{name}"), help=f"run folder (default runs/{name})")
+    sub.choices["simulate"].add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last complete round, with its own config",
+    )
     from .methods import METHODS
 
     compare = sub.choices["compare"]
@@ -50,12 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         "--methods", nargs="+", choices=list(METHODS), help="default: all (with --sweep: metamorphosis)"
     )
     compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
-    compare.add_argument("--quick", action="store_true", help="a tiny federation (3 devices, 2 rounds): for tests")
+    compare.add_argument("--quick", action="store_true", help="configs/tiny.toml: 3 devices, 2 rounds (tests)")
     compare.add_argument(
         "--sweep", action="append", default=[], metavar="KEY=V1,V2", help="e.g. dp_sgd.target_epsilon=2,4,8"
     )
     audit = sub.add_parser("audit", help="run every attack on a saved run or checkpoint; export released features")
-    audit.add_argument("source", type=Path, help="run folder of central/simulate, or a .pt checkpoint")
+    audit.add_argument("source", type=Path, help="run folder of central/simulate, or a .ckpt checkpoint")
     audit.add_argument("--out", type=Path, help="where audit.json, report.md and plots go (default SOURCE/audit)")
     audit.add_argument("--export", type=Path, help="also write the held-out released features, labels, images (.npz)")
     audit.add_argument(
@@ -81,10 +87,11 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from simulations.compare import COMPARE_DEFAULTS, QUICK, compare, parse_sweep, sweep
+    from simulations.compare import COMPARE_DEFAULTS, TINY_PRESET, compare, parse_sweep, sweep
     from simulations.simulate import SimulationFailed
 
-    cfg = load_config(args.config, [*COMPARE_DEFAULTS, *(QUICK if args.quick else []), *args.overrides])
+    quick = preset_overrides(TINY_PRESET) if args.quick else []
+    cfg = load_config(args.config, [*COMPARE_DEFAULTS, *quick, *args.overrides])
     echo = lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
     from .methods import METHODS
 
@@ -104,20 +111,29 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    from simulations.simulate import SimulationFailed, simulate
+    from simulations.simulate import SimulationFailed, resumed_config, simulate
 
+    if args.resume is not None:
+        if args.config is not None:
+            raise ConfigError("--resume continues a run with its own config: drop --config (use --set for safe keys)")
+        args.out, cfg = args.resume, resumed_config(args.resume, args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
     fed = cfg.federated
     console.print(
-        f"[bold]simulating {fed.num_devices} devices, {fed.rounds} rounds, {fed.partitioning} partitioning, "
-        f"strategy {fed.strategy.name}[/bold] (Flower log: {args.out / 'flower.log'})"
+        f"[bold]{'resuming' if args.resume else 'simulating'} {fed.num_devices} devices, {fed.rounds} rounds, "
+        f"{fed.partitioning} partitioning, strategy {fed.strategy.name}[/bold] (Flower log: {args.out / 'flower.log'})"
     )
     try:
         out = simulate(
-            cfg, args.out, echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
+            cfg,
+            args.out,
+            echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+            resume=args.resume is not None,
         )
     except SimulationFailed as err:
         console.print(f"[red]simulation failed:[/red] {err}")
+        console.print(f"finished rounds are checkpointed: continue with `metamorphosis simulate --resume {args.out}`")
         return 1
     report = out / "report.md"
     if report.exists():
@@ -155,9 +171,6 @@ def _central(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    warnings.filterwarnings("ignore", module="opacus")  # secure-RNG and alpha-range notices, once per run
-    # Opacus' full backward hooks fire on the first layer, whose input (the image) needs no gradient.
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     try:
         commands = {"simulate": _simulate, "central": _central, "audit": _audit, "compare": _compare}
         return commands[args.command](args)

@@ -7,6 +7,7 @@ message that names the field.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -362,6 +363,24 @@ def build_config(tree: dict[str, Any] | None = None, overrides: list[str] | None
         return ExperimentConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_describe(err)) from None
+
+
+def preset_overrides(path: str | Path) -> list[str]:
+    """A TOML preset (e.g. ``configs/tiny.toml``) as ``key=value`` overrides, to lay over any config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"preset {str(path)!r} does not exist: pass an existing TOML file")
+
+    def flatten(tree: dict[str, Any], prefix: str) -> list[str]:
+        items = []
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                items += flatten(value, f"{prefix}{key}.")
+            else:
+                items.append(f"{prefix}{key}={json.dumps(value)}")
+        return items
+
+    return flatten(tomllib.loads(path.read_text()), "")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

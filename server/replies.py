@@ -1,8 +1,13 @@
-"""Sorting a round's train replies: valid updates, devices that declined, and rejected replies."""
+"""Sorting a round's train replies: valid updates, devices that declined, and rejected replies.
+
+Each reply is read as the protocol's ``TrainReply`` (``fl_metamorphosis/flower/messages.py``): a reply of
+another protocol version, or with a missing or extra record or field, is rejected with the reason. A
+well-formed reply's weights are then checked against the global model's names, shapes, dtypes and for
+NaN/Inf. Nothing here raises: one bad device never stops a round.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -10,64 +15,44 @@ import torch
 from flwr.app import Message
 
 from fl_metamorphosis.federated.updates import InvalidUpdate, validate_update
+from fl_metamorphosis.flower.messages import MessageError, TrainReply
 
 
 @dataclass
 class SortedReplies:
-    valid: list[Message] = field(default_factory=list)
+    valid: list[Message] = field(default_factory=list)  # aggregated by the strategy
     declined: dict[int, str] = field(default_factory=dict)  # device -> reason
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> reason
-    epsilons: dict[int, float] = field(default_factory=dict)  # device -> cumulative epsilon it reported
-    # device -> (noise multiplier, sample rate, cumulative steps, accounted per group) it reported, for an
-    # independent re-count
-    accounting: dict[int, tuple[float, float, int, bool]] = field(default_factory=dict)
-    trained: list[int] = field(default_factory=list)  # devices whose update is valid
+    # every well-formed reply (valid, declined, or rejected for its weights): the device's privacy report
+    reports: list[tuple[TrainReply, Message]] = field(default_factory=list)
+
+    def reject(self, msg: Message, reason: str) -> None:
+        self.valid.remove(msg)
+        self.rejected[msg.metadata.src_node_id] = reason
 
 
 def sort_replies(replies: Iterable[Message], reference: Mapping[str, torch.Tensor]) -> SortedReplies:
-    """Check every reply against the global weights' names, shapes and dtypes; never raise."""
     out = SortedReplies()
     for msg in replies:
         node = msg.metadata.src_node_id
+        if msg.has_error():
+            out.rejected[node] = f"device error: {msg.error.reason}"
+            continue
         try:
-            if msg.has_error():
-                raise InvalidUpdate(f"device error: {msg.error.reason}")
-            metrics = msg.content.metric_records.get("metrics")
-            if metrics is None:
-                raise InvalidUpdate("no 'metrics' record")
-            device = int(metrics.get("device", node))
-            eps = float(metrics.get("epsilon", math.nan))
-            if not math.isfinite(eps) or eps < 0:
-                raise InvalidUpdate(f"epsilon {eps} is not a finite, non-negative number")
-            acct = (
-                (
-                    float(metrics["noise-multiplier"]),
-                    float(metrics["sample-rate"]),
-                    int(metrics["steps"]),
-                    bool(metrics.get("grouped", 0)),
-                )
-                if "steps" in metrics
-                else None
-            )
-            if int(metrics.get("declined", 0)):
-                status = msg.content.config_records.get("status")
-                out.declined[device] = str(status["declined"]) if status else "declined"
-                out.epsilons[device] = eps
-                if acct:
-                    out.accounting[device] = acct
-                continue
-            if "arrays" not in msg.content.array_records:
-                raise InvalidUpdate("no 'arrays' record")
-            if int(metrics.get("num-examples", 0)) <= 0:
+            reply = TrainReply.from_record(msg.content)
+        except (MessageError, KeyError, TypeError, ValueError) as err:
+            out.rejected[node] = str(err)
+            continue
+        out.reports.append((reply, msg))
+        if reply.declined is not None:
+            out.declined[reply.device] = reply.declined
+            continue
+        try:
+            if reply.num_examples <= 0:
                 raise InvalidUpdate("num-examples must be positive")
-            update = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-            validate_update(update, reference)
-        except (InvalidUpdate, KeyError, TypeError, ValueError) as err:
+            validate_update(reply.weights or {}, reference)
+        except InvalidUpdate as err:
             out.rejected[node] = str(err)
             continue
         out.valid.append(msg)
-        out.trained.append(device)
-        out.epsilons[device] = eps
-        if acct:
-            out.accounting[device] = acct
     return out

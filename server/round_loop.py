@@ -1,296 +1,276 @@
-"""The federated round loop (ServerApp side) over the library: train, aggregate, query, fit heads, log.
+"""The federated round loop (ServerApp side), as named stages over the library.
 
-One round: the strategy samples devices and builds the train messages (global encoder + Cross-SEC
-weights, the frozen heads, the experiment); replies are checked (``server/replies.py``) and only valid,
-within-budget updates are aggregated, by the strategy's own rule. The devices that answered are then
-asked for released task features; head t is trained on task t's features only. The global model is
-evaluated on the server's held-out set, a metrics row and a checkpoint are written as the round ends.
+A round: ``sample`` devices (the strategy's own sampling and train messages: global encoder +
+Cross-SEC weights, the frozen heads, the experiment) -> ``check_replies`` (protocol, tensors, the
+privacy ledger) -> ``aggregate`` (the strategy's rule) -> ``query_features`` (released task features of
+the devices that answered) -> ``train_heads`` (head t on task t's features only) -> ``evaluate`` (the
+server's held-out set) -> ``checkpoint`` (the whole run state, atomically) -> ``report`` (a metrics row
+and a log line). ``run_federated`` is the loop over them; a resumed run starts from the last checkpoint.
+
+The checkpoint is written before the round's metrics row: a crash between the two loses nothing, since
+a resumed run rewrites ``metrics.jsonl`` from the checkpoint's rows (no duplicate, no gap).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
 
-from fl_metamorphosis.audit import AttackData, audit_model, label_only_floor
-from fl_metamorphosis.config import ExperimentConfig
-from fl_metamorphosis.data import load_dataset
+from fl_metamorphosis.checkpoint import RunCheckpoint, capture_rng, latest_run, load_run, restore_rng, save_run
+from fl_metamorphosis.config import ExperimentConfig, FeatureDPConfig
+from fl_metamorphosis.data import TrainTestSplit, load_dataset
 from fl_metamorphosis.federated.device import joint_state, split_state
 from fl_metamorphosis.federated.server_heads import train_head
-from fl_metamorphosis.fl.partition import federated_training_pairs
-from fl_metamorphosis.fl.records import config_record
-from fl_metamorphosis.metrics import (
-    JsonlWriter,
-    plot_attacks,
-    plot_reconstruction_grid,
-    plot_rounds,
-    render_report,
-    write_json,
-)
+from fl_metamorphosis.flower import messages as proto
+from fl_metamorphosis.metrics import JsonlWriter, write_jsonl
 from fl_metamorphosis.model import FeatureGenerator, build_heads
-from fl_metamorphosis.training import TrainedModel, evaluate, method_feature_dp
-from fl_metamorphosis.training.central import (
-    SUMMARY_VERSION,
-    machine_description,
-    method_summary,
-    randomness_summary,
-)
+from fl_metamorphosis.privacy import ServerLedger
+from fl_metamorphosis.training import evaluate as evaluate_on
+from fl_metamorphosis.training import method_feature_dp
 
-from .device_privacy import PrivacyLedger
-from .replies import sort_replies
+from .final_report import final_report, interim_audit
+from .replies import SortedReplies, sort_replies
 from .strategies import build_strategy
+from .strategy_state import load_strategy_state, strategy_state
 
+log = logging.getLogger(__name__)
 REPLY_TIMEOUT_S = 3600.0
 
 
-def _query_features(
-    grid: Grid, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, rnd: int, ledger: PrivacyLedger
-):
-    """Ask ``nodes`` for released features; return per task (features, labels), concatenated. Each reply's
-    release counts go to the ledger."""
-    messages = [
-        Message(
-            content=RecordDict({"arrays": arrays, "config": config}),
-            message_type="query.features",
-            dst_node_id=node,
-            group_id=f"features-{rnd}",
+@dataclass
+class Federation:
+    """What lives across rounds on the server; all of it is in every checkpoint."""
+
+    cfg: ExperimentConfig
+    out: Path
+    split: TrainTestSplit  # the server uses its held-out test set only
+    generator: FeatureGenerator
+    heads: nn.ModuleList
+    strategy: Strategy
+    ledger: ServerLedger
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    audits: list[dict[str, Any]] = field(default_factory=list)
+    round: int = 0  # the last complete round
+    started: float = field(default_factory=time.perf_counter)
+    cache: dict[str, Any] = field(default_factory=dict)  # the audit's attacker data and floors
+
+    @property
+    def method(self) -> str:
+        return self.cfg.methods[-1]
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.split.test.task_names
+
+    @property
+    def feature_dp(self) -> FeatureDPConfig:
+        return method_feature_dp(self.method, self.cfg)
+
+    def arrays(self) -> ArrayRecord:
+        return ArrayRecord(joint_state(self.generator, self.heads))  # the heads travel with the encoder
+
+
+def start(cfg: ExperimentConfig, out: Path, resume: bool) -> Federation:
+    """A new federation, or (``resume``) the one in ``out``'s last checkpoint."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.train.seed)
+    split = load_dataset(cfg.data, cfg.train.seed)
+    num_classes = [t.num_classes for t in split.test.tasks]
+    generator = FeatureGenerator(cfg.methods[-1], split.test.image_shape, len(num_classes), cfg.model, num_classes)
+    heads = build_heads(generator.feature_shape, num_classes, cfg.model)
+    fed = Federation(
+        cfg,
+        out,
+        split,
+        generator,
+        heads,
+        build_strategy(cfg.federated),
+        ServerLedger(cfg.dp_sgd.delta, cfg.dp_sgd.accountant),
+    )
+    last = latest_run(out / "checkpoints") if resume else None
+    if last is None:
+        if resume:
+            log.info("no complete round to resume from: starting at round 1 (devices keep their privacy state)")
+        write_jsonl(out / "metrics.jsonl", [])
+        write_jsonl(out / "audits.jsonl", [])
+        return fed
+    ckpt = load_run(last)
+    generator.load_state_dict(ckpt.generator)
+    heads.load_state_dict(ckpt.heads)
+    load_strategy_state(fed.strategy, ckpt.strategy)
+    fed.ledger.load_state_dict(ckpt.ledger)
+    restore_rng(ckpt.rng)
+    fed.rows, fed.audits, fed.round = ckpt.rows, ckpt.audits, ckpt.round
+    write_jsonl(out / "metrics.jsonl", fed.rows)  # exactly the rounds the checkpoint holds
+    write_jsonl(out / "audits.jsonl", fed.audits)
+    log.info(f"resuming after round {ckpt.round} of {cfg.federated.rounds} ({last.name})")
+    return fed
+
+
+def sample(grid: Grid, fed: Federation, rnd: int) -> list[Message]:
+    return list(fed.strategy.configure_train(rnd, fed.arrays(), proto.config_record(fed.cfg), grid))
+
+
+def check_replies(fed: Federation, replies, rnd: int) -> SortedReplies:
+    """Protocol and tensor checks, then the ledger: every well-formed report is counted (the update left
+    the device whether or not it is aggregated), and an update the server's count puts past the budget
+    is not aggregated."""
+    checked = sort_replies(replies, joint_state(fed.generator, fed.heads))
+    budget = fed.cfg.federated.device_epsilon_budget
+    for reply, msg in checked.reports:
+        valid = msg in checked.valid
+        lost = fed.ledger.record_train(
+            reply.device,
+            epsilon=reply.epsilon,
+            noise_multiplier=reply.noise_multiplier,
+            sample_rate=reply.sample_rate,
+            steps=reply.steps,
+            round_steps=reply.round_steps,
+            grouped=reply.grouped,
+            aggregated=valid,
         )
+        if lost:
+            log.warning(f"  round {rnd}: device {reply.device} {lost}")
+        if valid and fed.ledger.epsilon(reply.device) > budget * (1 + 1e-9):
+            checked.reject(msg, f"the server's ledger puts device {reply.device} past its budget {budget}")
+    for node, reason in checked.rejected.items():
+        log.warning(f"  round {rnd}: rejected reply of node {node}: {reason}")
+    return checked
+
+
+def aggregate(fed: Federation, rnd: int, replies: SortedReplies) -> bool:
+    if len(replies.valid) < fed.cfg.federated.min_train_devices:
+        log.warning(
+            f"  round {rnd}: only {len(replies.valid)} valid updates (< federated.min_train_devices="
+            f"{fed.cfg.federated.min_train_devices}): not aggregated"
+        )
+        return False
+    new_arrays, _ = fed.strategy.aggregate_train(rnd, replies.valid)
+    if new_arrays is not None:
+        gen_w, head_w = split_state(new_arrays.to_torch_state_dict())
+        fed.generator.load_state_dict(gen_w)
+        fed.heads.load_state_dict(head_w)  # unchanged when the devices keep them frozen
+    return True
+
+
+def query_features(grid: Grid, fed: Federation, nodes: list[int], rnd: int) -> dict[str, tuple]:
+    """Released features of ``nodes``, per task, concatenated; each reply's counts go to the ledger."""
+    content = RecordDict(
+        {proto.ARRAYS: fed.arrays(), proto.CONFIG: proto.config_record(fed.cfg, **{proto.SERVER_ROUND: rnd})}
+    )
+    messages = [
+        Message(content=content, message_type=proto.FEATURES, dst_node_id=node, group_id=f"features-{rnd}")
         for node in nodes
     ]
     per_task: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for reply in grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S):
-        if reply.has_error():
-            print(f"  features: node {reply.metadata.src_node_id} failed: {reply.error.reason}", flush=True)
+        node = reply.metadata.src_node_id
+        try:
+            if reply.has_error():
+                raise proto.MessageError(reply.error.reason)
+            released = proto.FeaturesReply.from_record(reply.content, fed.tasks)
+        except (proto.MessageError, KeyError, TypeError, ValueError) as err:
+            log.warning(f"  features: node {node} failed: {err}")
             continue
-        metrics = reply.content.metric_records.get("metrics")
-        if metrics is not None and "releases-max" in metrics:
-            ledger.record_releases(
-                int(metrics["device"]), int(metrics["releases-max"]), int(metrics.get("num-examples", 0))
-            )
-        for name, record in reply.content.array_records.items():
-            if name.startswith("task."):
-                feats, labels = per_task.setdefault(name.removeprefix("task."), ([], []))
-                feats.append(torch.from_numpy(record["features"].numpy()))
-                labels.append(torch.from_numpy(record["labels"].numpy()))
+        fed.ledger.record_releases(released.device, released.releases_max, released.num_examples)
+        for name, (feats, labels) in released.tasks.items():
+            per_task.setdefault(name, ([], []))[0].append(feats)
+            per_task[name][1].append(labels)
     return {t: (torch.cat(f), torch.cat(y)) for t, (f, y) in per_task.items() if f}
 
 
-def _fit_heads(heads, tasks: list[str], received, cfg: ExperimentConfig, rnd: int) -> None:
-    for t, name in enumerate(tasks):
+def train_heads(fed: Federation, received: dict[str, tuple], rnd: int) -> None:
+    for t, name in enumerate(fed.tasks):
         if name in received:  # head t sees task t's features only
             feats, labels = received[name]
+            cfg = fed.cfg
             train_head(
-                heads[t], feats, labels.long(), cfg.federated.head_epochs, cfg.train.head_lr, cfg.train.seed + rnd
+                fed.heads[t], feats, labels.long(), cfg.federated.head_epochs, cfg.train.head_lr, cfg.train.seed + rnd
             )
 
 
-def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = True) -> dict[str, Any]:
-    started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
-    torch.manual_seed(cfg.train.seed)
-    method = cfg.methods[-1]
-    split = load_dataset(cfg.data, cfg.train.seed)  # the server uses its held-out test set only
-    tasks = split.test.task_names
-    num_classes = [t.num_classes for t in split.test.tasks]
-    generator = FeatureGenerator(method, split.test.image_shape, len(tasks), cfg.model, num_classes)
-    heads = build_heads(generator.feature_shape, [t.num_classes for t in split.test.tasks], cfg.model)
-    strategy = build_strategy(cfg.federated)
-    metrics = JsonlWriter(out / "metrics.jsonl")
-    feature_dp = method_feature_dp(method, cfg)
-    all_nodes = sorted(grid.get_node_ids())
-    history: list[dict[str, Any]] = []
-    ledger = PrivacyLedger(cfg.dp_sgd.delta)
-    audits = JsonlWriter(out / "audits.jsonl")  # interim audits (federated.audit_every)
-    cache: dict[str, Any] = {}
+def evaluate(fed: Federation, rnd: int) -> dict[str, float]:
+    return evaluate_on(fed.generator, fed.heads, fed.split.test, fed.feature_dp, fed.cfg.train.seed + rnd)
 
-    def attack() -> AttackData:
-        # The attacker learns from at least as many released rows as the server has received so far.
-        rows = max(cfg.audit.attacker_samples, ledger.rows_received)
-        if cache.get("attack_rows") != rows:
-            # members for the membership attack: the devices' own training pairs
-            cache["attack"] = AttackData.draw(split, cfg.audit, cfg.train.seed, rows, federated_training_pairs(cfg))
-            cache["attack_rows"], cache["floors"] = rows, None
-        return cache["attack"]
 
-    def floors() -> dict[str, float]:
-        data = attack()
-        if cache.get("floors") is None:
-            cache["floors"] = label_only_floor(data, cfg.audit, cfg.train.seed)
-        return cache["floors"]
-
-    # Round 0: heads learn from the initial encoder's features, so the first local round has useful heads.
-    _fit_heads(
-        heads,
-        tasks,
-        _query_features(
-            grid,
-            all_nodes,
-            ArrayRecord(joint_state(generator, heads)),
-            config_record(cfg, **{"server-round": 0}),
-            0,
-            ledger,
+def checkpoint(fed: Federation, rnd: int) -> None:
+    fed.round = rnd
+    save_run(
+        fed.out / "checkpoints",
+        RunCheckpoint(
+            round=rnd,
+            method=fed.method,
+            config=json.loads(fed.cfg.model_dump_json()),
+            generator=fed.generator.state_dict(),
+            heads=fed.heads.state_dict(),
+            strategy=strategy_state(fed.strategy),
+            ledger=fed.ledger.state_dict(),
+            rows=fed.rows,
+            audits=fed.audits,
+            rng=capture_rng(),
         ),
-        cfg,
-        0,
     )
 
-    for rnd in range(1, cfg.federated.rounds + 1):
-        t0 = time.perf_counter()
-        arrays = ArrayRecord(joint_state(generator, heads))  # the heads travel with the encoder
-        messages = list(strategy.configure_train(rnd, arrays, config_record(cfg), grid))
-        replies = sort_replies(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), joint_state(generator, heads))
-        ledger.record(replies)
-        for node, reason in replies.rejected.items():
-            print(f"  round {rnd}: rejected reply of node {node}: {reason}", flush=True)
-        aggregated = len(replies.valid) >= cfg.federated.min_train_devices
-        if aggregated:
-            new_arrays, _ = strategy.aggregate_train(rnd, replies.valid)
-            if new_arrays is not None:
-                gen_w, head_w = split_state(new_arrays.to_torch_state_dict())
-                generator.load_state_dict(gen_w)
-                heads.load_state_dict(head_w)  # unchanged when the devices keep them frozen
-        else:
-            print(
-                f"  round {rnd}: only {len(replies.valid)} valid updates (< federated.min_train_devices="
-                f"{cfg.federated.min_train_devices}): not aggregated",
-                flush=True,
-            )
-        answered = [m.metadata.src_node_id for m in replies.valid]
-        received = _query_features(
-            grid,
-            answered or all_nodes,
-            ArrayRecord(joint_state(generator, heads)),
-            config_record(cfg, **{"server-round": rnd}),
-            rnd,
-            ledger,
-        )
-        _fit_heads(heads, tasks, received, cfg, rnd)
-        accuracy = evaluate(generator, heads, split.test, feature_dp, cfg.train.seed + rnd)
-        row = {
-            "method": method,
-            "round": rnd,
-            "sampled": len(messages),
-            "answered": len(replies.valid),
-            "declined": len(replies.declined),
-            "rejected": len(replies.rejected),
-            "aggregated": aggregated,
-            **{f"test_acc.{k}": v for k, v in accuracy.items()},
-            "epsilon_max": ledger.max_epsilon,
-            "epsilon_mean": ledger.mean_epsilon,
-            "releases_per_pair_max": ledger.max_releases_per_pair,
-            "feature_rows_received": ledger.rows_received,
-            "seconds": time.perf_counter() - t0,
-        }
-        metrics.write(row)
-        history.append(row)
-        torch.save(
-            {
-                "round": rnd,
-                "method": method,
-                "generator": generator.state_dict(),
-                "heads": heads.state_dict(),
-                "config": cfg.model_dump(),
-            },
-            out / "checkpoints" / f"round_{rnd:03d}.pt",
-        )
-        every = cfg.federated.audit_every
-        if audit and cfg.audit.enabled and every and rnd % every == 0 and rnd < cfg.federated.rounds:
-            interim = TrainedModel(method, generator, heads, feature_dp)
-            figures, _ = audit_model(
-                interim, attack(), cfg.audit, floors(), cfg.train.seed, ledger.max_releases_per_pair
-            )
-            audits.write({"round": rnd, **{k: figures[k] for k in ("tasks", "cross_task_attack", "reconstruction")}})
-        accs = "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
-        print(
-            f"[round {rnd}/{cfg.federated.rounds}] devices sampled {row['sampled']}, answered {row['answered']}, "
-            f"declined {row['declined']}, rejected {row['rejected']} | {accs} | epsilon max "
-            f"{row['epsilon_max']:.2f} mean {row['epsilon_mean']:.2f} | releases per pair max "
-            f"{row['releases_per_pair_max']} | {row['seconds']:.1f} s",
-            flush=True,
-        )
 
-    # Federated evaluation of the final model on the devices' own held-out pairs (weighted by their size).
-    evaluate_messages = strategy.configure_evaluate(
-        cfg.federated.rounds, ArrayRecord(joint_state(generator, heads)), config_record(cfg), grid
+def report(fed: Federation, row: dict[str, Any]) -> None:
+    JsonlWriter(fed.out / "metrics.jsonl").write(row)
+    accs = "  ".join(f"{k.removeprefix('test_acc.')} {v:.3f}" for k, v in row.items() if k.startswith("test_acc."))
+    log.info(
+        f"[round {row['round']}/{fed.cfg.federated.rounds}] devices sampled {row['sampled']}, answered "
+        f"{row['answered']}, declined {row['declined']}, rejected {row['rejected']} | {accs} | epsilon max "
+        f"{row['epsilon_max']:.2f} mean {row['epsilon_mean']:.2f} | releases per pair max "
+        f"{row['releases_per_pair_max']} | {row['seconds']:.1f} s"
     )
-    local = strategy.aggregate_evaluate(
-        cfg.federated.rounds, grid.send_and_receive(evaluate_messages, timeout=REPLY_TIMEOUT_S)
-    )
-    local_accuracy = {
-        k.removeprefix("accuracy."): float(v) for k, v in (local or {}).items() if k.startswith("accuracy.")
-    }
-    print(f"device-side evaluation (local test pairs): {local_accuracy}", flush=True)
 
-    model = TrainedModel(method, generator, heads, feature_dp, history, wall_seconds=time.perf_counter() - started)
-    devices = ledger.devices()
-    model.dp_sgd = {
-        "enabled": cfg.dp_sgd.enabled,
-        "epsilon": ledger.max_epsilon,  # the worst device: budgets compose per device, not on average
-        "epsilon_mean": ledger.mean_epsilon,
-        "delta": cfg.dp_sgd.delta,
-        "budget": cfg.federated.device_epsilon_budget,
-        "devices_reporting": len(devices),
-        "accountant": cfg.dp_sgd.accountant,
-        "epsilon_dp_accounting_max": max((d["epsilon_dp_accounting"] for d in devices.values()), default=0.0),
-        "epsilon_max_relative_difference": ledger.max_relative_difference(devices),
+
+def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
+    t0 = time.perf_counter()
+    messages = sample(grid, fed, rnd)
+    replies = check_replies(fed, grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), rnd)
+    aggregated = aggregate(fed, rnd, replies)
+    answered = [m.metadata.src_node_id for m in replies.valid]
+    train_heads(fed, query_features(grid, fed, answered or sorted(grid.get_node_ids()), rnd), rnd)
+    accuracy = evaluate(fed, rnd)
+    row = {
+        "method": fed.method,
+        "round": rnd,
+        "sampled": len(messages),
+        "answered": len(replies.valid),
+        "declined": len(replies.declined),
+        "rejected": len(replies.rejected),
+        "aggregated": aggregated,
+        **{f"test_acc.{k}": v for k, v in accuracy.items()},
+        "epsilon_max": fed.ledger.max_epsilon,
+        "epsilon_mean": fed.ledger.mean_epsilon,
+        "releases_per_pair_max": fed.ledger.max_releases_per_pair,
+        "feature_rows_received": fed.ledger.rows_received,
+        "seconds": time.perf_counter() - t0,
     }
-    if not (audit and cfg.audit.enabled):  # rounds only (tests of the bookkeeping, timing runs)
-        write_json(
-            out / "summary.json",
-            {
-                "command": "simulate",
-                "history": history,
-                "audited": False,
-                "server_wall_seconds": time.perf_counter() - started,
-            },
-        )
-        return {"history": history}
-    print(
-        f"auditing the final model: {ledger.rows_received} released rows received, most releases of one pair "
-        f"{ledger.max_releases_per_pair}",
-        flush=True,
-    )
-    attack_data = attack()
-    k = ledger.max_releases_per_pair
-    figures, recons = audit_model(model, attack_data, cfg.audit, floors(), cfg.train.seed, k)
-    figures["attacker"]["server_saw_releases"] = ledger.rows_received
-    method_figures = method_summary(model, figures, len(tasks), releases_per_pair=k)
-    summary = {
-        "summary_version": SUMMARY_VERSION,
-        "command": "simulate",
-        "machine": machine_description(),
-        "tasks": tasks,
-        "data": {"name": cfg.data.name, "train": cfg.data.train_pairs, "test": len(split.test)},
-        "methods": {method: method_figures},
-        "federated": {
-            "strategy": cfg.federated.strategy.model_dump(),
-            "devices": cfg.federated.num_devices,
-            "rounds": cfg.federated.rounds,
-            "partitioning": {
-                "scheme": cfg.federated.partitioning,
-                "alpha": cfg.federated.dirichlet_alpha,
-                "classes_per_device": cfg.federated.classes_per_device,
-            },
-            "device_privacy": devices,
-            "local_test_accuracy": local_accuracy,
-        },
-        "randomness": randomness_summary(cfg),
-        "history": history,
-        "server_wall_seconds": time.perf_counter() - started,
-        "config": cfg.model_dump(),
-    }
-    summary["plots"] = ["rounds.png", "attacks.png", "reconstruction_grid.png"]
-    write_json(out / "summary.json", summary)
-    plot_rounds(history, tasks, out / "rounds.png")
-    plot_attacks(summary["methods"], out / "attacks.png")
-    plot_reconstruction_grid(
-        attack_data.evaluation.images, {f"{method}: {t}": r for t, r in recons.items()}, out / "reconstruction_grid.png"
-    )
-    (out / "report.md").write_text(render_report(summary))
-    return summary
+    every = fed.cfg.federated.audit_every
+    if audit and fed.cfg.audit.enabled and every and rnd % every == 0 and rnd < fed.cfg.federated.rounds:
+        fed.audits.append(interim_audit(fed, rnd))
+        JsonlWriter(fed.out / "audits.jsonl").write(fed.audits[-1])
+    fed.rows.append(row)
+    checkpoint(fed, rnd)
+    report(fed, row)
+
+
+def run_federated(
+    grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = True, resume: bool = False
+) -> dict[str, Any]:
+    fed = start(cfg, Path(out), resume)
+    if fed.round == 0:  # round 0: heads learn from the initial encoder's features before the first local round
+        train_heads(fed, query_features(grid, fed, sorted(grid.get_node_ids()), 0), 0)
+    for rnd in range(fed.round + 1, cfg.federated.rounds + 1):
+        run_round(grid, fed, rnd, audit)
+    return final_report(grid, fed, audit)

@@ -1,29 +1,44 @@
-"""Flower ServerApp: reads the experiment file named in the run config and runs the round loop."""
+"""Flower ServerApp: reads the experiment file named in the run config and runs the round loop.
+
+Run config: ``config-path`` (the validated experiment, JSON), ``out-dir`` (the run folder) and
+``resume`` (continue from the run folder's last checkpoint). Progress goes through the ``server``
+loggers to stdout, which ``flwr run --stream`` relays to the launcher.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from pathlib import Path
 
-logging.getLogger().addHandler(logging.NullHandler())  # before opacus' basicConfig
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
 
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
+from fl_metamorphosis.config import ExperimentConfig
 
-import torch  # noqa: E402
-from flwr.app import Context  # noqa: E402
-from flwr.serverapp import Grid, ServerApp  # noqa: E402
-
-from fl_metamorphosis.config import ExperimentConfig  # noqa: E402
-
-from .round_loop import run_federated  # noqa: E402
+from .round_loop import run_federated
 
 app = ServerApp()
 
 
+def _progress_to_stdout() -> None:
+    logger = logging.getLogger("server")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    _progress_to_stdout()
     cfg = ExperimentConfig.model_validate_json(Path(str(context.run_config["config-path"])).read_text())
     # Ray sets OMP_NUM_THREADS=1 for the driver; the server's own work (heads, evaluation, audit) may use
     # every core while the devices wait between rounds.
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
-    run_federated(grid, cfg, Path(str(context.run_config["out-dir"])))
+    resume = str(context.run_config.get("resume", False)).lower() == "true"
+    run_federated(grid, cfg, Path(str(context.run_config["out-dir"])), resume=resume)

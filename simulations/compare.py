@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_metamorphosis.audit.saved_run import server_seen_releases
+from fl_metamorphosis.checkpoint import latest_run
 from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
 from fl_metamorphosis.metrics import write_json
 from fl_metamorphosis.metrics.comparison import compare_methods, render_comparison
@@ -25,27 +26,11 @@ from fl_metamorphosis.training.central import machine_description
 
 from .simulate import APP_DIR, simulate
 
-# The comparison's own defaults (before the user's --set): 21 runs must fit in an hour on two cores, so
-# 10 rounds (federated MetaMorphosis: 0.89 / 0.90 after 10, 0.91 / 0.92 after 30, docs/federated.md).
-# The server still asks every device for 400 released features a round, as in `simulate`: the attacker
-# then learns on 44,000 rows, within the audit's step cap (audit.max_steps).
+# The comparison's own defaults (before the user's --set): every run must fit the hour on two cores, so
+# 10 rounds (what 10 rounds cost in accuracy against 30: docs/comparison.md, docs/federated.md).
 COMPARE_DEFAULTS = ["federated.rounds=10"]
-
-# Small enough for a test: 3 devices, 2 rounds, a few hundred pairs, a light audit.
-QUICK = [
-    "data.train_pairs=600",
-    "data.test_pairs=200",
-    "train.batch_size=64",
-    "federated.num_devices=3",
-    "federated.rounds=2",
-    "federated.feature_samples_per_device=60",
-    "federated.head_epochs=2",
-    "audit.attacker_samples=300",
-    "audit.eval_samples=150",
-    "audit.decoder_epochs=3",
-    "audit.probe_max_iter=10",
-    "audit.dcor_samples=100",
-]
+# --quick: the tiny federation shared with the tests.
+TINY_PRESET = APP_DIR / "configs" / "tiny.toml"
 
 
 def run_config(
@@ -65,15 +50,24 @@ def run_config(
 
 
 def _run(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None], app_dir: Path) -> dict[str, Any]:
-    """One simulate run, or the finished one already in ``out`` for the same experiment."""
+    """One simulate run: the finished one already in ``out`` for the same experiment, the interrupted one
+    resumed from its last checkpoint, or a new one."""
     summary_file = out / "summary.json"
     if summary_file.exists():
         done = json.loads(summary_file.read_text())
         if done.get("config") == cfg.model_dump() and "methods" in done:
             echo(f"  reusing the finished run in {out}")
             return done
+    config_file = out / "config.json"
+    resume = (
+        latest_run(out / "checkpoints") is not None
+        and config_file.exists()
+        and ExperimentConfig.model_validate_json(config_file.read_text()) == cfg
+    )
+    if resume:
+        echo(f"  resuming the interrupted run in {out}")
     started = time.perf_counter()
-    simulate(cfg, out, echo=echo, app_dir=app_dir)
+    simulate(cfg, out, echo=echo, app_dir=app_dir, resume=resume)
     summary = json.loads(summary_file.read_text())
     summary["launcher_wall_seconds"] = time.perf_counter() - started
     return summary

@@ -6,6 +6,12 @@ SuperLink), streams the run, then asks the SuperLink for the run's final status,
 ``flwr run --stream`` exits 0 even when the ServerApp crashed. Whatever happens (success, failure,
 Ctrl-C) it stops every process of the run: the detached SuperLink and everything it started, found by
 the ``FLWR_HOME`` in their environment.
+
+``resume=True`` continues the run in ``out`` from its last checkpoint (``--resume``): it first stops
+whatever a killed launcher left running in that folder, keeps the checkpoints and the simulated devices'
+state folders (``out/devices/<partition-id>``: their privacy ledgers), and tells the ServerApp to resume.
+A fresh run clears both. ``resumed_config`` rebuilds the run's own experiment; only the settings that
+cannot change what the finished rounds did (``RESUME_SAFE``) may be changed on resume.
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.checkpoint import latest_run, load_run
+from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower App: pyproject.toml's [tool.flwr.app]
+# Settings a resumed run may change: more (or fewer, not below those done) rounds, how often and how hard
+# the audit attacks, and how many cores the devices use. Everything else shaped the finished rounds.
+RESUME_SAFE = ("federated.rounds", "federated.audit_every", "federated.cpus_per_device", "train.threads", "audit.")
 
 
 class SimulationFailed(RuntimeError):
@@ -120,13 +130,45 @@ def _run_status(env: dict[str, str], run_id: int, cwd: Path) -> tuple[str, str]:
         return "unknown", (res.stdout + res.stderr)[-500:]
 
 
-def simulate(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = print, app_dir: Path = APP_DIR) -> Path:
-    """Run ``cfg`` as a Flower simulation of ``app_dir``; return the run folder or raise SimulationFailed."""
+def resumed_config(out: Path, overrides: list[str]) -> ExperimentConfig:
+    """The experiment of the run in ``out``, with ``overrides`` of the ``RESUME_SAFE`` settings only."""
+    config_file = Path(out) / "config.json"
+    if not config_file.exists():
+        raise ConfigError(f"--resume {out}: no config.json there; pass the run folder of an earlier `simulate`")
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not key.startswith(RESUME_SAFE):
+            raise ConfigError(
+                f"--set {key}: cannot change on --resume (the finished rounds ran with the saved value); "
+                f"settings that may change: {', '.join(RESUME_SAFE)}*. Start a new run to change it"
+            )
+    cfg = build_config(json.loads(config_file.read_text()), overrides)
+    last = latest_run(Path(out) / "checkpoints")
+    done = load_run(last).round if last else 0
+    if cfg.federated.rounds < done:
+        raise ConfigError(f"federated.rounds={cfg.federated.rounds}: the run already finished {done} rounds")
+    return cfg
+
+
+def simulate(
+    cfg: ExperimentConfig,
+    out: Path,
+    echo: Callable[[str], None] = print,
+    app_dir: Path = APP_DIR,
+    resume: bool = False,
+) -> Path:
+    """Run ``cfg`` as a Flower simulation of ``app_dir`` (``resume``: go on from ``out``'s last checkpoint);
+    return the run folder or raise SimulationFailed."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", "summary.json"):
-        (out / stale).unlink(missing_ok=True)
     home = out / ".flwr"
+    stop_processes(home)  # a launcher killed without cleaning up leaves its SuperLink running the run
+    (out / "summary.json").unlink(missing_ok=True)
+    if not resume:
+        for stale in ("checkpoints", "devices"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+        for stale in ("metrics.jsonl", "audits.jsonl"):
+            (out / stale).unlink(missing_ok=True)
     home.mkdir(exist_ok=True)
     (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     config_path = out / "config.json"
@@ -143,7 +185,7 @@ def simulate(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = pri
         "--federation-config",
         f"num-supernodes={fed.num_devices} client-resources-num-cpus={fed.cpus_per_device}",
         "--run-config",
-        f"config-path='{config_path}' out-dir='{out}'",
+        f"config-path='{config_path}' out-dir='{out}' resume={str(resume).lower()}",
     ]
     run_id = None
     previous_handler = None
@@ -162,7 +204,9 @@ def simulate(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = pri
                 log.flush()
                 if match := re.search(r"Successfully started run (\d+)", line):
                     run_id = int(match.group(1))
-                if line.startswith(("[round", "  round", "auditing", "Traceback")) or "Error" in line:
+                if line.startswith(("[round", "  round", "auditing", "resuming", "no complete", "Traceback")) or (
+                    "Error" in line
+                ):
                     echo(line.rstrip())
             proc.wait()
         if run_id is None:

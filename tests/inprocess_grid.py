@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
@@ -11,7 +12,13 @@ from flwr.supercore.task_identity import TaskIdentity
 
 
 class InProcessGrid(Grid):
-    def __init__(self, client_app, num_nodes: int, tamper: Callable[[int, Message], Message] | None = None):
+    def __init__(
+        self,
+        client_app,
+        num_nodes: int,
+        state_root: Path,
+        tamper: Callable[[int, Message], Message] | None = None,
+    ):
         self.client_app = client_app
         # Messages built outside a Flower runtime read the run's identity from here.
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
@@ -20,7 +27,12 @@ class InProcessGrid(Grid):
             node: Context(
                 run_id=1,
                 node_id=node,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                # each device's own state folder (its privacy ledger), as a real device's node config gives it
+                node_config={
+                    "partition-id": i,
+                    "num-partitions": num_nodes,
+                    "state-dir": str(Path(state_root) / str(i)),
+                },
                 state=RecordDict(),
                 run_config={},
             )

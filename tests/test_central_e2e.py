@@ -54,7 +54,7 @@ def test_tiny_central_run_writes_a_sane_summary(central_run):
         ("metamorphosis", 2),
     ]
     assert rows[1]["epsilon"] > rows[0]["epsilon"]  # spent cumulatively
-    for f in ("report.md", "training_curves.png", "reconstruction_grid.png", "model_metamorphosis.pt", "config.json"):
+    for f in ("report.md", "training_curves.png", "reconstruction_grid.png", "model_metamorphosis.ckpt", "config.json"):
         assert (out / f).stat().st_size > 0
     assert "| metamorphosis |" in (out / "report.md").read_text()
 

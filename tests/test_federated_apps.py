@@ -1,9 +1,8 @@
 """ClientApp handlers and the ServerApp round loop, run in-process through a test Grid (no SuperLink)."""
 
-import json
-
 import pytest
 import torch
+from conftest import TINY_OVERRIDES
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from inprocess_grid import InProcessGrid
@@ -11,27 +10,14 @@ from inprocess_grid import InProcessGrid
 from clients.client_app import app as client_app
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.federated.device import build_generator, joint_state
-from fl_metamorphosis.fl.partition import device_datasets, device_sources, train_sources
-from fl_metamorphosis.fl.records import config_record
+from fl_metamorphosis.federated.device_state import DeviceState
+from fl_metamorphosis.flower.messages import config_record
+from fl_metamorphosis.flower.partition import device_datasets, device_sources, train_sources
 from fl_metamorphosis.metrics import read_jsonl
 from fl_metamorphosis.model import build_heads
 from server.round_loop import run_federated
 
-FED_TINY = [
-    "data.train_pairs=600",
-    "data.test_pairs=200",
-    "train.batch_size=64",
-    "federated.num_devices=3",
-    "federated.rounds=2",
-    "federated.feature_samples_per_device=100",
-    "federated.head_epochs=2",
-    "audit.attacker_samples=200",
-    "audit.eval_samples=100",
-    "audit.decoder_epochs=2",
-    "audit.probe_max_iter=5",
-    "audit.dcor_samples=60",
-    'methods=["metamorphosis"]',
-]
+FED_TINY = [*TINY_OVERRIDES, 'methods=["metamorphosis"]']
 
 
 def _cfg(*extra):
@@ -55,10 +41,9 @@ def _train_message(cfg, rnd=1):
     return msg, gen
 
 
-def _context():
-    return Context(
-        run_id=1, node_id=101, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(), run_config={}
-    )
+def _context(state_dir):
+    node_config = {"partition-id": 0, "num-partitions": 3, "state-dir": str(state_dir)}
+    return Context(run_id=1, node_id=101, node_config=node_config, state=RecordDict(), run_config={})
 
 
 def test_partitions_are_disjoint_and_cover_the_train_digits():
@@ -70,23 +55,23 @@ def test_partitions_are_disjoint_and_cover_the_train_digits():
     assert len(train) == 200 and len(test) > 0
 
 
-def test_train_handler_reports_cumulative_epsilon_and_plain_weights():
+def test_train_handler_reports_cumulative_epsilon_and_plain_weights(tmp_path):
     cfg = _cfg()
-    context = _context()
+    context = _context(tmp_path)
     first = client_app(_train_message(cfg, 1)[0], context)
     second = client_app(_train_message(cfg, 2)[0], context)
     m1, m2 = first.content["metrics"], second.content["metrics"]
     assert m1["declined"] == 0 and 0 < m1["epsilon"] < m2["epsilon"]  # cumulative over the rounds taken part in
     assert not any(k.startswith("_module") for k in second.content["arrays"])
-    assert len(json.loads(context.state["privacy"]["history"])) == 1  # one accountant entry, steps summed
+    assert len(DeviceState.load(tmp_path).history.entries) == 1  # one accountant entry, steps summed
     assert m1["num-examples"] == 200
 
 
-def test_features_handler_sends_each_task_only_its_own_labels():
+def test_features_handler_sends_each_task_only_its_own_labels(tmp_path):
     cfg = _cfg()
     msg, _ = _train_message(cfg)
     msg.metadata.__dict__["_message_type"] = "query.features"
-    reply = client_app(msg, _context())
+    reply = client_app(msg, _context(tmp_path))
     data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
     assert set(reply.content.array_records) == {"task.left", "task.right"}
     for t, name in enumerate(["left", "right"]):
@@ -99,9 +84,9 @@ def test_features_handler_sends_each_task_only_its_own_labels():
     assert reply.content["metrics"]["releases-max"] == 1
 
 
-def test_features_handler_never_releases_a_pair_past_its_cap_and_keeps_the_count():
+def test_features_handler_never_releases_a_pair_past_its_cap_and_keeps_the_count(tmp_path):
     cfg = _cfg("feature_dp.max_releases_per_pair=1")
-    context = _context()
+    context = _context(tmp_path)
     rows = []
     for rnd in range(4):  # round 0, the 2 rounds, and one query more than the schedule
         msg, _ = _train_message(cfg, rnd)
@@ -113,22 +98,22 @@ def test_features_handler_never_releases_a_pair_past_its_cap_and_keeps_the_count
     assert reply.content["metrics"]["releases-total"] == 200
 
 
-def test_a_device_limit_in_its_node_config_bounds_the_servers_config():
+def test_a_device_limit_in_its_node_config_bounds_the_servers_config(tmp_path):
     cfg = _cfg("feature_dp.max_releases_per_pair=none")
-    context = _context()
+    context = _context(tmp_path)
     context.node_config["max-releases-per-pair"] = 1
     msg, _ = _train_message(cfg, 0)
     msg.metadata.__dict__["_message_type"] = "query.features"
     assert len(client_app(msg, context).content["task.left"]["labels"].numpy()) == 67  # not 100: capped at 1
 
 
-def test_task_records_are_shuffled_apart():
+def test_task_records_are_shuffled_apart(tmp_path):
     # rows of the two task records must not line up: the server cannot pair one task's features with
     # another task's labels by position
     cfg = _cfg("feature_dp.max_releases_per_pair=none", "federated.feature_samples_per_device=200")
     msg, _ = _train_message(cfg, 0)
     msg.metadata.__dict__["_message_type"] = "query.features"
-    reply = client_app(msg, _context())
+    reply = client_app(msg, _context(tmp_path))
     data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
     left, right = (reply.content[f"task.{n}"]["labels"].numpy() for n in ("left", "right"))
     # all 200 pairs released: as multisets the labels are the device's, but the row order differs per task
@@ -140,7 +125,7 @@ def test_task_records_are_shuffled_apart():
 @pytest.fixture(scope="module")
 def federated_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fed")
-    grid = InProcessGrid(client_app, 3)
+    grid = InProcessGrid(client_app, 3, out / "devices")
     summary = run_federated(grid, _cfg("federated.audit_every=1"), out)
     return out, summary, grid
 
@@ -152,7 +137,7 @@ def test_round_loop_writes_rows_checkpoints_and_summary(federated_run):
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["sampled"] == 3 and r["answered"] == 3 and r["aggregated"] for r in rows)
     assert rows[0]["epsilon_max"] < rows[1]["epsilon_max"] <= 8.0 + 0.05
-    assert (out / "checkpoints" / "round_002.pt").exists()
+    assert (out / "checkpoints" / "round_002.ckpt").exists()
     (interim,) = read_jsonl(out / "audits.jsonl")  # audit_every=1: round 1 audited, the last by the final audit
     assert interim["round"] == 1 and "left->right" in interim["cross_task_attack"]
     m = summary["methods"]["metamorphosis"]
@@ -185,7 +170,7 @@ def test_round_loop_writes_rows_checkpoints_and_summary(federated_run):
 @pytest.mark.slow
 def test_an_uncapped_run_composes_every_release_and_runs_the_averaging_attacker(tmp_path):
     cfg = _cfg("feature_dp.max_releases_per_pair=none", "federated.feature_samples_per_device=150")
-    summary = run_federated(InProcessGrid(client_app, 3), cfg, tmp_path)
+    summary = run_federated(InProcessGrid(client_app, 3, tmp_path / "devices"), cfg, tmp_path)
     m = summary["methods"]["metamorphosis"]
     k = summary["history"][-1]["releases_per_pair_max"]
     assert k == 3  # 3 queries of 150 of 200 pairs, least released first: ceil(450 / 200)
@@ -217,18 +202,18 @@ def _poison(kind):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nan", "missing"])
-def test_malformed_or_nan_update_is_rejected_and_the_round_goes_on(tmp_path, kind, capsys):
+def test_malformed_or_nan_update_is_rejected_and_the_round_goes_on(tmp_path, kind, caplog):
     cfg = _cfg("federated.rounds=1", "federated.min_train_devices=2")
-    run_federated(InProcessGrid(client_app, 3, tamper=_poison(kind)), cfg, tmp_path, audit=False)
+    run_federated(InProcessGrid(client_app, 3, tmp_path / "devices", tamper=_poison(kind)), cfg, tmp_path, audit=False)
     (row,) = read_jsonl(tmp_path / "metrics.jsonl")
     assert (row["answered"], row["rejected"], row["aggregated"]) == (2, 1, True)
-    assert "rejected reply of node 101" in capsys.readouterr().out
+    assert "rejected reply of node 101" in caplog.text
 
 
 @pytest.mark.slow
 def test_too_few_valid_replies_are_not_aggregated(tmp_path):
     cfg = _cfg("federated.rounds=1", "federated.min_train_devices=3")
-    run_federated(InProcessGrid(client_app, 3, tamper=_poison("nan")), cfg, tmp_path, audit=False)
+    run_federated(InProcessGrid(client_app, 3, tmp_path / "devices", tamper=_poison("nan")), cfg, tmp_path, audit=False)
     (row,) = read_jsonl(tmp_path / "metrics.jsonl")
     assert row["aggregated"] is False
 
@@ -242,7 +227,7 @@ def test_over_budget_devices_decline_and_are_never_aggregated(tmp_path):
         "federated.device_epsilon_budget=4.0",
         "federated.local_epochs=2",
     )
-    run_federated(InProcessGrid(client_app, 3), cfg, tmp_path, audit=False)
+    run_federated(InProcessGrid(client_app, 3, tmp_path / "devices"), cfg, tmp_path, audit=False)
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert rows[0]["declined"] == 0 and rows[0]["epsilon_max"] <= 4.0
     assert rows[1]["declined"] == 3 and rows[1]["answered"] == 0 and rows[1]["aggregated"] is False

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from fl_metamorphosis.federated import epsilon_of, planned_history, train_locally
+from fl_metamorphosis.federated import train_locally
 from fl_metamorphosis.federated.device import build_generator, split_state
 from fl_metamorphosis.model import build_heads
-from fl_metamorphosis.privacy import reference_epsilon
+from fl_metamorphosis.privacy import StepHistory, reference_epsilon
 from fl_metamorphosis.privacy.randomness import Randomness
 
 
@@ -19,7 +19,7 @@ def device_setup(tiny_cfg, tiny_split):
 
 def test_epsilon_is_cumulative_and_matches_one_accountant(device_setup):
     cfg, data, gen_w, head_w = device_setup
-    history, eps = [], []
+    history, eps = StepHistory(), []
     for rnd in range(3):
         up = train_locally(
             cfg,
@@ -36,17 +36,21 @@ def test_epsilon_is_cumulative_and_matches_one_accountant(device_setup):
         history, (gen_w, _) = up.history, split_state(up.weights)
         eps.append(up.epsilon)
     assert eps[0] < eps[1] < eps[2]  # grows with every round taken part in
-    ((sigma, q, steps),) = history  # same sigma and rate: one entry, steps summed
-    assert steps == 3 * (256 // 64)
-    assert eps[2] == pytest.approx(epsilon_of([(sigma, q, steps)], cfg.dp_sgd.delta))
+    ((sigma, q, steps),) = history.entries  # same sigma and rate: one entry, steps summed
+    assert steps == 3 * (256 // 64) and up.round_steps == 256 // 64
+    assert eps[2] == pytest.approx(StepHistory.of([(sigma, q, steps)]).epsilon(cfg.dp_sgd.delta))
     assert eps[2] == pytest.approx(reference_epsilon(sigma, q, steps, cfg.dp_sgd.delta), rel=0.02)
     assert not any(k.startswith("_module") for k in gen_w)
 
 
 def test_dp_trained_heads_change_and_frozen_heads_do_not(device_setup):
     cfg, data, gen_w, head_w = device_setup
-    frozen = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, Randomness.seeded(0), train_heads=False)
-    trained = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, Randomness.seeded(0), train_heads=True)
+    frozen = train_locally(
+        cfg, data, gen_w, head_w, StepHistory(), 1.0, 100.0, 1, Randomness.seeded(0), train_heads=False
+    )
+    trained = train_locally(
+        cfg, data, gen_w, head_w, StepHistory(), 1.0, 100.0, 1, Randomness.seeded(0), train_heads=True
+    )
     for up, moved in ((frozen, False), (trained, True)):
         _, heads = split_state(up.weights)
         assert any(not torch.equal(heads[k], head_w[k]) for k in head_w) is moved
@@ -56,7 +60,7 @@ def test_dp_trained_heads_change_and_frozen_heads_do_not(device_setup):
 def test_over_budget_device_declines_without_training(device_setup):
     cfg, data, gen_w, head_w = device_setup
     first = train_locally(
-        cfg, data, gen_w, head_w, [], 1.0, budget=100.0, local_epochs=1, randomness=Randomness.seeded(0)
+        cfg, data, gen_w, head_w, StepHistory(), 1.0, budget=100.0, local_epochs=1, randomness=Randomness.seeded(0)
     )
     declined = train_locally(
         cfg,
@@ -74,18 +78,11 @@ def test_over_budget_device_declines_without_training(device_setup):
     assert declined.history == first.history and declined.epsilon == pytest.approx(first.epsilon)
 
 
-def test_planned_history_merges_like_opacus():
-    assert planned_history([], 1.0, 0.1, 5) == [(1.0, 0.1, 5)]
-    assert planned_history([(1.0, 0.1, 5)], 1.0, 0.1, 5) == [(1.0, 0.1, 10)]
-    assert planned_history([(1.0, 0.1, 5)], 2.0, 0.1, 5) == [(1.0, 0.1, 5), (2.0, 0.1, 5)]
-    assert epsilon_of([], 1e-5) == 0.0
-
-
 def test_proximal_term_pulls_towards_the_global_weights(device_setup):
     cfg, data, gen_w, head_w = device_setup
 
     def drift(mu):
-        up = train_locally(cfg, data, gen_w, head_w, [], 1.0, 100.0, 1, Randomness.seeded(0), proximal_mu=mu)
+        up = train_locally(cfg, data, gen_w, head_w, StepHistory(), 1.0, 100.0, 1, Randomness.seeded(0), proximal_mu=mu)
         new, _ = split_state(up.weights)
         return sum(float((new[k] - gen_w[k]).norm()) for k in gen_w if k.endswith("weight"))
 

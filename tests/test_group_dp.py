@@ -10,8 +10,9 @@ from fl_metamorphosis.config import DPSGDConfig, build_config
 from fl_metamorphosis.federated import train_locally
 from fl_metamorphosis.federated.device import build_generator, privacy_plan
 from fl_metamorphosis.model import build_heads
-from fl_metamorphosis.privacy import make_private_groups, record_level, reference_epsilon
-from fl_metamorphosis.privacy.group_dp_sgd import group_of, group_target, pair_level
+from fl_metamorphosis.privacy import StepHistory, group_privacy, make_private_groups, reference_epsilon
+from fl_metamorphosis.privacy.accounting import calibrate_group_noise, group_target
+from fl_metamorphosis.privacy.group_dp_sgd import group_of
 from fl_metamorphosis.privacy.randomness import Randomness
 from fl_metamorphosis.training.trainer import group_loss, method_objective
 
@@ -53,14 +54,13 @@ def test_pair_level_epsilon_is_the_group_privacy_fixed_point_and_meets_the_targe
     cfg = DPSGDConfig(target_epsilon=8.0)
     eps_g, delta_g = group_target(cfg)
     assert eps_g == 4.0 and delta_g == pytest.approx(1e-5 / (2 * math.exp(4.0)))
-    from fl_metamorphosis.privacy.group_dp_sgd import calibrate_group_noise
 
     q, steps = 0.128, 70  # 16 of 125 groups a batch: 7 batches an epoch, 10 epochs
     sigma = calibrate_group_noise(cfg, q, steps)
-    pair = record_level([(sigma, q, steps)], 1e-5)
+    pair = StepHistory.of([(sigma, q, steps)]).epsilon(1e-5, grouped=True)
     assert pair == pytest.approx(8.0, abs=0.1)  # the steps taken spend the whole budget
     # the same conversion over dp-accounting's accountant agrees with Opacus'
-    reference = pair_level(lambda d: reference_epsilon(sigma, q, steps, d), 1e-5)
+    reference = group_privacy(lambda d: reference_epsilon(sigma, q, steps, d), 1e-5)
     assert reference == pytest.approx(pair, rel=0.02)
     # and it is more than the per-sample reading of the same steps (the price of the group unit)
     assert pair > reference_epsilon(sigma, q, steps, 1e-5)
@@ -75,13 +75,15 @@ def test_a_nopeek_device_trains_with_a_cumulative_pair_level_budget(tiny_overrid
     plan = privacy_plan(cfg, data)
     assert plan.grouped
     sigma = plan.noise_multiplier(2)
-    first = train_locally(cfg, data, gen.state_dict(), heads.state_dict(), [], sigma, 8.0, 1, Randomness.seeded(1))
+    first = train_locally(
+        cfg, data, gen.state_dict(), heads.state_dict(), StepHistory(), sigma, 8.0, 1, Randomness.seeded(1)
+    )
     second = train_locally(
         cfg, data, gen.state_dict(), heads.state_dict(), first.history, sigma, 8.0, 1, Randomness.seeded(2)
     )
     assert 0 < first.epsilon < second.epsilon <= 8.0 + 0.1
     assert second.epsilon > 7.8  # calibrated for the steps it takes: the budget is spent, not left over
-    assert second.epsilon == pytest.approx(record_level(second.history, cfg.dp_sgd.delta))
+    assert second.epsilon == pytest.approx(second.history.epsilon(cfg.dp_sgd.delta, grouped=True))
     spent = train_locally(
         cfg, data, gen.state_dict(), heads.state_dict(), second.history, sigma, 8.0, 1, Randomness.seeded(3)
     )

@@ -8,6 +8,7 @@ features as far from every clean feature as independent noise would.
 """
 
 import math
+import tempfile
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from test_federated_apps import _cfg, _train_message
 
 from clients.client_app import SIMULATION_ENV, SeededNoiseRefused
 from clients.client_app import app as client_app
-from fl_metamorphosis.fl.partition import device_datasets
+from fl_metamorphosis.flower.partition import device_datasets
 from fl_metamorphosis.privacy import clip_features
 from fl_metamorphosis.privacy.randomness import randomness_for
 
@@ -24,9 +25,9 @@ ALL_PAIRS = ["feature_dp.max_releases_per_pair=none", "federated.feature_samples
 
 
 def _context():
-    return Context(
-        run_id=1, node_id=101, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(), run_config={}
-    )
+    """A device of its own each call (a fresh state folder): no earlier reply to send again."""
+    node_config = {"partition-id": 0, "num-partitions": 3, "state-dir": tempfile.mkdtemp(prefix="device-")}
+    return Context(run_id=1, node_id=101, node_config=node_config, state=RecordDict(), run_config={})
 
 
 def _features(cfg, rnd=1):

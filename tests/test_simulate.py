@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import TINY_OVERRIDES
 
 from fl_metamorphosis.cli import main
 from fl_metamorphosis.config import build_config
@@ -14,20 +15,7 @@ from simulations.simulate import SimulationFailed, processes_of, simulate
 
 pytestmark = pytest.mark.slow
 
-SIM_TINY = [
-    "federated.num_devices=3",
-    "federated.rounds=2",
-    "data.train_pairs=900",
-    "data.test_pairs=300",
-    "train.batch_size=64",
-    "federated.feature_samples_per_device=100",
-    "federated.head_epochs=2",
-    "audit.attacker_samples=300",
-    "audit.eval_samples=150",
-    "audit.decoder_epochs=3",
-    "audit.probe_max_iter=10",
-    "audit.dcor_samples=100",
-]
+SIM_TINY = TINY_OVERRIDES
 
 
 def test_simulate_three_devices_two_rounds_writes_the_run_folder(tmp_path):
@@ -50,7 +38,7 @@ def test_simulate_three_devices_two_rounds_writes_the_run_folder(tmp_path):
     assert all(d["rounds_trained"] == 2 for d in devices.values())
     for name in ("report.md", "rounds.png", "attacks.png", "reconstruction_grid.png", "flower.log"):
         assert (out / name).stat().st_size > 0
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_001.pt", "round_002.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_001.ckpt", "round_002.ckpt"]
     assert processes_of((out / ".flwr").resolve()) == []  # SuperLink, simulation and Ray all stopped
 
 

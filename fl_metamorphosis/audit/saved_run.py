@@ -1,14 +1,14 @@
 """Audit a saved model (``metamorphosis audit RUN_OR_CHECKPOINT``) and export what a device would send.
 
-A run folder of ``central`` holds ``model_<method>.pt``; one of ``simulate`` holds
-``checkpoints/round_NNN.pt`` (the last one is audited). Every file carries its method and experiment,
-so the held-out set, the attacker's data and the release are rebuilt exactly as in the run.
+A run folder of ``central`` holds ``model_<method>.ckpt``; one of ``simulate`` holds
+``checkpoints/round_NNN.ckpt`` (the last one is audited). Every file carries its method and experiment,
+so the held-out set, the attacker's data and the release are rebuilt exactly as in the run. Files are
+read through ``fl_metamorphosis/checkpoint.py`` (weights only: a file never runs code).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import CheckpointError, latest_run, load_model
 from ..config import ConfigError, ExperimentConfig, build_config
 from ..data import MultiTaskDataset, load_dataset
 from ..model import FeatureGenerator, build_heads
@@ -42,15 +43,15 @@ def _model_files(path: Path) -> tuple[list[Path], bool]:
     if path.is_file():
         return [path], path.parent.name == "checkpoints"
     if not path.is_dir():
-        raise ConfigError(f"{str(path)!r} does not exist: pass a run folder or a .pt checkpoint")
-    rounds = sorted((path / "checkpoints").glob("round_*.pt"))
-    if rounds:
-        return [rounds[-1]], True
-    models = sorted(path.glob("model_*.pt"))
+        raise ConfigError(f"{str(path)!r} does not exist: pass a run folder or a .ckpt checkpoint")
+    last = latest_run(path / "checkpoints")
+    if last is not None:
+        return [last], True
+    models = sorted(path.glob("model_*.ckpt"))
     if models:
         return models, False
     raise ConfigError(
-        f"{str(path)!r} holds no model_<method>.pt and no checkpoints/round_NNN.pt: "
+        f"{str(path)!r} holds no model_<method>.ckpt and no checkpoints/round_NNN.ckpt: "
         "pass the run folder of `metamorphosis central` or `simulate`, or one checkpoint file"
     )
 
@@ -59,21 +60,17 @@ def load_saved(path: Path) -> list[SavedModel]:
     files, federated = _model_files(Path(path))
     models = []
     for file in files:
-        blob = torch.load(file, map_location="cpu", weights_only=False)
-        if not isinstance(blob, dict) or "generator" not in blob or "config" not in blob:
-            raise ConfigError(
-                f"{str(file)!r} is not a checkpoint of this version (needs 'generator', 'heads', 'config'): "
-                "re-run the experiment, or pass a newer run"
-            )
-        cfg = build_config(blob["config"])
-        name = re.fullmatch(r"model_(.+)\.pt", file.name)
-        method = blob.get("method") or (name.group(1) if name else cfg.methods[-1])
+        try:
+            method, config, generator_state, heads_state = load_model(file)
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from None
+        cfg = build_config(config)
         data = load_dataset(cfg.data, cfg.train.seed).test
         num_classes = [t.num_classes for t in data.tasks]
         generator = FeatureGenerator(method, data.image_shape, len(data.tasks), cfg.model, num_classes)
-        generator.load_state_dict(blob["generator"])
+        generator.load_state_dict(generator_state)
         heads = build_heads(generator.feature_shape, num_classes, cfg.model)
-        heads.load_state_dict(blob["heads"])
+        heads.load_state_dict(heads_state)
         models.append(SavedModel(method, cfg, generator.eval(), heads.eval(), file, federated))
     return models
 
@@ -143,7 +140,7 @@ def write_audit(source: Path, out: Path, export: Path | None = None, attacker_sa
     models = load_saved(source)
     members = None
     if models[0].federated:
-        from ..fl.partition import federated_training_pairs
+        from ..flower.partition import federated_training_pairs
 
         members = federated_training_pairs
     run_summary = _run_summary(source)

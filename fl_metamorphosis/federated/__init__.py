@@ -1,5 +1,5 @@
-"""Federated building blocks without Flower: device rounds, update checks, server-side heads."""
+"""Federated building blocks without Flower: device rounds, device state, update checks, server-side heads."""
 
-from .device import LocalUpdate, epsilon_of, planned_history, train_locally
+from .device import LocalUpdate, train_locally
 
-__all__ = ["LocalUpdate", "epsilon_of", "planned_history", "train_locally"]
+__all__ = ["LocalUpdate", "train_locally"]

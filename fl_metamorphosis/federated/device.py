@@ -1,7 +1,7 @@
 """One device's part of a federated round, without Flower: local DP-SGD with a cumulative budget.
 
-The device keeps its accountant history across rounds (a Flower ClientApp stores it in
-``context.state``), so its epsilon is cumulative over every round it took part in. Before training it
+The device keeps its accountant history across rounds (the ClientApp stores it in the device's state
+folder, ``device_state.py``), so its epsilon is cumulative over every round it took part in. Before training it
 computes the epsilon it WOULD have after this round; if that exceeds its budget it declines, so no update
 past the budget ever leaves the device.
 """
@@ -14,58 +14,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import DPSGDConfig, ExperimentConfig
+from ..config import ExperimentConfig
 from ..data import MultiTaskDataset
 from ..model import FeatureGenerator, build_heads
-from ..privacy import (
-    calibrate_noise_multiplier,
-    history_epsilon,
-    make_private,
-    make_private_groups,
-    record_level,
-    release,
-)
-from ..privacy.group_dp_sgd import GroupLoader, calibrate_group_noise
+from ..privacy import DevicePrivacyPlan, StepHistory, make_private, make_private_groups, release
+from ..privacy.group_dp_sgd import GroupLoader
 from ..privacy.randomness import Randomness
 from ..training.trainer import method_feature_dp, method_objective, run_epoch, run_group_epoch
-
-History = list[tuple[float, float, int]]
-
-
-epsilon_of = history_epsilon  # a device's spent epsilon: the same Opacus accountant it trains with
-
-
-def planned_history(history: History, noise_multiplier: float, sample_rate: float, steps: int) -> History:
-    """The history after ``steps`` more steps (what the accountant will hold if the device trains)."""
-    out = [tuple(h) for h in history]
-    if out and out[-1][0] == noise_multiplier and out[-1][1] == sample_rate:
-        out[-1] = (noise_multiplier, sample_rate, out[-1][2] + steps)
-    elif steps:
-        out.append((noise_multiplier, sample_rate, steps))
-    return out
-
-
-@dataclass(frozen=True)
-class DevicePrivacyPlan:
-    """How a device's DP-SGD samples and accounts: per pair (Opacus' per-sample clipping), or per group of
-    pairs for methods whose loss is a batch statistic (nopeek; ``privacy/group_dp_sgd.py``)."""
-
-    grouped: bool
-    sample_rate: float
-    steps_per_epoch: int
-    cfg: DPSGDConfig
-
-    def epsilon(self, history: History) -> float:
-        """Pair-level epsilon of an accountant history."""
-        if self.grouped:
-            return record_level(history, self.cfg.delta, self.cfg.accountant)
-        return epsilon_of(history, self.cfg.delta, self.cfg.accountant)
-
-    def noise_multiplier(self, epochs: int) -> float:
-        """Calibrated so that ``epochs`` of these steps spend the target epsilon (pair level)."""
-        if self.grouped:
-            return calibrate_group_noise(self.cfg, self.sample_rate, epochs * self.steps_per_epoch)
-        return calibrate_noise_multiplier(self.cfg, self.sample_rate, epochs)
 
 
 def privacy_plan(cfg: ExperimentConfig, data: MultiTaskDataset) -> DevicePrivacyPlan:
@@ -85,7 +40,8 @@ class LocalUpdate:
     num_examples: int
     train_loss: float
     epsilon: float  # cumulative, after this round
-    history: History = field(default_factory=list)
+    history: StepHistory = field(default_factory=StepHistory)
+    round_steps: int = 0  # DP-SGD steps taken this round
     declined: str | None = None  # why the device did not train
 
 
@@ -131,7 +87,7 @@ def train_locally(
     data: MultiTaskDataset,
     generator_weights: dict[str, torch.Tensor],
     head_weights: dict[str, torch.Tensor],
-    history: History,
+    history: StepHistory,
     noise_multiplier: float,
     budget: float,
     local_epochs: int,
@@ -150,11 +106,11 @@ def train_locally(
     method = cfg.methods[-1]
     batch = min(cfg.train.batch_size, len(data))
     plan = privacy_plan(cfg, data)
-    after = planned_history(history, noise_multiplier, plan.sample_rate, local_epochs * plan.steps_per_epoch)
+    after = history.extended(noise_multiplier, plan.sample_rate, local_epochs * plan.steps_per_epoch)
     spent, would_be = plan.epsilon(history), plan.epsilon(after)
     if would_be > budget:
         reason = f"budget: epsilon {spent:.3f} spent, {would_be:.3f} after this round > budget {budget:.3f}"
-        return LocalUpdate(None, 0, 0.0, spent, list(history), declined=reason)
+        return LocalUpdate(None, 0, 0.0, spent, history, declined=reason)
 
     generator = build_generator(cfg, data)
     generator.load_state_dict(generator_weights)
@@ -194,7 +150,8 @@ def train_locally(
         for _ in range(local_epochs):
             loss = run_group_epoch(grouped, heads, objective, feature_dp, None, randomness, after_step)
         weights = {k: v.detach().clone() for k, v in joint_state(generator, heads).items()}
-        return LocalUpdate(weights, len(data), loss, plan.epsilon(grouped.history), grouped.history)
+        taken = grouped.history.steps - history.steps
+        return LocalUpdate(weights, len(data), loss, plan.epsilon(grouped.history), grouped.history, taken)
 
     loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
     private = make_private(
@@ -217,7 +174,8 @@ def train_locally(
             )
     weights = {k: v.detach().clone() for k, v in joint_state(generator, heads).items()}
     # the plan's (cached) accountant: the same Opacus accountant and history the engine holds
-    return LocalUpdate(weights, len(data), loss, plan.epsilon(private.history), private.history)
+    after = private.history
+    return LocalUpdate(weights, len(data), loss, plan.epsilon(after), after, after.steps - history.steps)
 
 
 def _joint_epoch(private, heads: nn.ModuleList, adversary, objective, after_step) -> float:

@@ -2,7 +2,7 @@
 
 from .plots import plot_attacks, plot_reconstruction_grid, plot_rounds, plot_training_curves
 from .report import render_report
-from .writer import JsonlWriter, read_jsonl, write_json
+from .writer import JsonlWriter, read_jsonl, write_json, write_jsonl
 
 __all__ = [
     "JsonlWriter",
@@ -13,4 +13,5 @@ __all__ = [
     "read_jsonl",
     "render_report",
     "write_json",
+    "write_jsonl",
 ]

@@ -1,21 +1,34 @@
-"""Weight-level DP-SGD (Opacus) and feature-level DP (clip + noise of released features)."""
+"""Weight-level DP-SGD (Opacus), feature-level DP (clip + noise of released features), and the one
+accounting module (``accounting.py``) every epsilon comes from."""
 
-from .dp_sgd import PrivateTraining, calibrate_noise_multiplier, history_epsilon, make_private, reference_epsilon
+from .accounting import (
+    DevicePrivacyPlan,
+    ServerLedger,
+    StepHistory,
+    calibrate_noise_multiplier,
+    group_privacy,
+    history_epsilon,
+    reference_epsilon,
+)
+from .dp_sgd import PrivateTraining, make_private
 from .feature_noise import FeatureDPReport, account_release, clip_features, gaussian_epsilon, release
-from .group_dp_sgd import PrivateGroupTraining, make_private_groups, record_level
+from .group_dp_sgd import PrivateGroupTraining, make_private_groups
 
 __all__ = [
+    "DevicePrivacyPlan",
     "FeatureDPReport",
     "PrivateGroupTraining",
     "PrivateTraining",
+    "ServerLedger",
+    "StepHistory",
     "account_release",
     "calibrate_noise_multiplier",
     "clip_features",
     "gaussian_epsilon",
+    "group_privacy",
     "history_epsilon",
     "make_private",
     "make_private_groups",
-    "record_level",
     "reference_epsilon",
     "release",
 ]

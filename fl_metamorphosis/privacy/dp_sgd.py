@@ -2,7 +2,7 @@
 
 The noise multiplier is either given or calibrated ONCE to a target epsilon for the planned number of
 steps (Opacus' ``get_noise_multiplier``); epsilon is then read from the accountant that saw the real
-steps. ``reference_epsilon`` recomputes it with Google's dp-accounting as an independent check.
+steps (``accounting.py`` holds every epsilon computation, and the dp-accounting cross-check).
 
 The noise and the Poisson sampling come from the caller's ``Randomness`` (``privacy/randomness.py``),
 never from torch's global generator: Opacus draws both from it by default, and a device that seeds it
@@ -12,25 +12,18 @@ from anything the server knows hands the server its noise. ``SecretNoiseDPOptimi
 
 from __future__ import annotations
 
-import functools
-import logging
 from dataclasses import dataclass
 
-# opacus calls logging.basicConfig() on import; give the root logger a handler first so lines don't double.
-logging.getLogger().addHandler(logging.NullHandler())
+from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from torch import nn, optim
+from torch.utils.data import DataLoader
 
-import dp_accounting  # noqa: E402
-from opacus import PrivacyEngine  # noqa: E402
-from opacus.accountants import create_accountant  # noqa: E402
-from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
-from opacus.data_loader import DPDataLoader  # noqa: E402
-from opacus.optimizers import DPOptimizer  # noqa: E402
-from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed  # noqa: E402
-from torch import nn, optim  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from ..config import DPSGDConfig  # noqa: E402
-from .randomness import Randomness  # noqa: E402
+from ..config import DPSGDConfig
+from .accounting import StepHistory, calibrate_noise_multiplier
+from .randomness import Randomness
 
 
 class SecretNoiseDPOptimizer(DPOptimizer):
@@ -83,24 +76,9 @@ class PrivateTraining:
         return float(self.engine.get_epsilon(self.delta)) if self.engine.accountant.history else 0.0
 
     @property
-    def history(self) -> list[tuple[float, float, int]]:
+    def history(self) -> StepHistory:
         """The accountant's (noise multiplier, sample rate, steps) entries: all it needs to resume."""
-        return [tuple(h) for h in self.engine.accountant.history]
-
-
-def calibrate_noise_multiplier(cfg: DPSGDConfig, sample_rate: float, epochs: int) -> float:
-    """The configured noise multiplier, or the one that reaches ``target_epsilon`` after ``epochs``."""
-    if cfg.noise_multiplier is not None:
-        return cfg.noise_multiplier
-    return float(
-        get_noise_multiplier(
-            target_epsilon=cfg.target_epsilon,
-            target_delta=cfg.delta,
-            sample_rate=sample_rate,
-            epochs=epochs,
-            accountant=cfg.accountant,
-        )
-    )
+        return StepHistory.from_accountant(self.engine.accountant)
 
 
 def make_private(
@@ -110,7 +88,7 @@ def make_private(
     cfg: DPSGDConfig,
     epochs: int,
     noise_multiplier: float | None = None,
-    history: list[tuple[float, float, int]] | None = None,
+    history: StepHistory | None = None,
     *,
     randomness: Randomness,
 ) -> PrivateTraining:
@@ -123,10 +101,8 @@ def make_private(
     sample_rate = 1 / len(loader)
     sigma = noise_multiplier if noise_multiplier is not None else calibrate_noise_multiplier(cfg, sample_rate, epochs)
     engine = _DevicePrivacyEngine(accountant=cfg.accountant, randomness=randomness)
-    if history:
-        engine.accountant.load_state_dict(
-            {"history": [tuple(h) for h in history], "mechanism": engine.accountant.mechanism()}
-        )
+    if history is not None:
+        history.load_into(engine.accountant)
     poisson = DPDataLoader.from_data_loader(loader, generator=randomness.generator())
     private_module, private_opt, private_loader = engine.make_private(
         module=module,
@@ -139,29 +115,3 @@ def make_private(
     )
     private_module.forbid_grad_accumulation()
     return PrivateTraining(private_module, private_opt, private_loader, engine, sigma, sample_rate, cfg.delta)
-
-
-def reference_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """Epsilon of ``steps`` Poisson-subsampled Gaussian steps by dp-accounting's RDP accountant."""
-    event = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), steps
-    )
-    accountant = dp_accounting.rdp.RdpAccountant()
-    accountant.compose(event)
-    return float(accountant.get_epsilon(delta))
-
-
-def history_epsilon(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
-    """Epsilon at ``delta`` of an Opacus accountant history (0 for no steps)."""
-    return _history_epsilon(tuple(tuple(h) for h in history), delta, accountant)
-
-
-@functools.lru_cache(maxsize=4096)
-def _history_epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
-    # Cached: an RDP evaluation takes about 50 ms, devices read it several times a message, and every
-    # device of an IID federation (many share one simulated process) holds the same history each round.
-    if not history:
-        return 0.0
-    acc = create_accountant(accountant)
-    acc.load_state_dict({"history": list(history), "mechanism": acc.mechanism()})
-    return float(acc.get_epsilon(delta))

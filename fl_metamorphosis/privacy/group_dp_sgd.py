@@ -14,29 +14,26 @@ influence. Here the unit is a group instead:
 
 The accountant's guarantee is for adding or removing a whole group. Adding or removing one pair CHANGES
 one group, which is a distance of 2 at the group level; by group privacy, a group-level (e, d)
-guarantee gives (2e, 2 exp(e) d) for one pair. ``record_level`` does that conversion, and the noise is
-calibrated so that the pair-level result meets the same (epsilon, delta) target as the per-sample runs.
+guarantee gives (2e, 2 exp(e) d) for one pair. ``accounting.group_privacy`` does that conversion, and the
+noise is calibrated so that the pair-level result meets the same (epsilon, delta) target as the per-sample runs.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from opacus import GradSampleModule
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn, optim
 
 from ..config import DPSGDConfig
 from ..data import MultiTaskDataset
-from .dp_sgd import SecretNoiseDPOptimizer, history_epsilon
+from .accounting import StepHistory, calibrate_group_noise
+from .dp_sgd import SecretNoiseDPOptimizer
 from .randomness import Randomness
-
-History = list[tuple[float, float, int]]
 
 
 def group_of(images: torch.Tensor, num_groups: int, key: int) -> torch.Tensor:
@@ -44,33 +41,6 @@ def group_of(images: torch.Tensor, num_groups: int, key: int) -> torch.Tensor:
     pixels = (images.flatten(1) * 255).round().to(torch.int64)
     weights = torch.randint(1, 2**31 - 1, (pixels.shape[1],), generator=torch.Generator().manual_seed(key))
     return ((pixels * weights).sum(1) % 2_147_483_647) % num_groups
-
-
-def group_target(cfg: DPSGDConfig) -> tuple[float, float]:
-    """The group-level (epsilon, delta) whose pair-level conversion (``record_level``) is the target."""
-    eps = cfg.target_epsilon / 2
-    return eps, cfg.delta / (2 * math.exp(eps))
-
-
-def pair_level(epsilon_at: Callable[[float], float], delta: float) -> float:
-    """Pair-level epsilon at ``delta`` from a group-level accountant (``epsilon_at(group_delta)``), by
-    group privacy (k = 2): a group-level (e, d) guarantee gives (2e, 2 exp(e) d) for one pair. d depends
-    on e, so e is the fixed point of ``e = epsilon_at(delta / (2 exp(e)))`` (increasing iterates)."""
-    e = epsilon_at(delta / 2)
-    for _ in range(100):
-        nxt = epsilon_at(delta / (2 * math.exp(e)))
-        if abs(nxt - e) < 1e-9:
-            break
-        e = nxt
-    return 2 * e
-
-
-def record_level(history: History, delta: float, accountant: str = "rdp") -> float:
-    """Pair-level epsilon at ``delta`` of a group-level Opacus accountant history."""
-    if not history:
-        return 0.0
-    # the fixed point asks for the same deltas every time for one history: the cached evaluations hit
-    return pair_level(lambda d: history_epsilon(history, d, accountant), delta)
 
 
 @dataclass
@@ -123,7 +93,7 @@ class PrivateGroupTraining:
     optimizer: DPOptimizer
     loader: GroupLoader
     noise_multiplier: float
-    history: History
+    history: StepHistory  # counted here: one step per call, at the group sample rate
     cfg: DPSGDConfig
 
     def step(self, loss: torch.Tensor, batch: GroupBatch) -> None:
@@ -141,14 +111,10 @@ class PrivateGroupTraining:
                 pooled.index_add_(0, batch.group, per_pair)
             p.grad_sample = pooled  # an empty batch still takes a noise-only step, as the analysis assumes
         self.optimizer.step()
-        sigma, q = self.noise_multiplier, self.loader.sample_rate
-        if self.history and self.history[-1][:2] == (sigma, q):
-            self.history[-1] = (sigma, q, self.history[-1][2] + 1)
-        else:
-            self.history.append((sigma, q, 1))
+        self.history = self.history.extended(self.noise_multiplier, self.loader.sample_rate, 1)
 
     def epsilon(self) -> float:
-        return record_level(self.history, self.cfg.delta, self.cfg.accountant)
+        return self.history.epsilon(self.cfg.delta, self.cfg.accountant, grouped=True)
 
 
 def make_private_groups(
@@ -161,7 +127,7 @@ def make_private_groups(
     groups_per_batch: int,
     group_key: int,
     noise_multiplier: float | None = None,
-    history: History | None = None,
+    history: StepHistory | None = None,
     *,
     randomness: Randomness,
 ) -> PrivateGroupTraining:
@@ -180,18 +146,6 @@ def make_private_groups(
         expected_batch_size=max(1, groups_per_batch),
         loss_reduction="sum",
     )
-    return PrivateGroupTraining(wrapped, dp_opt, loader, noise_multiplier, [tuple(h) for h in history or []], cfg)
-
-
-def calibrate_group_noise(cfg: DPSGDConfig, sample_rate: float, steps: int) -> float:
-    """The noise that spends the group-level target in exactly ``steps`` steps. Counted in steps, not
-    epochs: a loader of q = 16/125 takes floor(1/q) = 7 batches an epoch, not the 7.8 that Opacus' epoch
-    form assumes, and calibrating for steps never taken would leave budget unspent (epsilon 7.5 of 8)."""
-    if cfg.noise_multiplier is not None:
-        return cfg.noise_multiplier
-    eps, delta = group_target(cfg)
-    return float(
-        get_noise_multiplier(
-            target_epsilon=eps, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant=cfg.accountant
-        )
+    return PrivateGroupTraining(
+        wrapped, dp_opt, loader, noise_multiplier, history if history is not None else StepHistory(), cfg
     )

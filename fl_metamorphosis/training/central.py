@@ -6,6 +6,7 @@ Everything lands in the run folder as it happens: ``metrics.jsonl`` (a row per e
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from ..audit import AttackData, audit_model, label_only_floor
+from ..checkpoint import save_model
 from ..config import ConfigError, ExperimentConfig
 from ..data import load_dataset
 from ..metrics import (
@@ -135,15 +137,8 @@ def run_central(cfg: ExperimentConfig, out: Path, on_epoch: EpochCallback | None
         audit, recons = audit_model(model, attack_data, cfg.audit, floors, cfg.train.seed)
         methods[method] = method_summary(model, audit, len(tasks))
         grid_rows.update({f"{method}: {t}": r for t, r in recons.items()})
-        torch.save(
-            {
-                "method": method,
-                "generator": model.generator.state_dict(),
-                "heads": model.heads.state_dict(),
-                "config": cfg.model_dump(),
-            },
-            out / f"model_{method}.pt",
-        )
+        config = json.loads(cfg.model_dump_json())
+        save_model(out / f"model_{method}.ckpt", method, model.generator.state_dict(), model.heads.state_dict(), config)
 
     summary = {
         "summary_version": SUMMARY_VERSION,

@@ -16,8 +16,7 @@ from ..data import TrainTestSplit
 from ..losses import Objective
 from ..methods import method_spec
 from ..model import FeatureGenerator, build_heads
-from ..privacy import PrivateGroupTraining, make_private, make_private_groups, reference_epsilon, release
-from ..privacy.group_dp_sgd import pair_level
+from ..privacy import PrivateGroupTraining, make_private, make_private_groups, release
 from ..privacy.randomness import Randomness, randomness_for
 from .inference import evaluate
 
@@ -204,14 +203,12 @@ def train_method(
             on_epoch(row)
 
     if private is not None:
-        steps = sum(h[2] for h in private.history)
+        steps = private.history.steps
         q = private.loader.sample_rate if grouped else private.sample_rate
         result.dp_sgd = {
             "enabled": True,
             "epsilon": private.epsilon(),
-            "epsilon_dp_accounting": dp_accounting_epsilon(
-                private.noise_multiplier, q, steps, cfg.dp_sgd.delta, grouped
-            ),
+            "epsilon_dp_accounting": private.history.epsilon_dp_accounting(cfg.dp_sgd.delta, grouped=grouped),
             "delta": cfg.dp_sgd.delta,
             "noise_multiplier": private.noise_multiplier,
             "sample_rate": q,
@@ -226,16 +223,6 @@ def train_method(
     result.generator = _unwrapped_copy(generator)
     result.wall_seconds = time.perf_counter() - started
     return result
-
-
-def dp_accounting_epsilon(sigma: float, sample_rate: float, steps: int, delta: float, grouped: bool) -> float:
-    """The same steps re-accounted with dp-accounting's RDP accountant (a second, independent accountant);
-    per group of pairs, through the same group-privacy conversion."""
-    if not steps:
-        return 0.0
-    if grouped:
-        return pair_level(lambda d: reference_epsilon(sigma, sample_rate, steps, d), delta)
-    return reference_epsilon(sigma, sample_rate, steps, delta)
 
 
 def _unwrapped_copy(generator: FeatureGenerator) -> FeatureGenerator:

@@ -1,1 +1,0 @@
-"""The thin Flower-side adapter of the library (flwr-datasets partitioning, record conversion)."""

@@ -1,0 +1,1 @@
+"""Everything in the library that imports Flower: the device protocol (typed messages), flwr-datasets partitioning."""

@@ -1,0 +1,243 @@
+"""The device protocol: every record name, config key and metric key, and the three replies as types.
+
+The ClientApp builds its replies with ``to_record`` and the ServerApp reads them with ``from_record``, so
+both sides share one definition. A reply carries ``PROTOCOL_VERSION``; one of another version, or with a
+missing or unexpected record or field, is rejected by ``from_record`` with a ``MessageError`` naming it.
+
+Train replies keep the shape Flower's strategies aggregate: exactly one ArrayRecord (``arrays``) and one
+MetricRecord (``metrics``, weighted by ``num-examples``); a device that declines sends a ConfigRecord
+(``status``) with its reason instead of the arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from ..config import ExperimentConfig
+
+PROTOCOL_VERSION = 1
+
+# message types (the ClientApp's handlers)
+TRAIN, FEATURES, EVALUATE = "train", "query.features", "evaluate"
+# record names
+ARRAYS, CONFIG, METRICS, STATUS, TASK_PREFIX = "arrays", "config", "metrics", "status", "task."
+# request config keys (``proximal-mu`` is Flower's FedProx key)
+EXPERIMENT, SERVER_ROUND, PROXIMAL_MU = "experiment", "server-round", "proximal-mu"
+
+
+class MessageError(ValueError):
+    """A reply that does not follow the protocol; the message names the record or field."""
+
+
+def config_record(cfg: ExperimentConfig, **extra: int | float | str | bool) -> ConfigRecord:
+    """The experiment travels with every request, so a real device needs no config file of its own."""
+    return ConfigRecord({EXPERIMENT: cfg.model_dump_json(), **extra})
+
+
+def experiment_from(record: ConfigRecord) -> ExperimentConfig:
+    return ExperimentConfig.model_validate_json(str(record[EXPERIMENT]))
+
+
+def request_digest(message_type: str, content: RecordDict) -> str:
+    """SHA-256 over a request's kind and every record's bytes: equal digests, identical requests."""
+    h = hashlib.sha256(message_type.encode())
+    for name, record in sorted(content.array_records.items()):
+        for key, array in sorted(record.items()):
+            h.update(f"\0a{name}/{key}/{array.dtype}/{array.shape}\0".encode())
+            h.update(array.data)
+    for name, record in sorted({**content.config_records, **content.metric_records}.items()):
+        for key, value in sorted(record.items()):
+            h.update(f"\0c{name}/{key}={value!r}".encode())
+    return h.hexdigest()
+
+
+def _numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value)
+
+
+def _check_fields(what: str, found: set[str], expected: set[str]) -> None:
+    missing, extra = sorted(expected - found), sorted(found - expected)
+    if missing:
+        raise MessageError(
+            f"{what}: missing field {missing[0]!r}" + (f" (and {len(missing) - 1} more)" * (len(missing) > 1))
+        )
+    if extra:
+        raise MessageError(
+            f"{what}: unexpected field {extra[0]!r}" + (f" (and {len(extra) - 1} more)" * (len(extra) > 1))
+        )
+
+
+def _check_records(what: str, content: RecordDict, expected: set[str]) -> None:
+    found = set(content.array_records) | set(content.metric_records) | set(content.config_records)
+    missing, extra = sorted(expected - found), sorted(found - expected)
+    if missing:
+        raise MessageError(f"{what}: missing record {missing[0]!r}")
+    if extra:
+        raise MessageError(f"{what}: unexpected record {extra[0]!r}")
+
+
+def _metrics(what: str, content: RecordDict, expected: set[str]) -> MetricRecord:
+    if METRICS not in content.metric_records:
+        raise MessageError(f"{what}: missing record {METRICS!r}")
+    metrics = content.metric_records[METRICS]
+    if "protocol" in metrics and int(metrics["protocol"]) != PROTOCOL_VERSION:
+        raise MessageError(
+            f"{what}: protocol version {int(metrics['protocol'])}, this side speaks {PROTOCOL_VERSION}: "
+            "run the same fl-metamorphosis version on the server and the devices"
+        )
+    _check_fields(what, set(metrics), expected | {"protocol"})
+    return metrics
+
+
+@dataclass
+class TrainReply:
+    device: int
+    num_examples: int
+    train_loss: float
+    epsilon: float  # cumulative, after this round (the device's own accountant)
+    noise_multiplier: float
+    sample_rate: float
+    steps: int  # cumulative DP-SGD steps
+    round_steps: int  # steps taken this round
+    grouped: bool  # accounted per group of pairs (group privacy converts to one pair)
+    declined: str | None = None
+    weights: dict[str, np.ndarray | torch.Tensor] | None = None  # None when declined
+
+    FIELDS = {
+        "device", "num-examples", "train-loss", "epsilon", "noise-multiplier", "sample-rate", "steps",
+        "round-steps", "grouped", "declined",
+    }  # fmt: skip
+
+    def to_record(self) -> RecordDict:
+        metrics = MetricRecord(
+            {
+                "protocol": PROTOCOL_VERSION,
+                "device": self.device,
+                "num-examples": self.num_examples,
+                "train-loss": self.train_loss,
+                "epsilon": self.epsilon,
+                "noise-multiplier": self.noise_multiplier,
+                "sample-rate": self.sample_rate,
+                "steps": self.steps,
+                "round-steps": self.round_steps,
+                "grouped": int(self.grouped),
+                "declined": int(self.declined is not None),
+            }
+        )
+        content = RecordDict({METRICS: metrics})
+        if self.declined is not None:
+            content[STATUS] = ConfigRecord({"declined": self.declined})
+        else:
+            content[ARRAYS] = ArrayRecord({k: Array(_numpy(v)) for k, v in (self.weights or {}).items()})
+        return content
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> TrainReply:
+        m = _metrics("train reply", content, cls.FIELDS)
+        declined = bool(int(m["declined"]))
+        _check_records("train reply", content, {METRICS, STATUS if declined else ARRAYS})
+        return cls(
+            device=int(m["device"]),
+            num_examples=int(m["num-examples"]),
+            train_loss=float(m["train-loss"]),
+            epsilon=float(m["epsilon"]),
+            noise_multiplier=float(m["noise-multiplier"]),
+            sample_rate=float(m["sample-rate"]),
+            steps=int(m["steps"]),
+            round_steps=int(m["round-steps"]),
+            grouped=bool(int(m["grouped"])),
+            declined=str(content[STATUS]["declined"]) if declined else None,
+            weights=None if declined else {k: v.numpy() for k, v in content[ARRAYS].items()},
+        )
+
+
+@dataclass
+class FeaturesReply:
+    device: int
+    releases_max: int  # the most any one of the device's pairs has been released, this reply included
+    releases_total: int
+    tasks: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # name -> (features, labels)
+
+    FIELDS = {"device", "num-examples", "releases-max", "releases-total"}
+
+    @property
+    def num_examples(self) -> int:
+        return len(next(iter(self.tasks.values()))[0]) if self.tasks else 0
+
+    def to_record(self) -> RecordDict:
+        metrics = {
+            "protocol": PROTOCOL_VERSION,
+            "device": self.device,
+            "num-examples": self.num_examples,
+            "releases-max": self.releases_max,
+            "releases-total": self.releases_total,
+        }
+        content = RecordDict({METRICS: MetricRecord(metrics)})
+        for name, (features, labels) in self.tasks.items():
+            content[TASK_PREFIX + name] = ArrayRecord(
+                {"features": Array(_numpy(features)), "labels": Array(_numpy(labels))}
+            )
+        return content
+
+    @classmethod
+    def from_record(cls, content: RecordDict, task_names: list[str]) -> FeaturesReply:
+        m = _metrics("features reply", content, cls.FIELDS)
+        _check_records("features reply", content, {METRICS, *(TASK_PREFIX + t for t in task_names)})
+        tasks = {}
+        for name in task_names:
+            record = content[TASK_PREFIX + name]
+            _check_fields(f"features reply, record {TASK_PREFIX + name!r}", set(record), {"features", "labels"})
+            features = torch.tensor(record["features"].numpy())
+            labels = torch.tensor(record["labels"].numpy())
+            if len(features) != int(m["num-examples"]) or len(labels) != len(features):
+                raise MessageError(
+                    f"features reply, record {TASK_PREFIX + name!r}: {len(features)} features and {len(labels)} "
+                    f"labels, num-examples says {int(m['num-examples'])}"
+                )
+            tasks[name] = (features, labels)
+        return cls(int(m["device"]), int(m["releases-max"]), int(m["releases-total"]), tasks)
+
+
+@dataclass
+class EvaluateReply:
+    device: int
+    num_examples: int
+    accuracy: dict[str, float]  # task -> accuracy on the device's local test pairs
+
+    def to_record(self) -> RecordDict:
+        metrics = {f"accuracy.{t}": a for t, a in self.accuracy.items()}
+        metrics.update({"protocol": PROTOCOL_VERSION, "device": self.device, "num-examples": self.num_examples})
+        return RecordDict({METRICS: MetricRecord(metrics)})
+
+    @classmethod
+    def from_record(cls, content: RecordDict, task_names: list[str]) -> EvaluateReply:
+        expected = {"device", "num-examples", *(f"accuracy.{t}" for t in task_names)}
+        m = _metrics("evaluate reply", content, expected)
+        _check_records("evaluate reply", content, {METRICS})
+        return cls(int(m["device"]), int(m["num-examples"]), {t: float(m[f"accuracy.{t}"]) for t in task_names})
+
+
+def to_payload(content: RecordDict) -> dict[str, Any]:
+    """A reply as tensors and plain values (what a device keeps on disk to send it again)."""
+    return {
+        "arrays": {n: {k: torch.tensor(v.numpy()) for k, v in r.items()} for n, r in content.array_records.items()},
+        "metrics": {n: dict(r) for n, r in content.metric_records.items()},
+        "configs": {n: dict(r) for n, r in content.config_records.items()},
+    }
+
+
+def from_payload(payload: dict[str, Any]) -> RecordDict:
+    content = RecordDict()
+    for name, arrays in payload["arrays"].items():
+        content[name] = ArrayRecord({k: Array(_numpy(v)) for k, v in arrays.items()})
+    for name, metrics in payload["metrics"].items():
+        content[name] = MetricRecord(metrics)
+    for name, configs in payload["configs"].items():
+        content[name] = ConfigRecord(configs)
+    return content

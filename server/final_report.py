@@ -1,0 +1,128 @@
+"""The stages after the rounds (and the interim audit): evaluation on the devices, audit, summary, report.
+
+The attacker learns from at least as many released rows as the server has received so far, and its
+data, like the label-only floors, is drawn once per row count and reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from flwr.serverapp import Grid
+
+from fl_metamorphosis.audit import AttackData, audit_model, label_only_floor
+from fl_metamorphosis.flower import messages as proto
+from fl_metamorphosis.flower.partition import federated_training_pairs
+from fl_metamorphosis.metrics import plot_attacks, plot_reconstruction_grid, plot_rounds, render_report, write_json
+from fl_metamorphosis.training import TrainedModel
+from fl_metamorphosis.training.central import (
+    SUMMARY_VERSION,
+    machine_description,
+    method_summary,
+    randomness_summary,
+)
+
+if TYPE_CHECKING:
+    from .round_loop import Federation
+
+log = logging.getLogger(__name__)
+REPLY_TIMEOUT_S = 3600.0
+
+
+def attack_data(fed: Federation) -> tuple[AttackData, dict[str, float]]:
+    rows = max(fed.cfg.audit.attacker_samples, fed.ledger.rows_received)
+    if fed.cache.get("attack_rows") != rows:
+        # members for the membership attack: the devices' own training pairs
+        data = AttackData.draw(fed.split, fed.cfg.audit, fed.cfg.train.seed, rows, federated_training_pairs(fed.cfg))
+        fed.cache.update(
+            attack_rows=rows, attack=data, floors=label_only_floor(data, fed.cfg.audit, fed.cfg.train.seed)
+        )
+    return fed.cache["attack"], fed.cache["floors"]
+
+
+def interim_audit(fed: Federation, rnd: int) -> dict[str, Any]:
+    data, floors = attack_data(fed)
+    model = TrainedModel(fed.method, fed.generator, fed.heads, fed.feature_dp)
+    figures, _ = audit_model(model, data, fed.cfg.audit, floors, fed.cfg.train.seed, fed.ledger.max_releases_per_pair)
+    return {"round": rnd, **{k: figures[k] for k in ("tasks", "cross_task_attack", "reconstruction")}}
+
+
+def evaluate_on_devices(grid: Grid, fed: Federation) -> dict[str, float]:
+    """The final model on the devices' own held-out pairs, weighted by their size."""
+    rounds = fed.cfg.federated.rounds
+    messages = fed.strategy.configure_evaluate(rounds, fed.arrays(), proto.config_record(fed.cfg), grid)
+    replies = []
+    for reply in grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S):
+        try:
+            if reply.has_error():
+                raise proto.MessageError(reply.error.reason)
+            proto.EvaluateReply.from_record(reply.content, fed.tasks)
+            replies.append(reply)
+        except (proto.MessageError, KeyError, TypeError, ValueError) as err:
+            log.warning(f"  evaluate: node {reply.metadata.src_node_id} failed: {err}")
+    local = fed.strategy.aggregate_evaluate(rounds, replies) if replies else None
+    return {k.removeprefix("accuracy."): float(v) for k, v in (local or {}).items() if k.startswith("accuracy.")}
+
+
+def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
+    cfg, out, ledger = fed.cfg, fed.out, fed.ledger
+    local_accuracy = evaluate_on_devices(grid, fed)
+    log.info(f"device-side evaluation (local test pairs): {local_accuracy}")
+    wall = time.perf_counter() - fed.started
+    model = TrainedModel(fed.method, fed.generator, fed.heads, fed.feature_dp, fed.rows, wall_seconds=wall)
+    devices = ledger.summary()
+    model.dp_sgd = {
+        "enabled": cfg.dp_sgd.enabled,
+        "epsilon": ledger.max_epsilon,  # the worst device: budgets compose per device, not on average
+        "epsilon_mean": ledger.mean_epsilon,
+        "delta": cfg.dp_sgd.delta,
+        "budget": cfg.federated.device_epsilon_budget,
+        "devices_reporting": len(devices),
+        "accountant": cfg.dp_sgd.accountant,
+        "epsilon_dp_accounting_max": max((d["epsilon_dp_accounting"] for d in devices.values()), default=0.0),
+        "epsilon_max_relative_difference": ledger.max_relative_difference(devices),
+        "devices_whose_state_was_lost": sorted(int(d) for d in ledger.disagreements),
+    }
+    if not (audit and cfg.audit.enabled):  # rounds only (tests of the bookkeeping, timing runs)
+        summary = {"command": "simulate", "history": fed.rows, "audited": False, "dp_sgd": model.dp_sgd}
+        write_json(out / "summary.json", {**summary, "server_wall_seconds": time.perf_counter() - fed.started})
+        return summary
+    k = ledger.max_releases_per_pair
+    log.info(f"auditing the final model: {ledger.rows_received} released rows received, most releases of one pair {k}")
+    data, floors = attack_data(fed)
+    figures, recons = audit_model(model, data, cfg.audit, floors, cfg.train.seed, k)
+    figures["attacker"]["server_saw_releases"] = ledger.rows_received
+    summary = {
+        "summary_version": SUMMARY_VERSION,
+        "command": "simulate",
+        "machine": machine_description(),
+        "tasks": fed.tasks,
+        "data": {"name": cfg.data.name, "train": cfg.data.train_pairs, "test": len(fed.split.test)},
+        "methods": {fed.method: method_summary(model, figures, len(fed.tasks), releases_per_pair=k)},
+        "federated": {
+            "strategy": cfg.federated.strategy.model_dump(),
+            "devices": cfg.federated.num_devices,
+            "rounds": cfg.federated.rounds,
+            "partitioning": {
+                "scheme": cfg.federated.partitioning,
+                "alpha": cfg.federated.dirichlet_alpha,
+                "classes_per_device": cfg.federated.classes_per_device,
+            },
+            "device_privacy": devices,
+            "local_test_accuracy": local_accuracy,
+        },
+        "randomness": randomness_summary(cfg),
+        "history": fed.rows,
+        "server_wall_seconds": time.perf_counter() - fed.started,
+        "config": cfg.model_dump(),
+        "plots": ["rounds.png", "attacks.png", "reconstruction_grid.png"],
+    }
+    write_json(out / "summary.json", summary)
+    plot_rounds(fed.rows, fed.tasks, out / "rounds.png")
+    plot_attacks(summary["methods"], out / "attacks.png")
+    grid_rows = {f"{fed.method}: {t}": r for t, r in recons.items()}
+    plot_reconstruction_grid(data.evaluation.images, grid_rows, out / "reconstruction_grid.png")
+    (out / "report.md").write_text(render_report(summary))
+    return summary
