@@ -86,7 +86,13 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
         "devices_whose_state_was_lost": sorted(int(d) for d in ledger.disagreements),
     }
     if not (audit and cfg.audit.enabled):  # rounds only (tests of the bookkeeping, timing runs)
-        summary = {"command": "simulate", "history": fed.rows, "audited": False, "dp_sgd": model.dp_sgd}
+        summary = {
+            "command": "simulate",
+            "history": fed.rows,
+            "audited": False,
+            "dp_sgd": model.dp_sgd,
+            "device_privacy": devices,
+        }
         write_json(out / "summary.json", {**summary, "server_wall_seconds": time.perf_counter() - fed.started})
         return summary
     k = ledger.max_releases_per_pair

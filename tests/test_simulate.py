@@ -2,7 +2,11 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +86,47 @@ def test_a_crashing_server_app_fails_the_command_and_leaves_no_process(tmp_path)
         simulate(cfg, out, echo=lambda _line: None, app_dir=app)
     assert processes_of((out / ".flwr").resolve()) == []
     assert os.path.getsize(Path(out) / "flower.log") > 0
+
+
+def _simulate_args(out, *extra):
+    args = ["simulate", "--out", str(out)]
+    for item in [*SIM_TINY, "federated.rounds=4", "audit.enabled=false", *extra]:
+        args += ["--set", item]
+    return args
+
+
+def test_a_simulation_killed_after_round_2_resumes_to_the_uninterrupted_figures(tmp_path):
+    out = tmp_path / "killed"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "fl_metamorphosis.cli", *_simulate_args(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while not (out / "checkpoints" / "round_002.ckpt").exists():
+        assert launcher.poll() is None and time.monotonic() < deadline, "the run died before round 2"
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGKILL)  # no clean-up of any kind: its SuperLink and Ray go on running
+    launcher.wait()
+    assert (out / "summary.json").exists() is False
+    assert main(["simulate", "--resume", str(out)]) == 0  # stops the orphans first, then goes on
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]  # one row per round: no duplicate, no gap
+    assert processes_of((out / ".flwr").resolve()) == []  # nothing of either launch left behind
+
+    whole = tmp_path / "whole"
+    assert main(_simulate_args(whole)) == 0
+    resumed = json.loads((out / "summary.json").read_text())["device_privacy"]
+    uninterrupted = json.loads((whole / "summary.json").read_text())["device_privacy"]
+    assert len(resumed) == 3
+    for device, figures in uninterrupted.items():  # each device's epsilon: exactly the same
+        assert resumed[device]["epsilon"] == figures["epsilon"] and resumed[device]["steps"] == figures["steps"]
+    assert rows[-1]["epsilon_max"] == read_jsonl(whole / "metrics.jsonl")[-1]["epsilon_max"]
+
+
+def test_resume_refuses_a_change_to_a_setting_the_finished_rounds_used(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(build_config(None, SIM_TINY).model_dump_json())
+    assert main(["simulate", "--resume", str(tmp_path), "--set", "dp_sgd.target_epsilon=4"]) == 2
+    assert "cannot change on --resume" in capsys.readouterr().err
+    assert main(["simulate", "--resume", str(tmp_path / "absent")]) == 2
