@@ -4,7 +4,10 @@ Opacus calls ``logging.basicConfig()`` when imported: with no handler on the roo
 one, and every log line then prints twice next to Flower's own handler. A ``NullHandler`` first makes
 that call a no-op. The warnings filtered are notices that repeat every round and carry no action for a
 user: Opacus' secure-RNG and RDP alpha-range notices, and the full-backward-hook notice Opacus triggers on
-the first layer, whose input (the image) needs no gradient.
+the first layer, whose input (the image) needs no gradient. Two loggers are raised to ERROR: Opacus'
+data loader says at every round that it ignores ``drop_last`` (Poisson sampling has no last batch), and
+dp-accounting says when it drops an RDP order whose series did not converge (dropping an order can only
+loosen the bound it reports, never tighten it).
 """
 
 from __future__ import annotations
@@ -20,3 +23,5 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", module="opacus")
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+    for name in ("opacus.data_loader", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)

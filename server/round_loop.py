@@ -1,11 +1,12 @@
 """The federated round loop (ServerApp side), as named stages over the library.
 
 A round: ``sample`` devices (the strategy's own sampling and train messages: global encoder +
-Cross-SEC weights, the frozen heads, the experiment) -> ``check_replies`` (protocol, tensors, the
-privacy ledger) -> ``aggregate`` (the strategy's rule) -> ``query_features`` (released task features of
-the devices that answered) -> ``train_heads`` (head t on task t's features only) -> ``evaluate`` (the
-server's held-out set) -> ``checkpoint`` (the whole run state, atomically) -> ``report`` (a metrics row
-and a log line). ``run_federated`` is the loop over them; a resumed run starts from the last checkpoint.
+Cross-SEC weights, the frozen heads, the experiment) -> ``train`` (send, collect) -> ``check_replies``
+(protocol, tensors, the privacy ledger) -> ``aggregate`` (the strategy's rule) -> ``query_features``
+(released task features of the devices that answered) -> ``train_heads`` (head t on task t's features
+only) -> ``evaluate`` (the server's held-out set) -> ``checkpoint`` (the whole run state, atomically) ->
+``report`` (a metrics row and a log line). ``run_federated`` is the loop over them; a resumed run starts
+from the last checkpoint.
 
 The checkpoint is written before the round's metrics row: a crash between the two loses nothing, since
 a resumed run rewrites ``metrics.jsonl`` from the checkpoint's rows (no duplicate, no gap).
@@ -121,7 +122,12 @@ def sample(grid: Grid, fed: Federation, rnd: int) -> list[Message]:
     return list(fed.strategy.configure_train(rnd, fed.arrays(), proto.config_record(fed.cfg), grid))
 
 
-def check_replies(fed: Federation, replies, rnd: int) -> SortedReplies:
+def train(grid: Grid, messages: list[Message]) -> list[Message]:
+    """Send the train messages; the replies that arrive (devices that fail or time out send none)."""
+    return list(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S))
+
+
+def check_replies(fed: Federation, replies: list[Message], rnd: int) -> SortedReplies:
     """Protocol and tensor checks, then the ledger: every well-formed report is counted (the update left
     the device whether or not it is aggregated), and an update the server's count puts past the budget
     is not aggregated."""
@@ -236,7 +242,7 @@ def report(fed: Federation, row: dict[str, Any]) -> None:
 def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
     t0 = time.perf_counter()
     messages = sample(grid, fed, rnd)
-    replies = check_replies(fed, grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S), rnd)
+    replies = check_replies(fed, train(grid, messages), rnd)
     aggregated = aggregate(fed, rnd, replies)
     answered = [m.metadata.src_node_id for m in replies.valid]
     train_heads(fed, query_features(grid, fed, answered or sorted(grid.get_node_ids()), rnd), rnd)

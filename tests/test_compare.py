@@ -61,3 +61,28 @@ def test_quick_sweep_plots_utility_and_attacks_against_the_spent_epsilon(tmp_pat
     assert rows[0]["value"] == rows[0]["feature_epsilon"] > rows[1]["value"] > 0
     assert set(rows[0]["attack"]) == {"left->right", "right->left"}
     assert (out / "sweep.png").stat().st_size > 0
+
+
+def test_compare_resumes_an_interrupted_run_and_starts_a_changed_one_afresh(tmp_path, monkeypatch):
+    from fl_metamorphosis.checkpoint import RunCheckpoint, save_run
+    from fl_metamorphosis.config import build_config
+    from simulations import compare as compare_module
+
+    cfg = build_config(None, ["federated.rounds=3"])
+    calls = []
+
+    def fake_simulate(run_cfg, out, echo, app_dir, resume):
+        calls.append(resume)
+        (out / "summary.json").write_text(json.dumps({"methods": {}, "config": run_cfg.model_dump()}))
+
+    monkeypatch.setattr(compare_module, "simulate", fake_simulate)
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "config.json").write_text(cfg.model_dump_json())
+    save_run(out / "checkpoints", RunCheckpoint(1, "metamorphosis", {}, {}, {}))  # killed after round 1
+    compare_module._run(cfg, out, lambda _line: None, compare_module.APP_DIR)
+    compare_module._run(cfg, out, lambda _line: None, compare_module.APP_DIR)  # finished now: reused
+    other = build_config(None, ["federated.rounds=4"])
+    (out / "summary.json").unlink()
+    compare_module._run(other, out, lambda _line: None, compare_module.APP_DIR)  # another experiment
+    assert calls == [True, False]

@@ -65,6 +65,7 @@ def test_a_crashing_server_app_fails_the_command_and_leaves_no_process(tmp_path)
         [tool.flwr.app.config]
         config-path = ""
         out-dir = ""
+        resume = false
     """)
     )
     (app / "crashapp" / "apps.py").write_text(
