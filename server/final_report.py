@@ -92,6 +92,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
             "audited": False,
             "dp_sgd": model.dp_sgd,
             "device_privacy": devices,
+            "resumed_from_round": fed.resumed_from,
         }
         write_json(out / "summary.json", {**summary, "server_wall_seconds": time.perf_counter() - fed.started})
         return summary
@@ -121,7 +122,8 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
         },
         "randomness": randomness_summary(cfg),
         "history": fed.rows,
-        "server_wall_seconds": time.perf_counter() - fed.started,
+        "server_wall_seconds": time.perf_counter() - fed.started,  # this process's part of the run
+        "resumed_from_round": fed.resumed_from,
         "config": cfg.model_dump(),
         "plots": ["rounds.png", "attacks.png", "reconstruction_grid.png"],
     }

@@ -62,6 +62,7 @@ class Federation:
     rows: list[dict[str, Any]] = field(default_factory=list)
     audits: list[dict[str, Any]] = field(default_factory=list)
     round: int = 0  # the last complete round
+    resumed_from: int | None = None  # the checkpoint's round, when this process resumed the run
     started: float = field(default_factory=time.perf_counter)
     cache: dict[str, Any] = field(default_factory=dict)  # the audit's attacker data and floors
 
@@ -111,7 +112,7 @@ def start(cfg: ExperimentConfig, out: Path, resume: bool) -> Federation:
     load_strategy_state(fed.strategy, ckpt.strategy)
     fed.ledger.load_state_dict(ckpt.ledger)
     restore_rng(ckpt.rng)
-    fed.rows, fed.audits, fed.round = ckpt.rows, ckpt.audits, ckpt.round
+    fed.rows, fed.audits, fed.round, fed.resumed_from = ckpt.rows, ckpt.audits, ckpt.round, ckpt.round
     write_jsonl(out / "metrics.jsonl", fed.rows)  # exactly the rounds the checkpoint holds
     write_jsonl(out / "audits.jsonl", fed.audits)
     log.info(f"resuming after round {ckpt.round} of {cfg.federated.rounds} ({last.name})")

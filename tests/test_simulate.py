@@ -118,7 +118,9 @@ def test_a_simulation_killed_after_round_2_resumes_to_the_uninterrupted_figures(
 
     whole = tmp_path / "whole"
     assert main(_simulate_args(whole)) == 0
-    resumed = json.loads((out / "summary.json").read_text())["device_privacy"]
+    resumed_summary = json.loads((out / "summary.json").read_text())
+    assert resumed_summary["resumed_from_round"] >= 2  # from a checkpoint, not from scratch
+    resumed = resumed_summary["device_privacy"]
     uninterrupted = json.loads((whole / "summary.json").read_text())["device_privacy"]
     assert len(resumed) == 3
     for device, figures in uninterrupted.items():  # each device's epsilon: exactly the same
