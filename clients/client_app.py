@@ -5,9 +5,11 @@ DP-trained, ``federated.device_heads``; cumulative budget), ``query.features`` (
 noised task features of a local sample, each task in its own record) and ``evaluate`` (local test
 accuracy of the global model). Replies are the protocol's types (``fl_metamorphosis/flower/messages.py``).
 
-The device's privacy state (DP-SGD step history, noise multiplier, release counts) lives in its own
-state folder (``federated/device_state.py``): node config ``state-dir`` on a real device, the run
-folder's ``devices/<partition-id>`` in a simulation. Each handler writes it before its reply leaves, so a
+A board reads its data from its own folder (node config ``data-dir``, written by ``deploy
+prepare-data``); a simulated device builds its partition of the configured dataset. The device's privacy
+state (DP-SGD step history, noise multiplier, release counts) lives in its own state folder
+(``federated/device_state.py``): node config ``state-dir`` on a real device, the run folder's
+``devices/<partition-id>`` in a simulation. Each handler writes it before its reply leaves, so a
 restarted device keeps counting. The ``replay_repeated_requests`` mod answers a request identical to the
 last one of its kind with the same reply (a server that resumed after a crash asks for its lost round
 again): one release sent twice counts once.
@@ -33,6 +35,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.data.device_folder import read_device_folder
 from fl_metamorphosis.federated import train_locally
 from fl_metamorphosis.federated.device import build_generator, privacy_plan, split_state
 from fl_metamorphosis.federated.device_state import DeviceState
@@ -67,6 +70,8 @@ except (OSError, AttributeError):
 
 SIMULATION_ENV = "METAMORPHOSIS_SIMULATION"  # set by the simulate launcher in the devices' environment
 STATE_DIR = "state-dir"  # node config: the device's own state folder (its privacy ledger)
+DATA_DIR = "data-dir"  # node config: the device's own data folder (``deploy prepare-data``)
+THREADS = "threads"  # node config: torch threads the device may use
 
 # Purposes of the seeded streams (randomness.source = "seeded" only): one stream per handler and round.
 _TRAIN, _FEATURES, _EVALUATE = 1, 2, 3
@@ -112,7 +117,14 @@ app = ClientApp(mods=[release_memory, replay_repeated_requests])
 
 
 def _local_data(cfg: ExperimentConfig, context: Context):
+    """(device id, train pairs, test pairs): a board's own folder (node config ``data-dir``), or the
+    simulated partition ``partition-id`` of the configured dataset."""
+    if context.node_config.get(THREADS):
+        torch.set_num_threads(int(context.node_config[THREADS]))
     device = int(context.node_config["partition-id"])
+    folder = context.node_config.get(DATA_DIR)
+    if folder:
+        return device, *read_device_folder(Path(str(folder)))
     return device, *device_datasets(cfg.data, cfg.federated, device, cfg.train.seed)
 
 

@@ -36,6 +36,8 @@ from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower App: pyproject.toml's [tool.flwr.app]
 # Settings a resumed run may change: more (or fewer, not below those done) rounds, how often and how hard
 # the audit attacks, and how many cores the devices use. Everything else shaped the finished rounds.
+# the ServerApp's log lines the launcher shows (the rest is in flower.log)
+PROGRESS = ("[round", "  round", "auditing", "resuming", "no complete", "device-side", "Traceback")
 RESUME_SAFE = ("federated.rounds", "federated.audit_every", "federated.cpus_per_device", "train.threads", "audit.")
 
 
@@ -114,9 +116,9 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _run_status(env: dict[str, str], run_id: int, cwd: Path) -> tuple[str, str]:
+def _run_status(env: dict[str, str], run_id: int, cwd: Path, connection: str) -> tuple[str, str]:
     res = subprocess.run(
-        ["flwr", "ls", "local", "--run-id", str(run_id), "--format", "json"],
+        ["flwr", "ls", connection, "--run-id", str(run_id), "--format", "json"],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -128,6 +130,42 @@ def _run_status(env: dict[str, str], run_id: int, cwd: Path) -> tuple[str, str]:
         return str(run["status"]), str(run.get("status-details", ""))
     except (json.JSONDecodeError, KeyError, IndexError):
         return "unknown", (res.stdout + res.stderr)[-500:]
+
+
+def run_flower(cmd: list[str], env: dict[str, str], out: Path, connection: str, echo: Callable[[str], None]) -> int:
+    """Run ``flwr run ... --stream`` from ``out``, log it to ``out/flower.log``, echo the progress lines, and
+    raise ``SimulationFailed`` unless the run finished completed with a ``summary.json``; return its id.
+    ``flwr run --stream`` exits 0 even when the ServerApp crashed: the final status is asked for."""
+    run_id = None
+    try:
+        # cwd outside the app: Flower runs the apps in the SuperLink's cwd and would import live sources there.
+        with (
+            (out / "flower.log").open("w") as log,
+            subprocess.Popen(
+                cmd, env=env, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            ) as proc,
+        ):
+            for line in proc.stdout:  # type: ignore[union-attr]
+                log.write(line)
+                log.flush()
+                if match := re.search(r"Successfully started run (\d+)", line):
+                    run_id = int(match.group(1))
+                if line.startswith(PROGRESS) or "Error" in line:
+                    echo(line.rstrip())
+            proc.wait()
+        if run_id is None:
+            raise SimulationFailed(f"flwr run did not start a run (exit {proc.returncode}); see {out / 'flower.log'}")
+        status, details = _run_status(env, run_id, out, connection)
+        if status != "finished:completed":
+            raise SimulationFailed(f"run {run_id} ended {status}: {details}; full log in {out / 'flower.log'}")
+        if not (out / "summary.json").exists():
+            raise SimulationFailed(f"run {run_id} completed but wrote no summary.json; see {out / 'flower.log'}")
+        return run_id
+    except KeyboardInterrupt:
+        if run_id is not None:
+            stop = ["flwr", "stop", str(run_id), connection]
+            subprocess.run(stop, env=env, cwd=out, capture_output=True, timeout=60)
+        raise
 
 
 def resumed_config(out: Path, overrides: list[str]) -> ExperimentConfig:
@@ -187,40 +225,12 @@ def simulate(
         "--run-config",
         f"config-path='{config_path}' out-dir='{out}' resume={str(resume).lower()}",
     ]
-    run_id = None
     previous_handler = None
     if threading.current_thread() is threading.main_thread():  # a killed launcher still cleans up
         previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        # cwd outside the app: Flower runs the apps in the SuperLink's cwd and would import live sources there.
-        with (
-            (out / "flower.log").open("w") as log,
-            subprocess.Popen(
-                cmd, env=env, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-            ) as proc,
-        ):
-            for line in proc.stdout:  # type: ignore[union-attr]
-                log.write(line)
-                log.flush()
-                if match := re.search(r"Successfully started run (\d+)", line):
-                    run_id = int(match.group(1))
-                if line.startswith(("[round", "  round", "auditing", "resuming", "no complete", "Traceback")) or (
-                    "Error" in line
-                ):
-                    echo(line.rstrip())
-            proc.wait()
-        if run_id is None:
-            raise SimulationFailed(f"flwr run did not start a run (exit {proc.returncode}); see {out / 'flower.log'}")
-        status, details = _run_status(env, run_id, out)
-        if status != "finished:completed":
-            raise SimulationFailed(f"run {run_id} ended {status}: {details}; full log in {out / 'flower.log'}")
-        if not (out / "summary.json").exists():
-            raise SimulationFailed(f"run {run_id} completed but wrote no summary.json; see {out / 'flower.log'}")
+        run_flower(cmd, env, out, "local", echo)
         return out
-    except KeyboardInterrupt:
-        if run_id is not None:
-            subprocess.run(["flwr", "stop", str(run_id), "local"], env=env, cwd=out, capture_output=True, timeout=60)
-        raise
     finally:
         stop_processes(home)
         shutil.rmtree(ray_tmp, ignore_errors=True)

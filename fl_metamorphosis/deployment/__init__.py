@@ -1,0 +1,1 @@
+"""Real devices: TLS certificates, device keys and device data folders (no Flower import here)."""
