@@ -3,6 +3,7 @@
 metamorphosis central [--config FILE] [--set key=value ...] [--out DIR]
 metamorphosis simulate [--config FILE] [--set key=value ...] [--out DIR]
 metamorphosis simulate --resume RUN_DIR [--set federated.rounds=N ...]
+metamorphosis deploy {certs,server,device-key,register,unregister,device,prepare-data,run} ...
 metamorphosis audit RUN_OR_CHECKPOINT [--out DIR] [--export FILE.npz] [--attacker-samples N]
 metamorphosis compare [--config FILE] [--set key=value ...] [--out DIR] [--methods M ...] [--seeds S ...]
                       [--quick] [--sweep KEY=V1,V2 ...]
@@ -60,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--sweep", action="append", default=[], metavar="KEY=V1,V2", help="e.g. dp_sgd.target_epsilon=2,4,8"
     )
+    from .cli_deploy import add_parser as add_deploy_parser
+
+    add_deploy_parser(sub)
     audit = sub.add_parser("audit", help="run every attack on a saved run or checkpoint; export released features")
     audit.add_argument("source", type=Path, help="run folder of central/simulate, or a .ckpt checkpoint")
     audit.add_argument("--out", type=Path, help="where audit.json, report.md and plots go (default SOURCE/audit)")
@@ -172,7 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        commands = {"simulate": _simulate, "central": _central, "audit": _audit, "compare": _compare}
+        from .cli_deploy import run_deploy
+
+        commands = {
+            "simulate": _simulate,
+            "central": _central,
+            "audit": _audit,
+            "compare": _compare,
+            "deploy": run_deploy,
+        }
         return commands[args.command](args)
     except ConfigError as err:
         console.print(f"[red]error:[/red] {err}")

@@ -232,6 +232,12 @@ class FederatedConfig(_Strict):
     rounds: int = Field(30, ge=1, le=10_000)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0, description="share of devices sampled per round")
     min_train_devices: int = Field(2, ge=1, description="fewer valid replies: the round is not aggregated")
+    min_online_devices: int | None = Field(
+        None,
+        ge=1,
+        description="devices that must be online before a round samples (None: all num_devices; a real fleet "
+        "with devices that may stay offline should lower it, or a round waits for them)",
+    )
     local_epochs: int = Field(1, ge=1)
     local_lr: float = Field(
         0.01,
@@ -260,6 +266,13 @@ class FederatedConfig(_Strict):
 
     @model_validator(mode="after")
     def _enough_devices(self) -> FederatedConfig:
+        if self.min_online_devices is not None and not (
+            self.min_train_devices <= self.min_online_devices <= self.num_devices
+        ):
+            raise ValueError(
+                f"federated.min_online_devices={self.min_online_devices} must lie between "
+                f"federated.min_train_devices={self.min_train_devices} and federated.num_devices={self.num_devices}"
+            )
         if self.min_train_devices > self.num_devices:
             raise ValueError(
                 f"federated.min_train_devices={self.min_train_devices} exceeds federated.num_devices="

@@ -31,10 +31,19 @@ class SortedReplies:
         self.rejected[msg.metadata.src_node_id] = reason
 
 
-def sort_replies(replies: Iterable[Message], reference: Mapping[str, torch.Tensor]) -> SortedReplies:
+def sender(msg: Message, destinations: Mapping[str, int]) -> int:
+    """The node a reply is about: an error reply for a node that became unavailable comes FROM the
+    SuperLink (node 1), so it is found by the message it replies to."""
+    return destinations.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+
+
+def sort_replies(
+    replies: Iterable[Message], reference: Mapping[str, torch.Tensor], destinations: Mapping[str, int]
+) -> SortedReplies:
+    """``destinations``: message id -> node id of the messages sent this round."""
     out = SortedReplies()
     for msg in replies:
-        node = msg.metadata.src_node_id
+        node = sender(msg, destinations)
         if msg.has_error():
             out.rejected[node] = f"device error: {msg.error.reason}"
             continue

@@ -40,7 +40,7 @@ from fl_metamorphosis.training import evaluate as evaluate_on
 from fl_metamorphosis.training import method_feature_dp
 
 from .final_report import final_report, interim_audit
-from .replies import SortedReplies, sort_replies
+from .replies import SortedReplies, sender, sort_replies
 from .strategies import build_strategy
 from .strategy_state import load_strategy_state, strategy_state
 
@@ -128,11 +128,16 @@ def train(grid: Grid, messages: list[Message]) -> list[Message]:
     return list(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S))
 
 
-def check_replies(fed: Federation, replies: list[Message], rnd: int) -> SortedReplies:
+def destinations(messages: list[Message]) -> dict[str, int]:
+    """Message id -> destination node, for naming the node an error reply is about."""
+    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+
+
+def check_replies(fed: Federation, replies: list[Message], sent: dict[str, int], rnd: int) -> SortedReplies:
     """Protocol and tensor checks, then the ledger: every well-formed report is counted (the update left
     the device whether or not it is aggregated), and an update the server's count puts past the budget
     is not aggregated."""
-    checked = sort_replies(replies, joint_state(fed.generator, fed.heads))
+    checked = sort_replies(replies, joint_state(fed.generator, fed.heads), sent)
     budget = fed.cfg.federated.device_epsilon_budget
     for reply, msg in checked.reports:
         valid = msg in checked.valid
@@ -180,8 +185,10 @@ def query_features(grid: Grid, fed: Federation, nodes: list[int], rnd: int) -> d
         for node in nodes
     ]
     per_task: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-    for reply in grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S):
-        node = reply.metadata.src_node_id
+    replies = list(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S))
+    sent = destinations(messages)
+    for reply in replies:
+        node = sender(reply, sent)
         try:
             if reply.has_error():
                 raise proto.MessageError(reply.error.reason)
@@ -243,7 +250,7 @@ def report(fed: Federation, row: dict[str, Any]) -> None:
 def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
     t0 = time.perf_counter()
     messages = sample(grid, fed, rnd)
-    replies = check_replies(fed, train(grid, messages), rnd)
+    replies = check_replies(fed, train(grid, messages), destinations(messages), rnd)
     aggregated = aggregate(fed, rnd, replies)
     answered = [m.metadata.src_node_id for m in replies.valid]
     train_heads(fed, query_features(grid, fed, answered or sorted(grid.get_node_ids()), rnd), rnd)

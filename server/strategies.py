@@ -19,7 +19,8 @@ def build_strategy(fed: FederatedConfig) -> fl.FedAvg:
         "fraction_evaluate": fed.fraction_train,
         "min_train_nodes": fed.min_train_devices,  # <= num_devices, checked by FederatedConfig
         "min_evaluate_nodes": fed.min_train_devices,
-        "min_available_nodes": fed.num_devices,
+        # a round waits until this many devices are online (a real fleet may set fewer than all)
+        "min_available_nodes": fed.min_online_devices or fed.num_devices,
     }
     match s.name:
         case "fedavg":

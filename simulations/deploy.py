@@ -110,19 +110,38 @@ def registered_devices(state: Path) -> list[dict]:
     return data.get("nodes", data.get("supernodes", []))
 
 
+def _names(state: Path) -> dict[str, int]:
+    """Device name -> node id, as registered through ``register`` (Flower's list shows no names)."""
+    file = Path(state) / "devices.json"
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
 def register(public_key: Path, name: str, state: Path) -> int:
     """Register a device's public key on the SuperLink of ``state``; return its node id."""
+    if not Path(public_key).is_file():
+        raise ConfigError(f"{public_key}: no such public key; create it on the device with `deploy device-key`")
+    names = _names(state)
+    if name in names:
+        raise ConfigError(f"a device named {name!r} is registered already (node {names[name]}): pick another name")
     res = _flwr(["supernode", "register", str(Path(public_key).resolve()), CONNECTION, "--name", name,
                  "--format", "json"], state)  # fmt: skip
     if res.returncode != 0:
         raise SimulationFailed(f"registering {name}: {(res.stdout + res.stderr).strip()[-500:]}")
-    return int(json.loads(res.stdout)["node-id"])
+    node_id = int(json.loads(res.stdout)["node-id"])
+    (Path(state) / "devices.json").write_text(json.dumps({**names, name: node_id}, indent=2) + "\n")
+    return node_id
 
 
-def unregister(node_id: int, state: Path) -> None:
-    res = _flwr(["supernode", "unregister", str(node_id), CONNECTION], state)
+def unregister(name: str, state: Path) -> int:
+    """Revoke the device ``name``: a connected device is cut off at its next request. Returns its node id."""
+    names = _names(state)
+    if name not in names:
+        raise ConfigError(f"no device named {name!r} on this server (registered: {sorted(names) or 'none'})")
+    res = _flwr(["supernode", "unregister", str(names[name]), CONNECTION], state)
     if res.returncode != 0:
-        raise SimulationFailed(f"unregistering node {node_id}: {(res.stdout + res.stderr).strip()[-500:]}")
+        raise SimulationFailed(f"unregistering {name}: {(res.stdout + res.stderr).strip()[-500:]}")
+    (Path(state) / "devices.json").write_text(json.dumps({k: v for k, v in names.items() if k != name}, indent=2))
+    return names[name]
 
 
 def device_command(

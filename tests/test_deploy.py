@@ -2,8 +2,12 @@
 with their own data and state folders, and the refusals. Every process is stopped by PID, also when a
 test fails."""
 
+import contextlib
 import json
+import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from fl_metamorphosis.deployment.credentials import certificate_names, make_cert
 from fl_metamorphosis.federated.device_state import DeviceState
 from fl_metamorphosis.metrics import read_jsonl
 from simulations import deploy
+from simulations.simulate import SimulationFailed, processes_of
 
 pytestmark = pytest.mark.slow
 
@@ -38,39 +43,74 @@ def _log(state: Path, name: str) -> str:
     return path.read_text() if path.exists() else ""
 
 
+@contextlib.contextmanager
+def _federation(root: Path, cfg, devices: int = 3):
+    """A TLS SuperLink with device authentication and ``devices`` registered, running SuperNodes."""
+    certs = make_certificates(root / "certs", ["127.0.0.1"])
+    fed = {"root": root, "port": _free_port(), "server_state": root / "server", "cfg": cfg, "certs": certs}
+    fed["folders"] = deploy.prepare_data(cfg, devices, root / "data")
+    procs: dict[str, tuple] = {}
+    fed["procs"], fed["devices"] = procs, []
+
+    def start_server():
+        procs["server"] = (deploy.start_server(root / "certs", "127.0.0.1", fed["port"], fed["server_state"]),
+                           fed["server_state"])  # fmt: skip
+        _wait_for(lambda: "Uvicorn running" in _log(fed["server_state"], "superlink.log"), "the SuperLink")
+
+    def start_device(d: int):
+        device = fed["devices"][d]
+        cmd = deploy.device_command(f"127.0.0.1:{fed['port']}", certs.ca_cert, device["key"], fed["folders"][d],
+                                    device["state"], 1, f"device-{d}", _free_port())  # fmt: skip
+        procs[f"device-{d}"] = (deploy.start_device(cmd, device["state"]), device["state"])
+
+    def online() -> int:
+        return sum(n.get("status") == "online" for n in deploy.registered_devices(fed["server_state"]))
+
+    fed.update(start_server=start_server, start_device=start_device, online=online)
+    try:
+        start_server()
+        for d in range(devices):
+            key, public = make_device_key(root / "keys", f"device-{d}")
+            node_id = deploy.register(public, f"device-{d}", fed["server_state"])
+            fed["devices"].append({"state": root / f"device-{d}-state", "node_id": node_id, "key": key})
+            start_device(d)
+        _wait_for(lambda: online() == devices, f"{devices} devices online")
+        yield fed
+    finally:
+        for proc, state in reversed(list(procs.values())):
+            deploy.stop_tree(proc, state)
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    """A TLS SuperLink with device authentication, three registered devices, their data folders."""
-    root = tmp_path_factory.mktemp("deploy")
-    certs = make_certificates(root / "certs", ["127.0.0.1"])
-    port = _free_port()
-    server_state = root / "server"
-    cfg = build_config(None, [*TINY_OVERRIDES, 'methods=["metamorphosis"]'])
-    folders = deploy.prepare_data(cfg, 3, root / "data")
-    procs: list[tuple] = []
-    try:
-        server = deploy.start_server(root / "certs", "127.0.0.1", port, server_state)
-        procs.append((server, server_state))
-        _wait_for(lambda: "Uvicorn running" in _log(server_state, "superlink.log"), "the SuperLink")
-        devices = []
-        for d, folder in enumerate(folders):
-            state = root / f"device-{d}-state"
-            key, public = make_device_key(root / "keys", f"device-{d}")
-            node_id = deploy.register(public, f"device-{d}", server_state)
-            cmd = deploy.device_command(
-                f"127.0.0.1:{port}", certs.ca_cert, key, folder, state, 1, f"device-{d}", _free_port()
-            )
-            procs.append((deploy.start_device(cmd, state), state))
-            devices.append({"state": state, "node_id": node_id, "key": key})
-        _wait_for(
-            lambda: sum(n.get("status") == "online" for n in deploy.registered_devices(server_state)) == 3,
-            "three devices online",
-        )
-        yield {"root": root, "port": port, "server_state": server_state, "cfg": cfg, "devices": devices,
-               "certs": certs, "procs": procs}  # fmt: skip
-    finally:
-        for proc, state in reversed(procs):
-            deploy.stop_tree(proc, state)
+    cfg = build_config(None, [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "federated.rounds=3"])
+    with _federation(tmp_path_factory.mktemp("deploy"), cfg) as fed:
+        yield fed
+
+
+def _clientapps(home: Path) -> set[int]:
+    """PIDs of the ClientApp processes a SuperNode started (one per message)."""
+    found = set()
+    for pid in processes_of(home):
+        with contextlib.suppress(OSError):
+            if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+    return found
+
+
+def _in_thread(fn, *args, **kwargs) -> dict:
+    """Run ``fn`` in a thread; the returned dict gets its result or exception once it ends."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            box["error"] = err
+
+    box["thread"] = threading.Thread(target=target, daemon=True)
+    box["thread"].start()
+    return box
 
 
 def test_the_certificate_covers_loopback_and_keys_are_private(federation):
@@ -79,14 +119,23 @@ def test_the_certificate_covers_loopback_and_keys_are_private(federation):
         assert path.stat().st_mode & 0o077 == 0  # 0600
 
 
-def test_three_registered_devices_train_two_rounds_over_tls(federation):
-    out = federation["root"] / "run"
-    deploy.run(federation["cfg"], out, federation["server_state"], echo=lambda _line: None)
+def test_registered_devices_train_over_tls_and_the_run_resumes_after_a_superlink_restart(federation):
+    out, state = federation["root"] / "run", federation["server_state"]
+    first = _in_thread(deploy.run, federation["cfg"], out, state, echo=lambda _line: None)
+    _wait_for(lambda: (out / "checkpoints" / "round_001.ckpt").exists(), "round 1's checkpoint", 600)
+    deploy.stop_tree(*federation["procs"]["server"])  # the SuperLink goes down between rounds
+    first["thread"].join(120)
+    # what happens: the run in flight fails, with a message that says so (no silent hang)
+    assert isinstance(first.get("error"), SimulationFailed)
+    federation["start_server"]()  # same state database: registrations and node ids survive
+    _wait_for(lambda: federation["online"]() == 3, "the devices to reconnect", 300)
+    deploy.run(federation["cfg"], out, state, echo=lambda _line: None, resume=True)  # the resume path
     rows = read_jsonl(out / "metrics.jsonl")
-    assert [r["round"] for r in rows] == [1, 2] and all(r["answered"] == 3 for r in rows)
-    for name in ("summary.json", "report.md", "rounds.png", "attacks.png", "checkpoints/round_002.ckpt"):
+    assert [r["round"] for r in rows] == [1, 2, 3] and all(r["answered"] == 3 for r in rows)
+    for name in ("summary.json", "report.md", "rounds.png", "attacks.png", "checkpoints/round_003.ckpt"):
         assert (out / name).stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_round"] >= 1
     devices = summary["federated"]["device_privacy"]
     assert sorted(devices) == ["0", "1", "2"]
     delta = federation["cfg"].dp_sgd.delta
@@ -125,3 +174,44 @@ def test_a_wrong_root_certificate_is_refused(federation, tmp_path):
     finally:
         deploy.stop_tree(proc, tmp_path / "s")
     assert "CERTIFICATE_VERIFY_FAILED" in _log(tmp_path / "s", "supernode.log")
+
+
+def test_a_killed_device_is_lost_for_its_round_and_rejoins_with_its_epsilon_and_a_revoked_one_is_cut_off(tmp_path):
+    cfg = build_config(
+        None,
+        [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "federated.rounds=3", "audit.enabled=false",
+         "federated.min_train_devices=1", "federated.min_online_devices=1"],
+    )  # fmt: skip
+    with _federation(tmp_path, cfg) as fed:
+        out, killed = tmp_path / "run", fed["devices"][0]
+        box = _in_thread(deploy.run, cfg, out, fed["server_state"], echo=lambda _line: None)
+        # round 0's features reply is saved by device 0; the next ClientApp process is round 1's training
+        home = deploy.flower_home(killed["state"])
+        _wait_for(lambda: "query.features" in DeviceState.load(killed["state"]).replies, "round 0 on device 0", 300)
+        round_0 = _clientapps(home)
+        _wait_for(lambda: _clientapps(home) - round_0, "round 1 on device 0", 300)
+        assert "train" not in DeviceState.load(killed["state"]).replies  # it has not trained yet
+        proc, _ = fed["procs"]["device-0"]
+        for pid in [proc.pid, *processes_of(home)]:  # power cut: SuperNode, SuperExec, ClientApp at once
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        _wait_for(lambda: (out / "checkpoints" / "round_001.ckpt").exists(), "round 1 without device 0", 600)
+        fed["start_device"](0)  # the board comes back: same key, same data, same state folder
+        deploy.unregister("device-2", fed["server_state"])  # and device 2 is revoked
+        box["thread"].join(900)
+        assert "error" not in box, box.get("error")
+        revoked, _ = fed["procs"]["device-2"]
+        _wait_for(lambda: revoked.poll() is not None, "the revoked device to be cut off", 120)
+
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[0]["answered"] == 2 and rows[0]["rejected"] == 1  # device 0's loss, logged by the server
+    log = (out / "flower.log").read_text()
+    assert f"round 1: rejected reply of node {killed['node_id']}: device error: Error: Node Unavailable" in log
+    summary = json.loads((out / "summary.json").read_text())
+    device0 = summary["device_privacy"]["0"]
+    ledger = DeviceState.load(killed["state"]).history
+    assert device0["rounds_trained"] >= 1 and "disagreement" not in device0  # rejoined, its count intact
+    assert device0["steps"] == ledger.steps and device0["epsilon"] == ledger.epsilon(cfg.dp_sgd.delta)
+    assert summary["device_privacy"]["2"]["rounds_trained"] < 3  # cut off

@@ -1,0 +1,149 @@
+"""``metamorphosis deploy ...``: the real-device commands (launchers in ``simulations/deploy.py``).
+
+On the server:   deploy certs, deploy server, deploy register / unregister, deploy prepare-data, deploy run
+On each board:   deploy device-key, deploy device
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from .config import ConfigError, load_config
+
+console = Console(stderr=True)
+
+
+def add_parser(sub) -> None:
+    deploy = sub.add_parser("deploy", help="real devices: certificates, keys, SuperLink, SuperNodes, runs")
+    cmds = deploy.add_subparsers(dest="deploy_command", required=True)
+
+    certs = cmds.add_parser("certs", help="a CA and the SuperLink's TLS certificate (with cryptography)")
+    certs.add_argument("--out", type=Path, required=True)
+    certs.add_argument("--host", action="append", default=[], help="an IP or DNS name devices use (repeatable)")
+
+    server = cmds.add_parser("server", help="a SuperLink: TLS, device authentication, persistent state")
+    server.add_argument("--certs", type=Path, help="the folder of `deploy certs`")
+    server.add_argument("--host", default="0.0.0.0")
+    server.add_argument("--port", type=int, default=8000, help="the one port to open on the server (HTTPS)")
+    server.add_argument("--state", type=Path, required=True, help="the SuperLink's state folder (kept)")
+    server.add_argument("--insecure", action="store_true", help="no TLS, no authentication: loopback tests ONLY")
+
+    key = cmds.add_parser("device-key", help="on the board: its key pair (the private key never leaves it)")
+    key.add_argument("--out", type=Path, required=True)
+    key.add_argument("--name", default="device")
+
+    register = cmds.add_parser("register", help="on the server: let a device's public key join")
+    register.add_argument("public_key", type=Path)
+    register.add_argument("--name", required=True)
+    register.add_argument("--state", type=Path, required=True, help="the SuperLink's state folder")
+
+    unregister = cmds.add_parser("unregister", help="on the server: revoke a device (cut off at once)")
+    unregister.add_argument("name")
+    unregister.add_argument("--state", type=Path, required=True, help="the SuperLink's state folder")
+
+    device = cmds.add_parser("device", help="on the board: a SuperNode with its data and privacy state")
+    device.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    device.add_argument("--root-cert", type=Path, help="the CA certificate (ca.crt of `deploy certs`)")
+    device.add_argument("--key", type=Path, help="the device's private key (`deploy device-key`)")
+    device.add_argument("--data", type=Path, required=True, help="the device's folder of `deploy prepare-data`")
+    device.add_argument("--state", type=Path, required=True, help="a folder that survives restarts (privacy ledger)")
+    device.add_argument("--threads", type=int, default=1)
+    device.add_argument("--name", default="device")
+    device.add_argument("--runtime-port", type=int, default=9094, help="local-only port (one per SuperNode)")
+    device.add_argument("--insecure", action="store_true", help="no TLS, no authentication: loopback tests ONLY")
+
+    for name, text in (("prepare-data", "one data folder per device"), ("run", "start the experiment")):
+        cmd = cmds.add_parser(name, help=text)
+        cmd.add_argument("--config", type=Path)
+        cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        cmd.add_argument("--out", type=Path, required=True)
+    cmds.choices["prepare-data"].add_argument("--devices", type=int, required=True)
+    cmds.choices["run"].add_argument("--state", type=Path, required=True, help="the SuperLink's state folder")
+    cmds.choices["run"].add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
+
+
+def _foreground(proc, state: Path, what: str) -> int:
+    """Wait on a SuperLink or SuperNode; Ctrl-C or SIGTERM stops it and what it started."""
+    from simulations import deploy
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+        console.print(f"[red]{what} exited with code {proc.returncode}[/red]: see its log in {state}")
+        return 1
+    except KeyboardInterrupt:
+        console.print(f"stopping the {what}")
+        return 0
+    finally:
+        deploy.stop_tree(proc, state)
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    from fl_metamorphosis.deployment.credentials import make_certificates, make_device_key
+    from simulations import deploy
+
+    match args.deploy_command:
+        case "certs":
+            if not args.host:
+                raise ConfigError("deploy certs: give --host for every IP or name the devices use (e.g. 192.168.1.10)")
+            files = make_certificates(args.out, args.host)
+            console.print(f"CA certificate (copy to every device): {files.ca_cert}")
+            console.print(f"SuperLink certificate for {', '.join(args.host)} and loopback: {files.server_cert}")
+            console.print(f"private keys (0600; keep {files.ca_key.name} offline): {files.ca_key}, {files.server_key}")
+        case "server":
+            if args.insecure:
+                console.print(f"[yellow]{deploy.INSECURE_WARNING}[/yellow]")
+            elif args.certs is None:
+                raise ConfigError("deploy server: give --certs (the folder of `deploy certs`), or --insecure for tests")
+            proc = deploy.start_server(None if args.insecure else args.certs, args.host, args.port, args.state)
+            console.print(
+                f"SuperLink on {args.host}:{args.port} (log: {args.state / 'superlink.log'}); Ctrl-C stops it"
+            )
+            return _foreground(proc, args.state, "SuperLink")
+        case "device-key":
+            private, public = make_device_key(args.out, args.name)
+            console.print(f"private key (0600, stays on this device): {private}")
+            console.print(f"public key (give it to the operator for `deploy register`): {public}")
+        case "register":
+            node_id = deploy.register(args.public_key, args.name, args.state)
+            console.print(f"registered {args.name} as node {node_id}")
+        case "unregister":
+            node_id = deploy.unregister(args.name, args.state)
+            console.print(f"unregistered {args.name} (node {node_id}): it is cut off at its next request")
+        case "device":
+            if args.insecure:
+                console.print(f"[yellow]{deploy.INSECURE_WARNING}[/yellow]")
+            elif args.root_cert is None or args.key is None:
+                raise ConfigError("deploy device: give --root-cert and --key, or --insecure for loopback tests")
+            cmd = deploy.device_command(
+                args.superlink,
+                None if args.insecure else args.root_cert,
+                None if args.insecure else args.key,
+                args.data,
+                args.state,
+                args.threads,
+                args.name,
+                args.runtime_port,
+            )
+            proc = deploy.start_device(cmd, args.state)
+            console.print(f"device {args.name} -> {args.superlink} (log: {args.state / 'supernode.log'})")
+            return _foreground(proc, args.state, "SuperNode")
+        case "prepare-data":
+            folders = deploy.prepare_data(load_config(args.config, args.overrides), args.devices, args.out)
+            console.print(f"{len(folders)} device folders in {args.out}: copy device-N/ onto board N")
+        case "run":
+            cfg = load_config(args.config, args.overrides)
+            echo = lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+            out = deploy.run(cfg, args.out, args.state, echo, resume=args.resume)
+            report = out / "report.md"
+            print(report.read_text() if report.exists() else f"run folder: {out}")
+    return 0
