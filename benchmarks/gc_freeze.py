@@ -18,7 +18,7 @@ import ray  # noqa: F401
 import torch  # noqa: F401
 from timing import median_seconds
 
-from fl_metamorphosis.privacy.dp_sgd import _history_epsilon
+from fl_metamorphosis.privacy.accounting import _opacus_epsilon
 
 
 def main() -> None:
@@ -30,8 +30,8 @@ def main() -> None:
         f"gc.collect() with {tracked} tracked objects: {before * 1e3:.1f} ms; after gc.freeze(): {after * 1e3:.3f} ms"
     )
     history = ((1.56, 1 / 7, 70),)
-    uncached = median_seconds(lambda: _history_epsilon.__wrapped__(history, 1e-5, "rdp"))
-    cached = median_seconds(lambda: _history_epsilon(history, 1e-5, "rdp"))
+    uncached = median_seconds(lambda: _opacus_epsilon.__wrapped__(history, 1e-5, "rdp"))
+    cached = median_seconds(lambda: _opacus_epsilon(history, 1e-5, "rdp"))
     print(f"RDP epsilon of one history: {uncached * 1e3:.1f} ms; cached: {cached * 1e6:.1f} us")
 
 

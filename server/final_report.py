@@ -24,11 +24,12 @@ from fl_metamorphosis.training.central import (
     randomness_summary,
 )
 
+from .replies import REPLY_TIMEOUT_S
+
 if TYPE_CHECKING:
     from .round_loop import Federation
 
 log = logging.getLogger(__name__)
-REPLY_TIMEOUT_S = 3600.0
 
 
 def attack_data(fed: Federation) -> tuple[AttackData, dict[str, float]]:

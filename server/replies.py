@@ -17,6 +17,8 @@ from flwr.app import Message
 from fl_metamorphosis.federated.updates import InvalidUpdate, validate_update
 from fl_metamorphosis.flower.messages import MessageError, TrainReply
 
+REPLY_TIMEOUT_S = 3600.0  # how long a round waits for its replies (Flower answers a dead node's earlier)
+
 
 @dataclass
 class SortedReplies:

@@ -40,12 +40,11 @@ from fl_metamorphosis.training import evaluate as evaluate_on
 from fl_metamorphosis.training import method_feature_dp
 
 from .final_report import final_report, interim_audit
-from .replies import SortedReplies, sender, sort_replies
+from .replies import REPLY_TIMEOUT_S, SortedReplies, sender, sort_replies
 from .strategies import build_strategy
 from .strategy_state import load_strategy_state, strategy_state
 
 log = logging.getLogger(__name__)
-REPLY_TIMEOUT_S = 3600.0
 
 
 @dataclass
@@ -139,8 +138,9 @@ def check_replies(fed: Federation, replies: list[Message], sent: dict[str, int],
     is not aggregated."""
     checked = sort_replies(replies, joint_state(fed.generator, fed.heads), sent)
     budget = fed.cfg.federated.device_epsilon_budget
+    aggregatable = {id(m) for m in checked.valid}  # a set: a list lookup per report is quadratic in devices
     for reply, msg in checked.reports:
-        valid = msg in checked.valid
+        valid = id(msg) in aggregatable
         lost = fed.ledger.record_train(
             reply.device,
             epsilon=reply.epsilon,

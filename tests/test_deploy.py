@@ -146,34 +146,28 @@ def test_registered_devices_train_over_tls_and_the_run_resumes_after_a_superlink
     assert summary["randomness"]["private_against_server"] is True
 
 
-def test_an_unregistered_key_is_refused(federation, tmp_path):
-    key, _ = make_device_key(tmp_path, "rogue")
-    folder = federation["root"] / "data" / "device-0"
-    cmd = deploy.device_command(
-        f"127.0.0.1:{federation['port']}", federation["certs"].ca_cert, key, folder, tmp_path / "s", 1, "rogue",
-        _free_port(),
-    )  # fmt: skip
-    proc = deploy.start_device(cmd, tmp_path / "s")
+def _refused_device_log(fed, state: Path, root_cert: Path, key: Path, name: str) -> str:
+    """Start a SuperNode with these credentials; it must exit non-zero. Returns its log."""
+    folder = fed["root"] / "data" / "device-0"
+    cmd = deploy.device_command(f"127.0.0.1:{fed['port']}", root_cert, key, folder, state, 1, name, _free_port())
+    proc = deploy.start_device(cmd, state)
     try:
         assert proc.wait(120) != 0
     finally:
-        deploy.stop_tree(proc, tmp_path / "s")
-    assert "Failed to activate SuperNode" in _log(tmp_path / "s", "supernode.log")
+        deploy.stop_tree(proc, state)
+    return _log(state, "supernode.log")
+
+
+def test_an_unregistered_key_is_refused(federation, tmp_path):
+    key, _ = make_device_key(tmp_path, "rogue")
+    log = _refused_device_log(federation, tmp_path / "s", federation["certs"].ca_cert, key, "rogue")
+    assert "Failed to activate SuperNode" in log
 
 
 def test_a_wrong_root_certificate_is_refused(federation, tmp_path):
     other = make_certificates(tmp_path / "other", ["127.0.0.1"])
-    folder = federation["root"] / "data" / "device-0"
-    cmd = deploy.device_command(
-        f"127.0.0.1:{federation['port']}", other.ca_cert, federation["devices"][0]["key"], folder, tmp_path / "s", 1,
-        "device-0", _free_port(),
-    )  # fmt: skip
-    proc = deploy.start_device(cmd, tmp_path / "s")
-    try:
-        assert proc.wait(120) != 0
-    finally:
-        deploy.stop_tree(proc, tmp_path / "s")
-    assert "CERTIFICATE_VERIFY_FAILED" in _log(tmp_path / "s", "supernode.log")
+    log = _refused_device_log(federation, tmp_path / "s", other.ca_cert, federation["devices"][0]["key"], "device-0")
+    assert "CERTIFICATE_VERIFY_FAILED" in log
 
 
 def test_a_killed_device_is_lost_for_its_round_and_rejoins_with_its_epsilon_and_a_revoked_one_is_cut_off(tmp_path):

@@ -7,7 +7,6 @@ from .accounting import (
     StepHistory,
     calibrate_noise_multiplier,
     group_privacy,
-    history_epsilon,
     reference_epsilon,
 )
 from .dp_sgd import PrivateTraining, make_private
@@ -26,7 +25,6 @@ __all__ = [
     "clip_features",
     "gaussian_epsilon",
     "group_privacy",
-    "history_epsilon",
     "make_private",
     "make_private_groups",
     "reference_epsilon",

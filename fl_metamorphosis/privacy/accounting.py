@@ -109,11 +109,6 @@ def _dp_accounting_epsilon(entries: tuple[Step, ...], delta: float) -> float:
     return float(accountant.get_epsilon(delta))
 
 
-def history_epsilon(history: Iterable[Iterable[Any]], delta: float, accountant: str = "rdp") -> float:
-    """Epsilon at ``delta`` of an Opacus accountant history (0 for no steps)."""
-    return StepHistory.of(history).epsilon(delta, accountant)
-
-
 def reference_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     """Epsilon of ``steps`` Poisson-subsampled Gaussian steps by dp-accounting's RDP accountant."""
     return StepHistory.of([(noise_multiplier, sample_rate, steps)]).epsilon_dp_accounting(delta)
