@@ -12,7 +12,8 @@ state (DP-SGD step history, noise multiplier, release counts) lives in its own s
 ``devices/<partition-id>`` in a simulation. Each handler writes it before its reply leaves, so a
 restarted device keeps counting. The ``replay_repeated_requests`` mod answers a request identical to the
 last one of its kind with the same reply (a server that resumed after a crash asks for its lost round
-again): one release sent twice counts once.
+again): one release sent twice counts once. The ``secure_aggregation`` mod runs the device's side of
+Flower's SecAgg+ when the server asks for it (``clients/secure_aggregation.py``).
 
 The server is one of the parties the device protects itself against, so nothing it sends decides the
 device's privacy randomness: noise and sampling come from the OS CSPRNG (``privacy/randomness.py``), and
@@ -45,6 +46,8 @@ from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy.randomness import Randomness, randomness_for
 from fl_metamorphosis.privacy.release_ledger import ReleaseLedger
 from fl_metamorphosis.training import method_feature_dp, released_features, task_accuracy
+
+from .secure_aggregation import secure_aggregation
 
 # Everything imported so far (torch, Ray, Flower, Opacus) lives as long as the process. Freezing it takes
 # it out of the cyclic collector's scans, so the full collection that ``release_memory`` runs after every
@@ -113,7 +116,9 @@ def replay_repeated_requests(msg: Message, context: Context, call_next) -> Messa
     return reply
 
 
-app = ClientApp(mods=[release_memory, replay_repeated_requests])
+# Outermost first. ``secure_aggregation`` translates SecAgg+'s requests into the protocol's before the replay
+# mod compares them with the last one (``clients/secure_aggregation.py``).
+app = ClientApp(mods=[release_memory, secure_aggregation, replay_repeated_requests])
 
 
 def _local_data(cfg: ExperimentConfig, context: Context):

@@ -225,6 +225,47 @@ class StrategyConfig(_Strict):
     num_nodes_to_select: int = Field(1, ge=1, description="multikrum: updates averaged")
 
 
+# Strategies whose rule reads each update (a median, a trimmed mean, distances between updates): under
+# secure aggregation the server holds only the sum, so they cannot run.
+NEEDS_INDIVIDUAL_UPDATES = {"fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"}
+
+
+class SecAggConfig(_Strict):
+    """Flower's SecAgg+ (``server/secure_aggregation.py``): its share graph and its fixed-point encoding.
+
+    Devices send their update (trained minus received weights), not the weights: an update is small,
+    so a narrow clipping range keeps the quantisation step small (2 * clipping_range / quantization_range,
+    divided by the device's weight share)."""
+
+    num_shares: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="share of the round's devices each device's key shares go to (1.0: all of them)",
+    )
+    reconstruction_threshold: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="share of a device's key shares needed to unmask it; more tolerates fewer dropouts and "
+        "needs more colluding devices to unmask one update",
+    )
+    clipping_range: float = Field(
+        0.5,
+        gt=0.0,
+        description="each update coordinate is clipped to [-c, c] before quantisation; a device counts the "
+        "coordinates it clipped (the server warns: raise it)",
+    )
+    quantization_range: int = Field(2**22, ge=2**8, le=2**24, description="fixed-point levels per coordinate")
+    max_weight: float = Field(
+        10_000.0,
+        gt=0.0,
+        description="most training pairs a device may weigh in with: an update is scaled by pairs / max_weight "
+        "before clipping, so a device with more is clipped harder (the server warns: raise it)",
+    )
+    timeout_s: float = Field(600.0, gt=0.0, description="how long each of the protocol's four stages waits")
+
+
 class FederatedConfig(_Strict):
     """Devices, rounds, partitioning and per-device privacy budget of a federated run."""
 
@@ -258,6 +299,12 @@ class FederatedConfig(_Strict):
     )
     audit_every: int = Field(0, ge=0, description="audit every k rounds (0: only the final model)")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    secure_aggregation: bool = Field(
+        False,
+        description="the server receives only the weighted sum of the devices' updates (Flower's SecAgg+); "
+        "strategies that read each update are refused",
+    )
+    secagg: SecAggConfig = Field(default_factory=SecAggConfig)
     cpus_per_device: int = Field(1, ge=1, description="Ray CPUs per simulated device (one actor per core)")
 
     def sampled_per_round(self) -> int:
@@ -289,6 +336,17 @@ class FederatedConfig(_Strict):
             raise ValueError(
                 f"strategy {s.name!r} with num_malicious_nodes={s.num_malicious_nodes} needs {needs} devices per "
                 f"round, {sampled} are sampled: raise federated.num_devices or lower strategy.num_malicious_nodes"
+            )
+        if self.secure_aggregation and s.name in NEEDS_INDIVIDUAL_UPDATES:
+            raise ValueError(
+                f"federated.secure_aggregation=true gives the server only the sum of the updates, and strategy "
+                f"{s.name!r} needs each update: choose fedavg, fedprox, fedavgm, fedadam, fedyogi or fedadagrad, "
+                "or set federated.secure_aggregation=false"
+            )
+        if self.secure_aggregation and self.min_train_devices < 2:
+            raise ValueError(
+                "federated.secure_aggregation=true needs federated.min_train_devices >= 2 (the sum of one update "
+                "is that update)"
             )
         if s.name == "multikrum" and s.num_nodes_to_select > sampled:
             raise ValueError(

@@ -23,13 +23,16 @@ REPLY_TIMEOUT_S = 3600.0  # how long a round waits for its replies (Flower answe
 @dataclass
 class SortedReplies:
     valid: list[Message] = field(default_factory=list)  # aggregated by the strategy
+    contributors: list[int] = field(default_factory=list)  # nodes whose update is in ``valid``
     declined: dict[int, str] = field(default_factory=dict)  # device -> reason
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> reason
     # every well-formed reply (valid, declined, or rejected for its weights): the device's privacy report
-    reports: list[tuple[TrainReply, Message]] = field(default_factory=list)
+    # and its message (None under secure aggregation, where the server never holds one device's update)
+    reports: list[tuple[TrainReply, Message | None]] = field(default_factory=list)
 
     def reject(self, msg: Message, reason: str) -> None:
         self.valid.remove(msg)
+        self.contributors.remove(msg.metadata.src_node_id)
         self.rejected[msg.metadata.src_node_id] = reason
 
 
@@ -66,4 +69,5 @@ def sort_replies(
             out.rejected[node] = str(err)
             continue
         out.valid.append(msg)
+        out.contributors.append(node)
     return out

@@ -2,7 +2,8 @@
 
 A round: ``sample`` devices (the strategy's own sampling and train messages: global encoder +
 Cross-SEC weights, the frozen heads, the experiment) -> ``train`` (send, collect) -> ``check_replies``
-(protocol, tensors, the privacy ledger) -> ``aggregate`` (the strategy's rule) -> ``query_features``
+(protocol, tensors, the privacy ledger; with ``federated.secure_aggregation``, ``secure_train`` replaces
+both and the server receives only the sum) -> ``aggregate`` (the strategy's rule) -> ``query_features``
 (released task features of the devices that answered) -> ``train_heads`` (head t on task t's features
 only) -> ``evaluate`` (the server's held-out set) -> ``checkpoint`` (the whole run state, atomically) ->
 ``report`` (a metrics row and a log line). ``run_federated`` is the loop over them; a resumed run starts
@@ -41,6 +42,7 @@ from fl_metamorphosis.training import method_feature_dp
 
 from .final_report import final_report, interim_audit
 from .replies import REPLY_TIMEOUT_S, SortedReplies, sender, sort_replies
+from .secure_aggregation import secure_train
 from .strategies import build_strategy
 from .strategy_state import load_strategy_state, strategy_state
 
@@ -161,9 +163,9 @@ def check_replies(fed: Federation, replies: list[Message], sent: dict[str, int],
 
 
 def aggregate(fed: Federation, rnd: int, replies: SortedReplies) -> bool:
-    if len(replies.valid) < fed.cfg.federated.min_train_devices:
+    if not replies.valid or len(replies.contributors) < fed.cfg.federated.min_train_devices:
         log.warning(
-            f"  round {rnd}: only {len(replies.valid)} valid updates (< federated.min_train_devices="
+            f"  round {rnd}: only {len(replies.contributors)} valid updates (< federated.min_train_devices="
             f"{fed.cfg.federated.min_train_devices}): not aggregated"
         )
         return False
@@ -250,16 +252,19 @@ def report(fed: Federation, row: dict[str, Any]) -> None:
 def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
     t0 = time.perf_counter()
     messages = sample(grid, fed, rnd)
-    replies = check_replies(fed, train(grid, messages), destinations(messages), rnd)
+    if fed.cfg.federated.secure_aggregation:  # the server receives the sum of the updates only
+        replies = secure_train(grid, fed, messages, rnd)
+    else:
+        replies = check_replies(fed, train(grid, messages), destinations(messages), rnd)
     aggregated = aggregate(fed, rnd, replies)
-    answered = [m.metadata.src_node_id for m in replies.valid]
+    answered = replies.contributors
     train_heads(fed, query_features(grid, fed, answered or sorted(grid.get_node_ids()), rnd), rnd)
     accuracy = evaluate(fed, rnd)
     row = {
         "method": fed.method,
         "round": rnd,
         "sampled": len(messages),
-        "answered": len(replies.valid),
+        "answered": len(replies.contributors),
         "declined": len(replies.declined),
         "rejected": len(replies.rejected),
         "aggregated": aggregated,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,7 +18,7 @@ class InProcessGrid(Grid):
         client_app,
         num_nodes: int,
         state_root: Path,
-        tamper: Callable[[int, Message], Message] | None = None,
+        tamper: Callable[[int, Message], Message | None] | None = None,
     ):
         self.client_app = client_app
         # Messages built outside a Flower runtime read the run's identity from here.
@@ -68,7 +69,10 @@ class InProcessGrid(Grid):
             )  # as the SuperLink would (InMemoryGrid does the same)
             msg.metadata.__dict__["_src_node_id"] = 1
             self.sent.append(msg)
-            reply = self.client_app(msg, self.contexts[node])
+            # a device gets its own copy, as over the wire (SecAgg+'s mod edits what it receives)
+            reply = self.client_app(copy.deepcopy(msg), self.contexts[node])
             reply.metadata.__dict__["_src_node_id"] = node
-            replies.append(self.tamper(node, reply) if self.tamper else reply)
+            reply = self.tamper(node, reply) if self.tamper else reply
+            if reply is not None:  # a tamper that returns None plays a device that never answered
+                replies.append(reply)
         return replies

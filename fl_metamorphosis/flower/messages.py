@@ -12,6 +12,7 @@ MetricRecord (``metrics``, weighted by ``num-examples``); a device that declines
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,10 +83,14 @@ def _check_records(what: str, content: RecordDict, expected: set[str]) -> None:
         raise MessageError(f"{what}: unexpected record {extra[0]!r}")
 
 
-def _metrics(what: str, content: RecordDict, expected: set[str]) -> MetricRecord:
+def _metrics(what: str, content: RecordDict, expected: set[str]) -> Mapping[str, Any]:
     if METRICS not in content.metric_records:
         raise MessageError(f"{what}: missing record {METRICS!r}")
-    metrics = content.metric_records[METRICS]
+    return check_metrics(what, content.metric_records[METRICS], expected)
+
+
+def check_metrics(what: str, metrics: Mapping[str, Any], expected: set[str]) -> Mapping[str, Any]:
+    """The protocol version first (a mismatch explains every other difference), then the fields."""
     if "protocol" in metrics and int(metrics["protocol"]) != PROTOCOL_VERSION:
         raise MessageError(
             f"{what}: protocol version {int(metrics['protocol'])}, this side speaks {PROTOCOL_VERSION}: "
@@ -142,6 +147,17 @@ class TrainReply:
         m = _metrics("train reply", content, cls.FIELDS)
         declined = bool(int(m["declined"]))
         _check_records("train reply", content, {METRICS, STATUS if declined else ARRAYS})
+        return cls.from_metrics(
+            m,
+            declined=str(content[STATUS]["declined"]) if declined else None,
+            weights=None if declined else {k: v.numpy() for k, v in content[ARRAYS].items()},
+        )
+
+    @classmethod
+    def from_metrics(
+        cls, m: Mapping[str, Any], *, declined: str | None, weights: dict[str, np.ndarray] | None
+    ) -> TrainReply:
+        """From metrics already checked against ``FIELDS``."""
         return cls(
             device=int(m["device"]),
             num_examples=int(m["num-examples"]),
@@ -152,8 +168,8 @@ class TrainReply:
             steps=int(m["steps"]),
             round_steps=int(m["round-steps"]),
             grouped=bool(int(m["grouped"])),
-            declined=str(content[STATUS]["declined"]) if declined else None,
-            weights=None if declined else {k: v.numpy() for k, v in content[ARRAYS].items()},
+            declined=declined,
+            weights=weights,
         )
 
 
