@@ -12,19 +12,27 @@ per-session keys: a resumed server that asks for the same round again, securely 
 update back, so it is counted once.
 
 A device owner who wants no server to see their device's update alone sets node config
-``secure-aggregation=required``: this device then refuses plain train requests.
+``secure-aggregation=required``: this device then refuses plain train requests. SecAgg+ hides an update
+in the sum of the round's updates, so a server that samples two devices learns the other's update
+minus its own; node config ``secure-aggregation-min-devices=K`` makes the device refuse a round of
+fewer than K devices. It reads the count in the protocol's setup message and refuses in the stage that
+collects masked vectors, before it trains: SecAgg+ then treats it as a device that dropped out, and the
+others' round goes on (a device that fails in the setup stage makes Flower 1.42's workflow halt at
+unmasking, since nobody holds shares of its keys).
 """
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.client.mod import secaggplus_mod
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower import secagg_records
 
 REQUIRED = "secure-aggregation"  # node config; "required": plain train requests are refused
+MIN_DEVICES = "secure-aggregation-min-devices"  # node config: the fewest devices a secure round may have
+_ROUND = "metamorphosis.secagg-round"  # context state: the devices in the secure round under way
 
 
 class SecureAggregationRequired(RuntimeError):
@@ -33,6 +41,7 @@ class SecureAggregationRequired(RuntimeError):
 
 def secure_aggregation(msg: Message, context: Context, call_next) -> Message:
     if RECORD_KEY_CONFIGS in msg.content.config_records:
+        _check_round_size(msg, context)
         return secaggplus_mod(msg, context, lambda m, c: _in_legacy_layout(m, c, call_next))
     if msg.metadata.message_type == proto.TRAIN and str(context.node_config.get(REQUIRED, "")) == "required":
         raise SecureAggregationRequired(
@@ -40,6 +49,24 @@ def secure_aggregation(msg: Message, context: Context, call_next) -> Message:
             "set federated.secure_aggregation=true on the server"
         )
     return call_next(msg, context)
+
+
+def _check_round_size(msg: Message, context: Context) -> None:
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    least = context.node_config.get(MIN_DEVICES)
+    if least is None:
+        return
+    if configs.get(Key.STAGE) == Stage.SETUP:
+        context.state.config_records[_ROUND] = ConfigRecord({"devices": int(configs[Key.SAMPLE_NUMBER])})
+        return
+    if configs.get(Key.STAGE) != Stage.COLLECT_MASKED_VECTORS:
+        return
+    devices = int(context.state.config_records[_ROUND]["devices"]) if _ROUND in context.state.config_records else 0
+    if devices < int(least):
+        raise SecureAggregationRequired(
+            f"a secure round of {devices} devices, and this device's node config has {MIN_DEVICES}={int(least)}: "
+            "the server must sample more devices a round (federated.min_train_devices, federated.fraction_train)"
+        )
 
 
 def _in_legacy_layout(msg: Message, context: Context, call_next) -> Message:

@@ -56,6 +56,13 @@ def add_parser(sub) -> None:
     device.add_argument("--name", default="device")
     device.add_argument("--runtime-port", type=int, default=9094, help="local-only port (one per SuperNode)")
     device.add_argument("--insecure", action="store_true", help="no TLS, no authentication: loopback tests ONLY")
+    owner = device.add_argument_group("the device owner's limits (bound whatever the server's config asks)")
+    owner.add_argument("--epsilon-budget", type=float, help="the most DP-SGD epsilon this device spends")
+    owner.add_argument("--max-releases-per-pair", type=int, help="the most times one pair's features are released")
+    owner.add_argument(
+        "--require-secure-aggregation", action="store_true", help="refuse to send an update outside SecAgg+"
+    )
+    owner.add_argument("--secure-aggregation-min-devices", type=int, help="refuse secure rounds of fewer devices")
 
     for name, text in (("prepare-data", "one data folder per device"), ("run", "start the experiment")):
         cmd = cmds.add_parser(name, help=text)
@@ -65,6 +72,25 @@ def add_parser(sub) -> None:
     cmds.choices["prepare-data"].add_argument("--devices", type=int, required=True)
     cmds.choices["run"].add_argument("--state", type=Path, required=True, help="the SuperLink's state folder")
     cmds.choices["run"].add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
+
+
+def _owner_limits(args) -> dict[str, str | int | float]:
+    """The device owner's limits as the node config keys the ClientApp reads."""
+    limits: dict[str, str | int | float] = {}
+    for flag, key, low in (
+        ("epsilon_budget", "epsilon-budget", 0.0),
+        ("max_releases_per_pair", "max-releases-per-pair", 1),
+        ("secure_aggregation_min_devices", "secure-aggregation-min-devices", 2),
+    ):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if value < low or (low == 0.0 and value == 0.0):
+            raise ConfigError(f"deploy device: --{flag.replace('_', '-')} must be {'>' if low == 0.0 else '>='} {low}")
+        limits[key] = value
+    if args.require_secure_aggregation:
+        limits["secure-aggregation"] = "required"
+    return limits
 
 
 def _foreground(proc, state: Path, what: str) -> int:
@@ -133,6 +159,7 @@ def run_deploy(args: argparse.Namespace) -> int:
                 args.threads,
                 args.name,
                 args.runtime_port,
+                _owner_limits(args),
             )
             proc = deploy.start_device(cmd, args.state)
             console.print(f"device {args.name} -> {args.superlink} (log: {args.state / 'supernode.log'})")

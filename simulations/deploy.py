@@ -153,11 +153,16 @@ def device_command(
     threads: int,
     name: str,
     runtime_port: int = 9094,
+    limits: dict[str, str | int | float] | None = None,
 ) -> list[str]:
+    """``limits``: the device owner's own node config (``epsilon-budget``, ``max-releases-per-pair``,
+    ``secure-aggregation``, ``secure-aggregation-min-devices``), which bound whatever the server asks."""
     node_config = (
         f"partition-id={read_partition_id(data)} data-dir='{Path(data).resolve()}' "
         f"state-dir='{Path(state).resolve()}' threads={threads} name='{name}'"
     )
+    for key, value in (limits or {}).items():
+        node_config += f" {key}=" + (f"'{value}'" if isinstance(value, str) else str(value))
     cmd = ["flower-supernode", "--superlink", superlink, "--node-config", node_config, "--port", str(runtime_port)]
     if root_cert is None:
         return [*cmd, "--insecure"]

@@ -7,7 +7,6 @@ import torch
 from conftest import TINY_OVERRIDES
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from inprocess_grid import InProcessGrid
 
 from clients.client_app import NoStateFolder
 from clients.client_app import app as client_app
@@ -21,6 +20,7 @@ from fl_metamorphosis.metrics import read_jsonl
 from fl_metamorphosis.model import build_heads
 from server import round_loop
 from server.round_loop import run_federated
+from simulations.inprocess_grid import InProcessGrid
 
 FED_TINY = [*TINY_OVERRIDES, 'methods=["metamorphosis"]']
 

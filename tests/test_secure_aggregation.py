@@ -10,7 +10,6 @@ from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.task_identity import TaskIdentity
-from inprocess_grid import InProcessGrid
 
 from clients.client_app import app as client_app
 from clients.secure_aggregation import SecureAggregationRequired
@@ -25,6 +24,7 @@ from fl_metamorphosis.model import build_heads
 from server import round_loop
 from server.round_loop import run_federated
 from server.secure_aggregation import secure_train
+from simulations.inprocess_grid import InProcessGrid
 
 SECURE_TINY = [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "federated.secure_aggregation=true"]
 
@@ -171,3 +171,15 @@ def test_a_secure_request_without_names_is_refused():
     del content["fitins.config"]["array-names"]
     with pytest.raises(MessageError, match="missing config field 'array-names'"):
         secagg_records.train_request(content)
+
+
+def test_a_device_refuses_a_secure_round_smaller_than_its_minimum(tmp_path, caplog):
+    cfg = _cfg()
+    grid = InProcessGrid(client_app, 3, tmp_path / "devices")
+    grid.contexts[101].node_config["secure-aggregation-min-devices"] = 4
+    fed = round_loop.start(cfg, tmp_path, resume=False)
+    secure = secure_train(grid, fed, round_loop.sample(grid, fed, 1), 1)
+    assert secure.contributors == [102, 103]  # the other two go on without it (their threshold allows)
+    assert DeviceState.load(tmp_path / "devices" / "0").history.steps == 0  # it refused before training
+    assert secure.rejected == {101: "dropped out of secure aggregation"}
+    assert "a secure round of 3 devices" in caplog.text and "secure-aggregation-min-devices=4" in caplog.text

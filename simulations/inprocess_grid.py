@@ -1,4 +1,8 @@
-"""A Grid that delivers messages to a ClientApp in this process: the round loop without a SuperLink."""
+"""A Grid that delivers messages to a ClientApp in this process: the round loop without a SuperLink.
+
+For tests and benchmarks: every message reaches the device as its own copy (as over the wire), each
+device has its own context and state folder, an exception in the ClientApp becomes an error reply (as
+in Flower's runtime), and ``tamper`` may change or drop (return None) a reply."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -70,7 +75,11 @@ class InProcessGrid(Grid):
             msg.metadata.__dict__["_src_node_id"] = 1
             self.sent.append(msg)
             # a device gets its own copy, as over the wire (SecAgg+'s mod edits what it receives)
-            reply = self.client_app(copy.deepcopy(msg), self.contexts[node])
+            try:
+                reply = self.client_app(copy.deepcopy(msg), self.contexts[node])
+            except Exception as err:  # noqa: BLE001 - as Flower's runtime does: the server gets an error reply
+                error = Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(err).__name__}: {err}")
+                reply = msg.create_error_reply(error)
             reply.metadata.__dict__["_src_node_id"] = node
             reply = self.tamper(node, reply) if self.tamper else reply
             if reply is not None:  # a tamper that returns None plays a device that never answered

@@ -1,0 +1,107 @@
+"""A whole deployment on one machine: a TLS SuperLink with device authentication and registered
+SuperNodes, each with its own data and state folder, all on 127.0.0.1.
+
+What the deploy tests and ``benchmarks/secure_aggregation.py`` run against, and a way to try
+``metamorphosis deploy`` before any board is set up. Every process it starts is stopped by PID (with
+the processes it started in turn) when the ``with`` block ends, also on an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.deployment.credentials import CertificateFiles, make_certificates, make_device_key
+
+from . import deploy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def log_text(state: Path, name: str) -> str:
+    path = Path(state) / name
+    return path.read_text() if path.exists() else ""
+
+
+@dataclass
+class Device:
+    name: str
+    key: Path
+    state: Path
+    data: Path
+    node_id: int
+
+
+@dataclass
+class LoopbackFederation:
+    root: Path
+    cfg: ExperimentConfig
+    certs: CertificateFiles
+    port: int = field(default_factory=free_port)
+    devices: list[Device] = field(default_factory=list)
+    procs: dict[str, tuple[subprocess.Popen, Path]] = field(default_factory=dict)
+
+    @property
+    def server_state(self) -> Path:
+        return self.root / "server"
+
+    def start_server(self) -> None:
+        proc = deploy.start_server(self.root / "certs", "127.0.0.1", self.port, self.server_state)
+        self.procs["server"] = (proc, self.server_state)
+        wait_for(lambda: "Uvicorn running" in log_text(self.server_state, "superlink.log"), "the SuperLink")
+
+    def start_device(self, d: int) -> None:
+        device = self.devices[d]
+        cmd = deploy.device_command(
+            f"127.0.0.1:{self.port}", self.certs.ca_cert, device.key, device.data, device.state, 1, device.name,
+            free_port(),
+        )  # fmt: skip
+        self.procs[device.name] = (deploy.start_device(cmd, device.state), device.state)
+
+    def stop(self, name: str) -> None:
+        deploy.stop_tree(*self.procs[name])
+
+    def online(self) -> int:
+        return sum(n.get("status") == "online" for n in deploy.registered_devices(self.server_state))
+
+    def run(self, cfg: ExperimentConfig, out: Path, **kwargs) -> dict:
+        return deploy.run(cfg, out, self.server_state, **kwargs)
+
+
+@contextlib.contextmanager
+def loopback_federation(root: Path, cfg: ExperimentConfig, devices: int = 3) -> Iterator[LoopbackFederation]:
+    """A running SuperLink with ``devices`` registered, online SuperNodes; all stopped on exit."""
+    root = Path(root)
+    fed = LoopbackFederation(root, cfg, make_certificates(root / "certs", ["127.0.0.1"]))
+    folders = deploy.prepare_data(cfg, devices, root / "data")
+    try:
+        fed.start_server()
+        for d in range(devices):
+            name = f"device-{d}"
+            key, public = make_device_key(root / "keys", name)
+            node_id = deploy.register(public, name, fed.server_state)
+            fed.devices.append(Device(name, key, root / f"{name}-state", folders[d], node_id))
+            fed.start_device(d)
+        wait_for(lambda: fed.online() == devices, f"{devices} devices online")
+        yield fed
+    finally:
+        for proc, state in reversed(list(fed.procs.values())):
+            deploy.stop_tree(proc, state)
