@@ -111,6 +111,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
         "methods": {fed.method: method_summary(model, figures, len(fed.tasks), releases_per_pair=k)},
         "federated": {
             "strategy": cfg.federated.strategy.model_dump(),
+            "secure_aggregation": cfg.federated.secure_aggregation,
             "devices": cfg.federated.num_devices,
             "rounds": cfg.federated.rounds,
             "partitioning": {

@@ -116,8 +116,12 @@ def secure_train(grid: Grid, fed: Federation, messages: list[Message], rnd: int)
     answered = {proxy.node_id for proxy, _ in handover.results}
     for node in sorted(set(requests) - answered):
         out.rejected[node] = "dropped out of secure aggregation"
+    for node, reason in out.rejected.items():
+        log.warning(f"  round {rnd}: rejected reply of node {node}: {reason}")
     for failure in handover.failures:
         log.warning(f"  round {rnd}: secure aggregation: {failure}")
+    if not usable:
+        log.warning(f"  round {rnd}: the secure sum holds an update the server cannot use: not aggregated")
     if usable and out.contributors:
         mean = parameters_to_ndarrays(handover.results[0][1].parameters)
         weights = _add_mean_update(messages[0].content[proto.ARRAYS], mean, rnd)
@@ -172,10 +176,6 @@ def _record_reports(fed: Federation, results: list[tuple[ClientProxy, FitRes]], 
                 f"  round {rnd}: device {report.device} has {report.num_examples} training pairs, more than "
                 f"federated.secagg.max_weight={secagg.max_weight}: raise it"
             )
-    for node, reason in out.rejected.items():
-        log.warning(f"  round {rnd}: node {node}: {reason}")
-    if not usable:
-        log.warning(f"  round {rnd}: the secure sum holds an update the server cannot use: not aggregated")
     return usable
 
 

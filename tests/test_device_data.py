@@ -5,10 +5,11 @@ import torch
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
+from fl_metamorphosis.cli import main
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.data.device_folder import DeviceDataError, read_device_folder, read_partition_id
 from fl_metamorphosis.deployment.credentials import certificate_names, make_certificates, make_device_key
-from simulations.deploy import prepare_data
+from simulations.deploy import device_command, prepare_data
 
 
 def test_prepare_data_writes_each_devices_own_partition_and_reads_back(tmp_path, tiny_overrides):
@@ -40,3 +41,14 @@ def test_certificates_name_every_host_and_loopback_and_keys_are_openssh_p384(tmp
     assert load_ssh_private_key(private.read_bytes(), None).curve.name == "secp384r1"
     for path in (private, files.ca_key, files.server_key):
         assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_device_owners_limits_reach_the_node_config_and_bad_ones_are_refused(tmp_path, tiny_overrides, capsys):
+    folder = prepare_data(build_config(None, tiny_overrides), 3, tmp_path / "data")[0]
+    limits = {"epsilon-budget": 4.0, "secure-aggregation": "required", "secure-aggregation-min-devices": 5}
+    cmd = device_command("hub:8000", None, None, folder, tmp_path / "state", 1, "pi-1", limits=limits)
+    node_config = cmd[cmd.index("--node-config") + 1]
+    assert "epsilon-budget=4.0 secure-aggregation='required' secure-aggregation-min-devices=5" in node_config
+    base = ["deploy", "device", "--superlink", "hub:8000", "--data", str(folder), "--state", str(tmp_path / "s")]
+    assert main([*base, "--insecure", "--secure-aggregation-min-devices", "1"]) == 2
+    assert "--secure-aggregation-min-devices must be >= 2" in capsys.readouterr().err
