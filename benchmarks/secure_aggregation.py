@@ -23,8 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fl_metamorphosis.config import TINY_PRESET, build_config, preset_overrides  # noqa: E402
+from fl_metamorphosis.config import build_config, preset_overrides  # noqa: E402
 from fl_metamorphosis.metrics import read_jsonl  # noqa: E402
+from simulations.compare import TINY_PRESET  # noqa: E402
 from simulations.loopback import loopback_federation  # noqa: E402
 
 

@@ -41,7 +41,6 @@ from fl_metamorphosis.federated import train_locally
 from fl_metamorphosis.federated.device import build_generator, privacy_plan, split_state
 from fl_metamorphosis.federated.device_state import DeviceState
 from fl_metamorphosis.flower import messages as proto
-from fl_metamorphosis.flower.partition import device_datasets
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy.randomness import Randomness, randomness_for
 from fl_metamorphosis.privacy.release_ledger import ReleaseLedger
@@ -130,6 +129,10 @@ def _local_data(cfg: ExperimentConfig, context: Context):
     folder = context.node_config.get(DATA_DIR)
     if folder:
         return device, *read_device_folder(Path(str(folder)))
+    # imported here: partitioning pulls in flwr-datasets and pandas, which a board reading its own folder
+    # never needs, and Flower starts a ClientApp process per message on a board
+    from fl_metamorphosis.flower.partition import device_datasets
+
     return device, *device_datasets(cfg.data, cfg.federated, device, cfg.train.seed)
 
 

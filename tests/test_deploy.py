@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import TINY_OVERRIDES
 
+from fl_metamorphosis.checkpoint import load_run
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.deployment.credentials import certificate_names, make_certificates, make_device_key
 from fl_metamorphosis.federated.device_state import DeviceState
+from fl_metamorphosis.flower.messages import TrainReply, from_payload
+from fl_metamorphosis.flower.secagg_records import mean_error_bound
 from fl_metamorphosis.metrics import read_jsonl
 from simulations import deploy
 from simulations.loopback import free_port, log_text, loopback_federation, wait_for
@@ -90,6 +93,15 @@ def test_registered_devices_train_over_tls_with_secure_aggregation_and_resume_af
     # every round of the resumed run (its own flower.log) summed the updates under SecAgg+
     log = (out / "flower.log").read_text()
     assert log.count("Secure aggregation completed") == 3 - summary["resumed_from_round"]
+    # the secure aggregate is the plain FedAvg of the devices' own last updates (kept on their disks)
+    replies = [TrainReply.from_record(from_payload(DeviceState.load(d.state).replies["train"]["reply"]))
+               for d in federation.devices]  # fmt: skip
+    weights = [r.num_examples for r in replies]
+    global_after = load_run(out / "checkpoints" / "round_003.ckpt").generator
+    bound = mean_error_bound(federation.cfg.federated.secagg, weights)
+    for name, value in global_after.items():
+        fedavg = sum(w * r.weights[f"generator.{name}"] for w, r in zip(weights, replies, strict=True)) / sum(weights)
+        assert abs(value.numpy() - fedavg).max() <= bound + 1e-6, name
     devices = summary["federated"]["device_privacy"]
     assert sorted(devices) == ["0", "1", "2"]
     delta = federation.cfg.dp_sgd.delta

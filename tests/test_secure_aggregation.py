@@ -37,15 +37,6 @@ def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def _quantisation_bound(cfg, weights: list[int]) -> float:
-    """SecAgg+ encodes update * (pairs / max_weight) on quantization_range levels over +-clipping_range: the
-    mean's error is at most half a level per device, divided by the summed weight share (x2 for the rounding
-    of the weight shares themselves)."""
-    s = cfg.federated.secagg
-    level = 2 * s.clipping_range / s.quantization_range
-    return 2 * len(weights) * (level / 2) / (sum(weights) / s.max_weight)
-
-
 @pytest.mark.parametrize(
     ("strategy", "dropped"),
     [("fedavg", None), ("fedadam", None), ("fedavg", 103)],
@@ -81,7 +72,9 @@ def test_secure_aggregate_equals_the_plain_aggregate_of_the_same_replies(tmp_pat
     assert secure.contributors == kept and len(secure.valid) == 1
     if dropped:
         assert secure.rejected == {dropped: "dropped out of secure aggregation"}
-    bound = _quantisation_bound(cfg, [int(r.content["metrics"]["num-examples"]) for r in plain])
+    bound = secagg_records.mean_error_bound(
+        cfg.federated.secagg, [int(r.content["metrics"]["num-examples"]) for r in plain]
+    )
     exp, act = _arrays(expected), _arrays(actual)
     worst = max(float(np.abs(exp[k] - act[k]).max()) for k in exp)
     assert worst <= bound + 1e-6, (worst, bound)

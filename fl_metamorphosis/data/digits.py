@@ -11,7 +11,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 from .multitask import MultiTaskDataset, TaskSpec, TrainTestSplit
 
@@ -36,7 +35,12 @@ def _pairs(images: np.ndarray, labels: np.ndarray, sources: np.ndarray, n: int, 
 @lru_cache(maxsize=1)
 def source_digits() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 source digits as float images in [0, 1] and their labels (read once per process: a
-    device composes its pairs on every message). Callers must not modify the arrays."""
+    device composes its pairs on every message). Callers must not modify the arrays.
+
+    scikit-learn is imported here, not at the top: a board that reads its own data folder never needs
+    it, and it is a third of a ClientApp process's start-up (Flower starts one per message)."""
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)  # pixels are 0..16
 

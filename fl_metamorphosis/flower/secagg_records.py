@@ -92,3 +92,14 @@ def train_report(fitres: FitRes) -> tuple[TrainReply, int]:
     if fitres.num_examples != (0 if declined else report.num_examples):
         raise MessageError(f"secure train reply: weight {fitres.num_examples}, num-examples says {report.num_examples}")
     return report, int(m[CLIPPED])
+
+
+def mean_error_bound(secagg: SecAggConfig, weights: list[int]) -> float:
+    """The most the unmasked mean update can differ from the exact weighted mean, per coordinate.
+
+    Each device encodes update * (pairs / max_weight) on ``quantization_range`` levels over
+    [-clipping_range, clipping_range]: at most half a level off. The mean divides the sum by the summed
+    weight shares. Doubled for the rounding of the weight shares themselves (each to 1 / quantization_range)
+    and float32 arithmetic."""
+    level = 2 * secagg.clipping_range / secagg.quantization_range
+    return 2 * len(weights) * (level / 2) / (sum(weights) / secagg.max_weight)

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import dp_accounting
 from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -99,6 +98,8 @@ def _opacus_epsilon(entries: tuple[Step, ...], delta: float, accountant: str) ->
 
 @functools.lru_cache(maxsize=4096)
 def _dp_accounting_epsilon(entries: tuple[Step, ...], delta: float) -> float:
+    import dp_accounting  # the server's independent check; a device never needs it (and its import is slow)
+
     accountant = dp_accounting.rdp.RdpAccountant()
     for sigma, q, steps in entries:
         accountant.compose(
