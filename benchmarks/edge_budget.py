@@ -2,8 +2,8 @@
 
 A Raspberry Pi 4 proxy: 1 torch thread and a 2 GB address-space cap (``RLIMIT_AS``); then 4 threads,
 same cap. Each setting runs in a fresh process. It calls the real ClientApp on the demo's defaults (one
-device of 10: 2,000 pairs): a ``train`` message (local DP-SGD) and a ``query.features`` message (the
-release). It reports:
+device of 10: 2,000 pairs, read from its own folder of ``deploy prepare-data`` as on a board): a
+``train`` message (local DP-SGD) and a ``query.features`` message (the release). It reports:
 
 * seconds per handler (the first train message in a cold process, as a device pays it; a second, warm,
   is the reference for the secure round, which runs later in the same process);
@@ -28,8 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,17 +50,17 @@ from flwr.supercore.task_identity import TaskIdentity
 from clients.client_app import app
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.federated.device import build_generator, joint_state
+from fl_metamorphosis.data.device_folder import read_device_folder
 from fl_metamorphosis.flower import messages as proto
-from fl_metamorphosis.flower.partition import device_datasets
 from fl_metamorphosis.model import build_heads
 
 cfg = build_config(None, ['methods=["metamorphosis"]'])
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
+data, _ = read_device_folder(Path(sys.argv[4]))  # as a board: its own folder of `deploy prepare-data`
 gen = build_generator(cfg, data)
 heads = build_heads(gen.feature_shape, [t.num_classes for t in data.tasks], cfg.model)
 state = tempfile.mkdtemp()
-context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "state-dir": state,
+context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "state-dir": state, "data-dir": sys.argv[4],
                   "threads": int(sys.argv[1])}, state=RecordDict(), run_config={})
 
 def value_size(v):
@@ -130,9 +132,15 @@ def main() -> None:
     parser.add_argument("--secure-devices", type=int, default=10, help="devices in the secure round (0: skip)")
     args = parser.parse_args()
     rows = []
+    sys.path.insert(0, str(ROOT))
+    from fl_metamorphosis.config import build_config
+    from simulations.deploy import prepare_data
+
+    folders = Path(tempfile.mkdtemp(prefix="mm-edge-"))
+    device_0 = prepare_data(build_config(None, ['methods=["metamorphosis"]']), 10, folders)[0]
     for threads in args.threads:
         res = subprocess.run(
-            [sys.executable, "-c", CHILD, str(threads), str(args.memory_gb), str(args.secure_devices)],
+            [sys.executable, "-c", CHILD, str(threads), str(args.memory_gb), str(args.secure_devices), str(device_0)],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -142,6 +150,7 @@ def main() -> None:
             continue
         row = json.loads(res.stdout.strip().splitlines()[-1])
         rows.append(row)
+    shutil.rmtree(folders, ignore_errors=True)
     print(f"one device of the demo (2,000 pairs), address space capped at {args.memory_gb} GB, this machine's CPU")
     header = ("threads", "train s", "features s", "peak MB", "recv kB/round", "sent kB/round", "process s")
     print("{:>7} {:>8} {:>10} {:>8} {:>13} {:>13} {:>9}".format(*header))
