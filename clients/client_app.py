@@ -96,7 +96,8 @@ def state_dir(context: Context) -> Path:
         return Path(str(context.run_config["out-dir"])) / "devices" / str(int(context.node_config["partition-id"]))
     raise NoStateFolder(
         f"this device keeps its privacy ledger on disk and has no folder for it: start it with node config "
-        f"{STATE_DIR}=PATH (a folder on the device that survives restarts)"
+        f"{STATE_DIR}=PATH (a folder on the device that survives restarts); a simulation on a Ray cluster "
+        f"needs {SIMULATION_ENV}=1 in the environment of every `ray start` (docs/ray-cluster.md)"
     )
 
 

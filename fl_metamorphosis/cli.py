@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue an interrupted run from its last complete round, with its own config",
     )
+    sub.choices["simulate"].add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the devices on this running Ray cluster (its head's GCS port; docs/ray-cluster.md)",
+    )
     from .methods import METHODS
 
     compare = sub.choices["compare"]
@@ -126,7 +131,9 @@ def _simulate(args: argparse.Namespace) -> int:
     fed = cfg.federated
     console.print(
         f"[bold]{'resuming' if args.resume else 'simulating'} {fed.num_devices} devices, {fed.rounds} rounds, "
-        f"{fed.partitioning} partitioning, strategy {fed.strategy.name}[/bold] (Flower log: {args.out / 'flower.log'})"
+        f"{fed.partitioning} partitioning, strategy {fed.strategy.name}[/bold]"
+        + (f" on the Ray cluster at {args.ray_address}" if args.ray_address else "")
+        + f" (Flower log: {args.out / 'flower.log'})"
     )
     try:
         out = simulate(
@@ -134,6 +141,7 @@ def _simulate(args: argparse.Namespace) -> int:
             args.out,
             echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
             resume=args.resume is not None,
+            ray_address=args.ray_address,
         )
     except SimulationFailed as err:
         console.print(f"[red]simulation failed:[/red] {err}")

@@ -51,11 +51,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def flower_env(home: Path, ray_tmp: Path) -> dict[str, str]:
+def flower_env(home: Path, ray_tmp: Path | None) -> dict[str, str]:
     """Offline-safe settings, a private FLWR_HOME and free loopback ports for this run.
 
     ``ray_tmp`` must be a SHORT path: Ray puts AF_UNIX sockets under it, whose paths may not exceed 107
-    bytes (a run folder deep in a checkout broke a simulation that way).
+    bytes (a run folder deep in a checkout broke a simulation that way). None: Ray's own (the caller's
+    ``RAY_TMPDIR``), as when attaching to a cluster that was started with it.
     """
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
@@ -68,7 +69,6 @@ def flower_env(home: Path, ray_tmp: Path) -> dict[str, str]:
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps Ray on 127.0.0.1 here
-            "RAY_TMPDIR": str(ray_tmp),
             # the devices of this simulation run in a process tree the user started: they may accept
             # randomness.source = "seeded" (clients/client_app.py refuses it everywhere else)
             "METAMORPHOSIS_SIMULATION": "1",
@@ -76,7 +76,24 @@ def flower_env(home: Path, ray_tmp: Path) -> dict[str, str]:
             "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
         }
     )
+    if ray_tmp is not None:
+        env["RAY_TMPDIR"] = str(ray_tmp)
     return env
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> str:
+    """``HOST:PORT`` of a running Ray head (its GCS port), or a ConfigError that says how to start one."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {address!r}: give HOST:PORT of the Ray head (e.g. 192.168.1.10:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(
+            f"--ray-address {address}: nothing answers there ({err}): start the head first with "
+            f"`ray start --head --port={port}` on that machine (docs/ray-cluster.md)"
+        ) from None
+    return address
 
 
 def processes_of(home: Path) -> list[int]:
@@ -194,9 +211,17 @@ def simulate(
     echo: Callable[[str], None] = print,
     app_dir: Path = APP_DIR,
     resume: bool = False,
+    ray_address: str | None = None,
 ) -> Path:
     """Run ``cfg`` as a Flower simulation of ``app_dir`` (``resume``: go on from ``out``'s last checkpoint);
-    return the run folder or raise SimulationFailed."""
+    return the run folder or raise SimulationFailed.
+
+    ``ray_address``: ``HOST:PORT`` of a running Ray cluster's head to run the devices on, instead of a
+    Ray instance of the run's own. Flower 1.42's backend takes no address option: ``RAY_ADDRESS`` in the
+    environment of the SuperLink that ``flwr run`` starts is what ``ray.init`` reads. This process must
+    run on a node of that cluster (the driver joins its local raylet)."""
+    if ray_address is not None:
+        check_ray_address(ray_address)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     home = out / ".flwr"
@@ -211,8 +236,10 @@ def simulate(
     (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     config_path = out / "config.json"
     config_path.write_text(cfg.model_dump_json(indent=2))
-    ray_tmp = Path(tempfile.mkdtemp(prefix="mm-ray-"))
+    ray_tmp = None if ray_address else Path(tempfile.mkdtemp(prefix="mm-ray-"))
     env = flower_env(home, ray_tmp)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     fed = cfg.federated
     cmd = [
         "flwr",
@@ -233,6 +260,7 @@ def simulate(
         return out
     finally:
         stop_processes(home)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        if ray_tmp is not None:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
