@@ -7,7 +7,9 @@ objective with its released-feature clip and noise), one batch, side by side and
 * ``opacus hooks``: today's path: Opacus' GradSampleModule (per-sample gradients by module hooks),
   its DPOptimizer (per-sample clip, sum, Gaussian noise), Adam;
 * ``torch.func``: per-sample gradients with ``vmap(grad(...))`` over a functional call of the same
-  module, then the same clip, sum and noise by hand, Adam.
+  module, then the same clip, sum and noise by hand, Adam;
+* ``ghost norms``: per-sample gradient norms without per-sample gradients (``GhostNorms``), then a
+  second backward pass of the clip-weighted loss, the same noise, Adam.
 
 Correctness: each private variant's clipped, summed gradient (before noise) is compared with a
 reference computed one sample at a time (a backward pass per sample, clipped, summed). The feature
@@ -68,6 +70,52 @@ def loss_fn(cfg, generator, heads, objective, feature_dp):
         return loss
 
     return per_sample
+
+
+class GhostNorms:
+    """Per-sample gradient norms without per-sample gradients, for Linear, Conv2d and GroupNorm layers.
+
+    A forward hook keeps each layer's input ``a`` and output; a first backward pass, to the outputs only,
+    gives their gradients ``g``. A Linear layer's per-sample weight
+    gradient is ``g_i a_i^T``, so its norm is ``||g_i|| ||a_i||``. A convolution's is ``G_i U_i^T`` with
+    ``U_i`` the unfolded input: small here, so it is formed. GroupNorm's affine gradients are sums over
+    positions of ``g * x_hat`` and ``g``. A second backward pass of ``sum_i c_i loss_i`` (``c_i`` the clip
+    factors) then gives the clipped sum directly: the "ghost clipping" of Li et al. (2022) and Bu et al.
+    (2023), valid here because each sample's loss depends on that sample alone."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        kinds = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm)
+        self.layers = [m for m in module.modules() if isinstance(m, kinds)]
+        covered = {id(p) for m in self.layers for p in m.parameters(recurse=False)}
+        if any(p.requires_grad and id(p) not in covered for p in module.parameters()):
+            raise ValueError("a trainable parameter outside Linear, Conv2d and GroupNorm layers")
+        self.seen: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (input, output)
+        for layer in self.layers:
+            layer.register_forward_hook(lambda m, inp, out: self.seen.__setitem__(m, (inp[0].detach(), out)))
+
+    def squared_norms(self, losses: torch.Tensor) -> torch.Tensor:
+        """Per-sample squared gradient norms of ``losses`` (``[B]``, from the last forward pass). Only
+        the layers' output gradients are computed (no parameter gradient); the graph is kept."""
+        outputs = [self.seen[m][1] for m in self.layers]
+        grads = torch.autograd.grad(losses.sum(), outputs, retain_graph=True)
+        total = 0.0
+        for m, g in zip(self.layers, grads, strict=True):
+            a = self.seen[m][0]
+            if isinstance(m, torch.nn.Linear):
+                if a.dim() != 2:
+                    raise ValueError("ghost norms here cover Linear layers on [B, features] inputs only")
+                gg = g.pow(2).sum(1)
+                total = total + a.pow(2).sum(1) * gg + (gg if m.bias is not None else 0.0)
+            elif isinstance(m, torch.nn.Conv2d):
+                u = torch.nn.functional.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # [B, Cin*k*k, L]
+                gf = g.flatten(2)  # [B, Cout, L]
+                total = total + torch.bmm(gf, u.transpose(1, 2)).pow(2).flatten(1).sum(1)
+                if m.bias is not None:
+                    total = total + gf.sum(2).pow(2).sum(1)
+            else:  # GroupNorm
+                x_hat = torch.nn.functional.group_norm(a, m.num_groups, eps=m.eps)
+                total = total + (g * x_hat).flatten(2).sum(2).pow(2).sum(1) + g.flatten(2).sum(2).pow(2).sum(1)
+        return total
 
 
 def clipped_sum(grads: dict[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
@@ -158,12 +206,36 @@ def main() -> None:
             p.grad = (summed[n] + noise) / args.batch
         func_opt.step()
 
+    # ghost norms: one forward, two backward passes, no per-sample gradient
+    ghosted = copy.deepcopy(generator)
+    ghost = GhostNorms(ghosted)
+    ghost_params = {n: p for n, p in ghosted.named_parameters() if p.requires_grad}
+    ghost_opt = torch.optim.Adam(list(ghost_params.values()), lr=1e-9)
+
+    def ghost_clipped_sum() -> dict[str, torch.Tensor]:
+        ghost_opt.zero_grad(set_to_none=True)
+        losses = per_sample(ghosted, x, y, release_noise)
+        factor = (clip / (ghost.squared_norms(losses).sqrt() + 1e-6)).clamp(max=1.0)
+        (factor * losses).sum().backward()
+        return {n: p.grad for n, p in ghost_params.items()}
+
+    def step_ghost():
+        summed = ghost_clipped_sum()
+        for n, p in ghost_params.items():
+            noise = torch.normal(0.0, sigma * clip, p.shape, generator=noise_gen)
+            p.grad = (summed[n] + noise) / args.batch
+        ghost_opt.step()
+
     def worst(candidate: dict[str, torch.Tensor]) -> float:
         scale = max(float(r.abs().max()) for r in reference.values())
         return max(float((candidate[n] - reference[n]).abs().max()) for n in names) / scale
 
-    errors = {"opacus hooks": worst(opacus_clipped_sum()), "torch.func": worst(func_clipped_sum())}
-    variants = {"no DP": step_plain, "opacus hooks": step_opacus, "torch.func": step_func}
+    errors = {
+        "opacus hooks": worst(opacus_clipped_sum()),
+        "torch.func": worst(func_clipped_sum()),
+        "ghost norms": worst({n: g.clone() for n, g in ghost_clipped_sum().items()}),
+    }
+    variants = {"no DP": step_plain, "opacus hooks": step_opacus, "torch.func": step_func, "ghost norms": step_ghost}
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():  # warm-up
         fn()
