@@ -199,12 +199,15 @@ def main() -> None:
         detached = {n: p.detach() for n, p in params.items()}
         return clipped_sum(per_sample_grads(detached, x, y, release_noise), clip)
 
-    def step_func():
-        summed = func_clipped_sum()
-        for n, p in params.items():
+    def noisy_step(trained: dict[str, torch.Tensor], summed: dict[str, torch.Tensor], opt) -> None:
+        """DP-SGD's step after the clipped sum: Gaussian noise, divided by the batch, the optimiser."""
+        for n, p in trained.items():
             noise = torch.normal(0.0, sigma * clip, p.shape, generator=noise_gen)
             p.grad = (summed[n] + noise) / args.batch
-        func_opt.step()
+        opt.step()
+
+    def step_func():
+        noisy_step(params, func_clipped_sum(), func_opt)
 
     # ghost norms: one forward, two backward passes, no per-sample gradient
     ghosted = copy.deepcopy(generator)
@@ -220,11 +223,7 @@ def main() -> None:
         return {n: p.grad for n, p in ghost_params.items()}
 
     def step_ghost():
-        summed = ghost_clipped_sum()
-        for n, p in ghost_params.items():
-            noise = torch.normal(0.0, sigma * clip, p.shape, generator=noise_gen)
-            p.grad = (summed[n] + noise) / args.batch
-        ghost_opt.step()
+        noisy_step(ghost_params, ghost_clipped_sum(), ghost_opt)
 
     def worst(candidate: dict[str, torch.Tensor]) -> float:
         scale = max(float(r.abs().max()) for r in reference.values())

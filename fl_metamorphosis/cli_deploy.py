@@ -77,16 +77,16 @@ def add_parser(sub) -> None:
 def _owner_limits(args) -> dict[str, str | int | float]:
     """The device owner's limits as the node config keys the ClientApp reads."""
     limits: dict[str, str | int | float] = {}
-    for flag, key, low in (
-        ("epsilon_budget", "epsilon-budget", 0.0),
-        ("max_releases_per_pair", "max-releases-per-pair", 1),
-        ("secure_aggregation_min_devices", "secure-aggregation-min-devices", 2),
+    for key, ok, bound in (
+        ("epsilon-budget", lambda v: v > 0, "> 0"),
+        ("max-releases-per-pair", lambda v: v >= 1, ">= 1"),
+        ("secure-aggregation-min-devices", lambda v: v >= 2, ">= 2"),
     ):
-        value = getattr(args, flag)
+        value = getattr(args, key.replace("-", "_"))
         if value is None:
             continue
-        if value < low or (low == 0.0 and value == 0.0):
-            raise ConfigError(f"deploy device: --{flag.replace('_', '-')} must be {'>' if low == 0.0 else '>='} {low}")
+        if not ok(value):
+            raise ConfigError(f"deploy device: --{key} must be {bound}")
         limits[key] = value
     if args.require_secure_aggregation:
         limits["secure-aggregation"] = "required"

@@ -16,6 +16,7 @@ from flwr.app import Message
 
 from fl_metamorphosis.federated.updates import InvalidUpdate, validate_update
 from fl_metamorphosis.flower.messages import MessageError, TrainReply
+from fl_metamorphosis.privacy import ServerLedger
 
 REPLY_TIMEOUT_S = 3600.0  # how long a round waits for its replies (Flower answers a dead node's earlier)
 
@@ -34,6 +35,21 @@ class SortedReplies:
         self.valid.remove(msg)
         self.contributors.remove(msg.metadata.src_node_id)
         self.rejected[msg.metadata.src_node_id] = reason
+
+
+def record_report(ledger: ServerLedger, report: TrainReply, aggregated: bool) -> str | None:
+    """A train reply's privacy report into the server's ledger (what ``ServerLedger.record_train`` returns:
+    a message when the device's count is below the server's)."""
+    return ledger.record_train(
+        report.device,
+        epsilon=report.epsilon,
+        noise_multiplier=report.noise_multiplier,
+        sample_rate=report.sample_rate,
+        steps=report.steps,
+        round_steps=report.round_steps,
+        grouped=report.grouped,
+        aggregated=aggregated,
+    )
 
 
 def sender(msg: Message, destinations: Mapping[str, int]) -> int:

@@ -41,7 +41,7 @@ from fl_metamorphosis.training import evaluate as evaluate_on
 from fl_metamorphosis.training import method_feature_dp
 
 from .final_report import final_report, interim_audit
-from .replies import REPLY_TIMEOUT_S, SortedReplies, sender, sort_replies
+from .replies import REPLY_TIMEOUT_S, SortedReplies, record_report, sender, sort_replies
 from .secure_aggregation import secure_train
 from .strategies import build_strategy
 from .strategy_state import load_strategy_state, strategy_state
@@ -143,16 +143,7 @@ def check_replies(fed: Federation, replies: list[Message], sent: dict[str, int],
     aggregatable = {id(m) for m in checked.valid}  # a set: a list lookup per report is quadratic in devices
     for reply, msg in checked.reports:
         valid = id(msg) in aggregatable
-        lost = fed.ledger.record_train(
-            reply.device,
-            epsilon=reply.epsilon,
-            noise_multiplier=reply.noise_multiplier,
-            sample_rate=reply.sample_rate,
-            steps=reply.steps,
-            round_steps=reply.round_steps,
-            grouped=reply.grouped,
-            aggregated=valid,
-        )
+        lost = record_report(fed.ledger, reply, aggregated=valid)
         if lost:
             log.warning(f"  round {rnd}: device {reply.device} {lost}")
         if valid and fed.ledger.epsilon(reply.device) > budget * (1 + 1e-9):

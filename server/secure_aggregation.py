@@ -43,7 +43,7 @@ from fl_metamorphosis.config import SecAggConfig
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower import secagg_records
 
-from .replies import SortedReplies
+from .replies import SortedReplies, record_report
 
 if TYPE_CHECKING:
     from .round_loop import Federation
@@ -147,16 +147,7 @@ def _record_reports(fed: Federation, results: list[tuple[ClientProxy, FitRes]], 
             continue
         out.reports.append((report, None))
         contributes = report.declined is None
-        lost = fed.ledger.record_train(
-            report.device,
-            epsilon=report.epsilon,
-            noise_multiplier=report.noise_multiplier,
-            sample_rate=report.sample_rate,
-            steps=report.steps,
-            round_steps=report.round_steps,
-            grouped=report.grouped,
-            aggregated=contributes,
-        )
+        lost = record_report(fed.ledger, report, aggregated=contributes)
         if lost:
             log.warning(f"  round {rnd}: device {report.device} {lost}")
         if not contributes:
