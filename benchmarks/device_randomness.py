@@ -62,6 +62,7 @@ def main() -> None:
             private.optimizer,
             None,
             randomness,
+            private=private,
         )
         return time.perf_counter() - t0
 

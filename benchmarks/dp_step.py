@@ -8,16 +8,19 @@ objective with its released-feature clip and noise), one batch, side by side and
   its DPOptimizer (per-sample clip, sum, Gaussian noise), Adam;
 * ``torch.func``: per-sample gradients with ``vmap(grad(...))`` over a functional call of the same
   module, then the same clip, sum and noise by hand, Adam;
-* ``ghost norms``: per-sample gradient norms without per-sample gradients (``GhostNorms``), then a
-  second backward pass of the clip-weighted loss, the same noise, Adam.
+* ``ghost (default)``: the device's default since this benchmark: ``make_private`` with
+  ``grad_sample_mode="ghost"`` (``privacy/ghost_clipping.py``): per-sample gradient norms from layer
+  inputs and output gradients, a second backward pass of the clip-weighted loss, Opacus' optimizer;
+* ``opacus ghost``: Opacus' own fast gradient clipping (``GradSampleModuleFastGradientClipping``,
+  ``DPOptimizerFastGradientClipping``, ``DPTensorFastGradientClipping`` fed the per-sample losses).
 
 Correctness: each private variant's clipped, summed gradient (before noise) is compared with a
 reference computed one sample at a time (a backward pass per sample, clipped, summed). The feature
 noise inside the loss is drawn once per batch and passed in, so every variant sees the same loss.
 
-Ghost clipping (Opacus ``grad_sample_mode="ghost"``) is not in the table: it needs the loss as
-``criterion(model_output, target)`` with a reduction, and this objective (task heads on released
-features, per-sample de-correlation of the attention) is not of that form.
+Opacus' ``make_private(grad_sample_mode="ghost")`` wants the loss as ``criterion(output, target)``,
+which this objective is not; its ``DPTensorFastGradientClipping`` takes per-sample losses directly,
+which is how the ``opacus ghost`` row drives it.
 
 Run: .venv/bin/python benchmarks/dp_step.py [--steps 20] [--batch 64] [--threads 1]
 """
@@ -37,14 +40,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from opacus import GradSampleModule  # noqa: E402
-from opacus.optimizers import DPOptimizer  # noqa: E402
+from opacus.grad_sample import GradSampleModuleFastGradientClipping  # noqa: E402
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping  # noqa: E402
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping  # noqa: E402
 from torch.func import functional_call, grad, vmap  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from fl_metamorphosis.config import build_config  # noqa: E402
 from fl_metamorphosis.federated.device import build_generator  # noqa: E402
 from fl_metamorphosis.flower.partition import device_datasets  # noqa: E402
 from fl_metamorphosis.model import build_heads  # noqa: E402
+from fl_metamorphosis.privacy import make_private  # noqa: E402
 from fl_metamorphosis.privacy.feature_noise import clip_features  # noqa: E402
+from fl_metamorphosis.privacy.randomness import Randomness  # noqa: E402
 from fl_metamorphosis.training import method_feature_dp  # noqa: E402
 from fl_metamorphosis.training.trainer import method_objective  # noqa: E402
 
@@ -57,7 +65,7 @@ def setup(batch: int):
     heads = build_heads(generator.feature_shape, [t.num_classes for t in data.tasks], cfg.model)
     heads.requires_grad_(False)
     x, y = data.images[:batch], data.labels[:batch]
-    return cfg, generator, heads, x, y
+    return cfg, generator, heads, x, y, data
 
 
 def loss_fn(cfg, generator, heads, objective, feature_dp):
@@ -70,52 +78,6 @@ def loss_fn(cfg, generator, heads, objective, feature_dp):
         return loss
 
     return per_sample
-
-
-class GhostNorms:
-    """Per-sample gradient norms without per-sample gradients, for Linear, Conv2d and GroupNorm layers.
-
-    A forward hook keeps each layer's input ``a`` and output; a first backward pass, to the outputs only,
-    gives their gradients ``g``. A Linear layer's per-sample weight
-    gradient is ``g_i a_i^T``, so its norm is ``||g_i|| ||a_i||``. A convolution's is ``G_i U_i^T`` with
-    ``U_i`` the unfolded input: small here, so it is formed. GroupNorm's affine gradients are sums over
-    positions of ``g * x_hat`` and ``g``. A second backward pass of ``sum_i c_i loss_i`` (``c_i`` the clip
-    factors) then gives the clipped sum directly: the "ghost clipping" of Li et al. (2022) and Bu et al.
-    (2023), valid here because each sample's loss depends on that sample alone."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        kinds = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm)
-        self.layers = [m for m in module.modules() if isinstance(m, kinds)]
-        covered = {id(p) for m in self.layers for p in m.parameters(recurse=False)}
-        if any(p.requires_grad and id(p) not in covered for p in module.parameters()):
-            raise ValueError("a trainable parameter outside Linear, Conv2d and GroupNorm layers")
-        self.seen: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (input, output)
-        for layer in self.layers:
-            layer.register_forward_hook(lambda m, inp, out: self.seen.__setitem__(m, (inp[0].detach(), out)))
-
-    def squared_norms(self, losses: torch.Tensor) -> torch.Tensor:
-        """Per-sample squared gradient norms of ``losses`` (``[B]``, from the last forward pass). Only
-        the layers' output gradients are computed (no parameter gradient); the graph is kept."""
-        outputs = [self.seen[m][1] for m in self.layers]
-        grads = torch.autograd.grad(losses.sum(), outputs, retain_graph=True)
-        total = 0.0
-        for m, g in zip(self.layers, grads, strict=True):
-            a = self.seen[m][0]
-            if isinstance(m, torch.nn.Linear):
-                if a.dim() != 2:
-                    raise ValueError("ghost norms here cover Linear layers on [B, features] inputs only")
-                gg = g.pow(2).sum(1)
-                total = total + a.pow(2).sum(1) * gg + (gg if m.bias is not None else 0.0)
-            elif isinstance(m, torch.nn.Conv2d):
-                u = torch.nn.functional.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # [B, Cin*k*k, L]
-                gf = g.flatten(2)  # [B, Cout, L]
-                total = total + torch.bmm(gf, u.transpose(1, 2)).pow(2).flatten(1).sum(1)
-                if m.bias is not None:
-                    total = total + gf.sum(2).pow(2).sum(1)
-            else:  # GroupNorm
-                x_hat = torch.nn.functional.group_norm(a, m.num_groups, eps=m.eps)
-                total = total + (g * x_hat).flatten(2).sum(2).pow(2).sum(1) + g.flatten(2).sum(2).pow(2).sum(1)
-        return total
 
 
 def clipped_sum(grads: dict[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
@@ -132,7 +94,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg, generator, heads, x, y = setup(args.batch)
+    cfg, generator, heads, x, y, data = setup(args.batch)
     objective = method_objective("metamorphosis", cfg)
     feature_dp = method_feature_dp("metamorphosis", cfg)
     per_sample = loss_fn(cfg, generator, heads, objective, feature_dp)
@@ -209,21 +171,45 @@ def main() -> None:
     def step_func():
         noisy_step(params, func_clipped_sum(), func_opt)
 
-    # ghost norms: one forward, two backward passes, no per-sample gradient
+    # ghost clipping, the default: make_private(grad_sample_mode="ghost"), the same batch every step
     ghosted = copy.deepcopy(generator)
-    ghost = GhostNorms(ghosted)
-    ghost_params = {n: p for n, p in ghosted.named_parameters() if p.requires_grad}
-    ghost_opt = torch.optim.Adam(list(ghost_params.values()), lr=1e-9)
+    ghost_adam = torch.optim.Adam([p for p in ghosted.parameters() if p.requires_grad], lr=1e-9)
+    ghost_cfg = cfg.dp_sgd.model_copy(update={"target_epsilon": None, "noise_multiplier": sigma})
+    assert ghost_cfg.grad_sample_mode == "ghost"
+    loader = DataLoader(data, batch_size=args.batch)
+    ghost = make_private(ghosted, ghost_adam, loader, ghost_cfg, 1, randomness=Randomness.seeded(1))
 
     def ghost_clipped_sum() -> dict[str, torch.Tensor]:
-        ghost_opt.zero_grad(set_to_none=True)
-        losses = per_sample(ghosted, x, y, release_noise)
-        factor = (clip / (ghost.squared_norms(losses).sqrt() + 1e-6)).clamp(max=1.0)
-        (factor * losses).sum().backward()
-        return {n: p.grad for n, p in ghost_params.items()}
+        ghost.optimizer.zero_grad(set_to_none=True)
+        ghost.backward(per_sample(ghosted, x, y, release_noise))
+        return {n: p.grad.detach().clone() for n, p in ghosted.named_parameters() if p.requires_grad}
 
     def step_ghost():
-        noisy_step(ghost_params, ghost_clipped_sum(), ghost_opt)
+        ghost.optimizer.zero_grad(set_to_none=True)
+        ghost.backward(per_sample(ghosted, x, y, release_noise))
+        ghost.optimizer.step()
+
+    # Opacus' own fast gradient clipping, fed the per-sample losses
+    fgc = GradSampleModuleFastGradientClipping(copy.deepcopy(generator), max_grad_norm=clip, use_ghost_clipping=True)
+    fgc_opt = DPOptimizerFastGradientClipping(
+        torch.optim.Adam([p for p in fgc.parameters() if p.requires_grad], lr=1e-9),
+        noise_multiplier=sigma,
+        max_grad_norm=clip,
+        expected_batch_size=args.batch,
+    )
+
+    def fgc_backward() -> None:
+        fgc_opt.zero_grad(set_to_none=True)
+        fgc.enable_hooks()
+        DPTensorFastGradientClipping(fgc, fgc_opt, per_sample(fgc, x, y, release_noise), "mean").backward()
+
+    def fgc_clipped_sum() -> dict[str, torch.Tensor]:
+        fgc_backward()
+        return {n: p.grad.detach().clone() for n, p in zip(names, fgc_opt.params, strict=True)}
+
+    def step_fgc():
+        fgc_backward()
+        fgc_opt.step()
 
     def worst(candidate: dict[str, torch.Tensor]) -> float:
         scale = max(float(r.abs().max()) for r in reference.values())
@@ -232,9 +218,16 @@ def main() -> None:
     errors = {
         "opacus hooks": worst(opacus_clipped_sum()),
         "torch.func": worst(func_clipped_sum()),
-        "ghost norms": worst({n: g.clone() for n, g in ghost_clipped_sum().items()}),
+        "ghost (default)": worst(ghost_clipped_sum()),
+        "opacus ghost": worst(fgc_clipped_sum()),
     }
-    variants = {"no DP": step_plain, "opacus hooks": step_opacus, "torch.func": step_func, "ghost norms": step_ghost}
+    variants = {
+        "no DP": step_plain,
+        "opacus hooks": step_opacus,
+        "torch.func": step_func,
+        "ghost (default)": step_ghost,
+        "opacus ghost": step_fgc,
+    }
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():  # warm-up
         fn()
@@ -246,10 +239,10 @@ def main() -> None:
 
     base = statistics.median(times["no DP"])
     print(f"one device's DP-SGD step: demo model, batch {args.batch}, {args.threads} thread(s), {args.steps} steps")
-    print(f"{'variant':>14} {'ms/step':>9} {'vs no DP':>9} {'clipped-sum error':>18}")
+    print(f"{'variant':>16} {'ms/step':>9} {'vs no DP':>9} {'clipped-sum error':>18}")
     for name, t in times.items():
         err = f"{errors[name]:.1e}" if name in errors else "-"
-        print(f"{name:>14} {statistics.median(t) * 1e3:>9.1f} {statistics.median(t) / base:>8.2f}x {err:>18}")
+        print(f"{name:>16} {statistics.median(t) * 1e3:>9.1f} {statistics.median(t) / base:>8.2f}x {err:>18}")
     print("(error: max |variant - per-sample reference| / max |reference|, over the clipped summed gradient)")
 
 

@@ -100,6 +100,12 @@ class DPSGDConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0.0)
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     accountant: Literal["rdp", "prv"] = "rdp"
+    grad_sample_mode: Literal["ghost", "hooks"] = Field(
+        "ghost",
+        description="how each sample's gradient norm is computed: ghost clipping (two backward passes, no "
+        "per-sample gradient; privacy/ghost_clipping.py) or Opacus' hooks (every per-sample gradient formed); "
+        "the same clipped sum, noise and accounting either way",
+    )
     group_size: int = Field(
         16,
         ge=4,

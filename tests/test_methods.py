@@ -41,7 +41,15 @@ def test_each_method_trains_one_step_and_releases_task_features(method, tiny_ove
     else:
         private = make_private(gen, opt, loader, cfg.dp_sgd, 1, randomness=Randomness.seeded(0))
         loss = run_epoch(
-            private.module, heads, private.loader, objective, feature_dp, private.optimizer, None, Randomness.seeded(1)
+            private.module,
+            heads,
+            private.loader,
+            objective,
+            feature_dp,
+            private.optimizer,
+            None,
+            Randomness.seeded(1),
+            private=private,
         )
     assert torch.isfinite(torch.tensor(loss))
     changed = [k for k, v in gen.state_dict().items() if not torch.equal(v, before[k])]

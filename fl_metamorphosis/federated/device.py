@@ -171,6 +171,7 @@ def train_locally(
                 None,
                 randomness,
                 after_step,
+                private,
             )
     weights = {k: v.detach().clone() for k, v in joint_state(generator, heads).items()}
     # the plan's (cached) accountant: the same Opacus accountant and history the engine holds
@@ -187,7 +188,7 @@ def _joint_epoch(private, heads: nn.ModuleList, adversary, objective, after_step
         if objective.adversary_weight > 0:
             per_sample = per_sample + objective.adversary_weight * adversary.per_sample_loss(feats, x, y)
         private.optimizer.zero_grad(set_to_none=True)
-        per_sample.mean().backward()
+        private.backward(per_sample)
         private.optimizer.step()
         if after_step is not None:
             after_step()

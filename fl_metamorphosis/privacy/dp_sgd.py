@@ -8,12 +8,20 @@ The noise and the Poisson sampling come from the caller's ``Randomness`` (``priv
 never from torch's global generator: Opacus draws both from it by default, and a device that seeds it
 from anything the server knows hands the server its noise. ``SecretNoiseDPOptimizer`` is Opacus'
 ``DPOptimizer`` with that one change; the engine, clipping and accountant are Opacus' own.
+
+Each sample's gradient norm comes either from ghost clipping (``ghost_clipping.py``, the default: two
+backward passes, no per-sample gradient) or from Opacus' hooks (``grad_sample_mode="hooks"``: every
+per-sample gradient formed). Both give the same clipped sum; the noise, the scaling and the accountant
+are the same code either way. Training loops call ``PrivateTraining.backward(per_sample_loss)`` and
+need not know which.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
@@ -23,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from ..config import DPSGDConfig
 from .accounting import StepHistory, calibrate_noise_multiplier
+from .ghost_clipping import GhostClippingDPOptimizer
 from .randomness import Randomness
 
 
@@ -64,13 +73,21 @@ class _DevicePrivacyEngine(PrivacyEngine):
 
 @dataclass
 class PrivateTraining:
-    module: nn.Module  # the Opacus-wrapped module: train through this one
+    module: nn.Module  # train through this one (Opacus-wrapped with hooks; the module itself with ghost)
     optimizer: optim.Optimizer
     loader: DataLoader  # Poisson-sampled
     engine: PrivacyEngine
     noise_multiplier: float
     sample_rate: float
     delta: float
+
+    def backward(self, per_sample: torch.Tensor, others: Iterable[nn.Parameter] = ()) -> None:
+        """Backpropagate a batch's per-sample loss ``[B]`` for the next ``optimizer.step()``.
+        ``others`` (parameters outside ``module``) get the plain gradient of the mean loss."""
+        if isinstance(self.optimizer, GhostClippingDPOptimizer):
+            self.optimizer.backward(per_sample, others)
+        else:
+            per_sample.mean().backward()
 
     def epsilon(self) -> float:
         return float(self.engine.get_epsilon(self.delta)) if self.engine.accountant.history else 0.0
@@ -104,6 +121,18 @@ def make_private(
     if history is not None:
         history.load_into(engine.accountant)
     poisson = DPDataLoader.from_data_loader(loader, generator=randomness.generator())
+    if cfg.grad_sample_mode == "ghost":
+        ghost_opt = GhostClippingDPOptimizer(
+            optimizer,
+            module=module,
+            randomness=randomness,
+            noise_multiplier=sigma,
+            max_grad_norm=cfg.max_grad_norm,
+            expected_batch_size=int(len(loader.dataset) * sample_rate),  # as Opacus' make_private
+            loss_reduction="mean",
+        )
+        ghost_opt.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+        return PrivateTraining(module, ghost_opt, poisson, engine, sigma, sample_rate, cfg.delta)
     private_module, private_opt, private_loader = engine.make_private(
         module=module,
         optimizer=optimizer,

@@ -16,7 +16,7 @@ from ..data import TrainTestSplit
 from ..losses import Objective
 from ..methods import method_spec
 from ..model import FeatureGenerator, build_heads
-from ..privacy import PrivateGroupTraining, make_private, make_private_groups, release
+from ..privacy import PrivateGroupTraining, PrivateTraining, make_private, make_private_groups, release
 from ..privacy.randomness import Randomness, randomness_for
 from .inference import evaluate
 
@@ -70,8 +70,10 @@ def run_epoch(
     head_opt: torch.optim.Optimizer | None,
     randomness: Randomness,
     after_step: Callable[[], None] | None = None,
+    private: PrivateTraining | None = None,
 ) -> float:
-    """One pass over ``loader``; heads are updated only when ``head_opt`` is given. Mean per-sample loss."""
+    """One pass over ``loader``; heads are updated only when ``head_opt`` is given. Mean per-sample loss.
+    With ``private`` (DP-SGD), its ``backward`` takes the per-sample loss (ghost clipping's two passes)."""
     module.train()
     heads.train()
     total, seen = 0.0, 0
@@ -80,11 +82,13 @@ def run_epoch(
         per_sample, _ = objective.per_sample(
             heads, release(feats, feature_dp, randomness), attention, y, feats, x, unwrapped(module).adversary
         )
-        loss = per_sample.mean() + objective.batch_term(feats, x)
         opt.zero_grad(set_to_none=True)
         if head_opt is not None:
             head_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if private is not None:  # per-sample objectives only: a batch statistic trains in groups
+            private.backward(per_sample, heads.parameters() if head_opt is not None else ())
+        else:
+            (per_sample.mean() + objective.batch_term(feats, x)).backward()
         opt.step()
         if head_opt is not None:
             head_opt.step()
@@ -192,7 +196,9 @@ def train_method(
         if grouped:
             mean_loss = run_group_epoch(private, heads, objective, feature_dp, head_opt, randomness)
         else:
-            mean_loss = run_epoch(module, heads, loader, objective, feature_dp, opt, head_opt, randomness)
+            mean_loss = run_epoch(
+                module, heads, loader, objective, feature_dp, opt, head_opt, randomness, private=private
+            )
         row = {"method": method, "epoch": epoch, "train_loss": mean_loss}
         row.update({f"test_acc.{k}": v for k, v in evaluate(generator, heads, split.test, feature_dp, epoch).items()})
         if private is not None:
