@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .fleet.fleet_config import FleetConfig
+
 Method = Literal[
     "universal",
     "adversarial",
@@ -312,6 +314,10 @@ class FederatedConfig(_Strict):
     )
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
     cpus_per_device: int = Field(1, ge=1, description="Ray CPUs per simulated device (one actor per core)")
+    fleet: FleetConfig = Field(
+        default_factory=FleetConfig,
+        description="simulated device classes, availability, dropouts and a simulated clock (docs/fleet.md)",
+    )
 
     def sampled_per_round(self) -> int:
         """Devices sampled per round, as Flower's strategies compute it."""
@@ -353,6 +359,11 @@ class FederatedConfig(_Strict):
             raise ValueError(
                 "federated.secure_aggregation=true needs federated.min_train_devices >= 2 (the sum of one update "
                 "is that update)"
+            )
+        if self.fleet.enabled and self.secure_aggregation:
+            raise ValueError(
+                "federated.fleet.enabled=true drops replies mid-protocol, which SecAgg+ handles in stages the fleet "
+                "clock does not model: set federated.secure_aggregation=false for a fleet simulation"
             )
         if s.name == "multikrum" and s.num_nodes_to_select > sampled:
             raise ValueError(

@@ -41,6 +41,7 @@ from fl_metamorphosis.training import evaluate as evaluate_on
 from fl_metamorphosis.training import method_feature_dp
 
 from .final_report import final_report, interim_audit
+from .fleet_grid import FleetGrid
 from .replies import REPLY_TIMEOUT_S, SortedReplies, record_report, sender, sort_replies
 from .secure_aggregation import secure_train
 from .strategies import build_strategy
@@ -121,6 +122,11 @@ def start(cfg: ExperimentConfig, out: Path, resume: bool) -> Federation:
 
 
 def sample(grid: Grid, fed: Federation, rnd: int) -> list[Message]:
+    if isinstance(grid, FleetGrid):  # Flower's sampling would wait for devices the fleet keeps offline
+        online, needed = len(list(grid.get_node_ids())), fed.strategy.min_available_nodes
+        if online < needed:
+            log.warning(f"  round {rnd}: {online} devices available, the strategy needs {needed}: round skipped")
+            return []
     return list(fed.strategy.configure_train(rnd, fed.arrays(), proto.config_record(fed.cfg), grid))
 
 
@@ -237,11 +243,19 @@ def report(fed: Federation, row: dict[str, Any]) -> None:
         f"{row['answered']}, declined {row['declined']}, rejected {row['rejected']} | {accs} | epsilon max "
         f"{row['epsilon_max']:.2f} mean {row['epsilon_mean']:.2f} | releases per pair max "
         f"{row['releases_per_pair_max']} | {row['seconds']:.1f} s"
+        + (
+            f" | fleet: {row['fleet.available']} available, {row['fleet.dropped']} dropped, "
+            f"{row['fleet.stragglers']} late, {row['fleet.round_seconds']:.1f} simulated s"
+            if "fleet.round_seconds" in row
+            else ""
+        )
     )
 
 
 def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
     t0 = time.perf_counter()
+    if isinstance(grid, FleetGrid):
+        grid.begin_round(rnd)
     messages = sample(grid, fed, rnd)
     if fed.cfg.federated.secure_aggregation:  # the server receives the sum of the updates only
         replies = secure_train(grid, fed, messages, rnd)
@@ -266,6 +280,11 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
         "feature_rows_received": fed.ledger.rows_received,
         "seconds": time.perf_counter() - t0,
     }
+    if isinstance(grid, FleetGrid):
+        row.update(grid.end_round())
+        row["fleet.elapsed_seconds"] = row["fleet.round_seconds"] + (
+            fed.rows[-1].get("fleet.elapsed_seconds", 0.0) if fed.rows else 0.0
+        )
     every = fed.cfg.federated.audit_every
     if audit and fed.cfg.audit.enabled and every and rnd % every == 0 and rnd < fed.cfg.federated.rounds:
         fed.audits.append(interim_audit(fed, rnd))
@@ -279,6 +298,8 @@ def run_federated(
     grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = True, resume: bool = False
 ) -> dict[str, Any]:
     fed = start(cfg, Path(out), resume)
+    if cfg.federated.fleet.enabled:
+        grid = FleetGrid(grid, cfg)
     if fed.round == 0:  # round 0: heads learn from the initial encoder's features before the first local round
         train_heads(fed, query_features(grid, fed, sorted(grid.get_node_ids()), 0), 0)
     for rnd in range(fed.round + 1, cfg.federated.rounds + 1):

@@ -19,8 +19,10 @@ def build_strategy(fed: FederatedConfig) -> fl.FedAvg:
         "fraction_evaluate": fed.fraction_train,
         "min_train_nodes": fed.min_train_devices,  # <= num_devices, checked by FederatedConfig
         "min_evaluate_nodes": fed.min_train_devices,
-        # a round waits until this many devices are online (a real fleet may set fewer than all)
-        "min_available_nodes": fed.min_online_devices or fed.num_devices,
+        # a round waits until this many devices are online (a real fleet may set fewer than all; a simulated
+        # fleet has only its available devices online, and a round with too few is skipped)
+        "min_available_nodes": fed.min_online_devices
+        or (fed.min_train_devices if fed.fleet.enabled else fed.num_devices),
     }
     match s.name:
         case "fedavg":

@@ -257,6 +257,15 @@ def simulate(
         previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         run_flower(cmd, env, out, "local", echo)
+        if cfg.federated.fleet.enabled:  # both privacy views need the devices' folders: only here are both
+            from fl_metamorphosis.metrics.fleet_report import write_fleet_report  # plots: only when asked
+            fleet = write_fleet_report(out, cfg, json.loads((out / "summary.json").read_text()))
+            tt = fleet["time_to_target"]
+            echo(
+                f"fleet: {fleet['totals']['fleet.dropped']} dropped, {fleet['totals']['fleet.stragglers']} late over "
+                f"{fleet['simulated_seconds']:.0f} simulated s; accuracy {tt['target']:.3f} at round {tt['round']} "
+                f"({out / 'fleet.json'})"
+            )
         return out
     finally:
         stop_processes(home)

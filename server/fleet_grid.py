@@ -1,0 +1,145 @@
+"""The fleet model applied to a simulation's messages: a Grid around Flower's own.
+
+With ``federated.fleet.enabled`` the round loop talks to a ``FleetGrid`` instead of Flower's grid:
+
+* during a round, ``get_node_ids`` returns the nodes the fleet makes available, so the strategy samples
+  among them (its own sampling, unchanged);
+* every train request is delivered and every device really trains (and counts it in its own ledger);
+  the replies then meet the fleet's clock (``fl_metamorphosis/fleet/clock.py``): a device that drops
+  out, or whose reply comes after the deadline or after the first ``target_replies``, is removed, so
+  the round loop sees a missing reply, exactly as from a real device that never answered;
+* the feature query costs the slowest queried device's time; nothing is dropped there.
+
+Node ids are slots in sorted order. Flower draws node ids at random when a simulation starts, so which
+data partition sits in which slot (and so on which device class) changes between runs and on resume;
+the fleet itself (the classes' shares, every availability and dropout draw) does not.
+``end_round`` returns the round's fleet metrics for ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.fleet import Fleet, Work
+from fl_metamorphosis.flower import messages as proto
+
+# Peak memory of a device's local round of the demo model, measured (docs/devices/raspberry-pi.md: 668-683
+# MB peak RSS of the device process); a class with less memory is never available.
+ROUND_MEMORY_MB = 700.0
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of a message's arrays (the weights, the features): what dominates its size on the wire."""
+    return sum(len(array.data) for record in content.array_records.values() for array in record.values())
+
+
+def _pairs(reply: Message) -> int:
+    if reply.has_error() or proto.METRICS not in reply.content.metric_records:
+        return 0
+    return int(reply.content.metric_records[proto.METRICS].get("num-examples", 0))
+
+
+class FleetGrid(Grid):
+    """Flower's grid, seen through the fleet: availability, dropouts, deadline, simulated time."""
+
+    def __init__(self, inner: Grid, cfg: ExperimentConfig) -> None:
+        self.inner = inner
+        self.nodes = sorted(inner.get_node_ids())
+        self.slot = {node: i for i, node in enumerate(self.nodes)}
+        self.fleet = Fleet(cfg.federated.fleet, len(self.nodes), ROUND_MEMORY_MB)
+        self.local_epochs = cfg.federated.local_epochs
+        self.round = 0  # 0: outside a round (start, final evaluation): every node
+        self.stats: dict[str, Any] = {}
+        self._available: list[int] = self.nodes
+
+    # --- the round's fleet view --------------------------------------------------------------------
+    def begin_round(self, rnd: int) -> None:
+        self.round = rnd
+        self._available = [self.nodes[s] for s in self.fleet.available(rnd)]
+        self.stats = {
+            "fleet.available": len(self._available),
+            "fleet.dropped": 0,
+            "fleet.stragglers": 0,
+            "fleet.train_seconds": 0.0,
+            "fleet.features_seconds": 0.0,
+            "fleet.bytes_down": 0,
+            "fleet.bytes_up": 0,
+        }
+
+    def end_round(self) -> dict[str, Any]:
+        """The round's fleet metrics; the grid shows every node again until the next round."""
+        stats, self.round, self._available = self.stats, 0, self.nodes
+        stats["fleet.round_seconds"] = stats["fleet.train_seconds"] + stats["fleet.features_seconds"]
+        return stats
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._available)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        if not self.round or not messages:
+            return replies
+        kind = messages[0].metadata.message_type
+        if kind == proto.TRAIN:
+            return self._train(messages, replies)
+        if kind == proto.FEATURES:
+            self._features(messages, replies)
+        return replies
+
+    def _works(self, messages: list[Message], replies: list[Message], epochs: int) -> dict[str, Work]:
+        """Request id (each reply's ``reply_to_message_id``) -> the sender's work (pairs, bytes both ways)."""
+        down = {m.metadata.message_id: (m.metadata.dst_node_id, payload_bytes(m.content)) for m in messages}
+        works = {}
+        for reply in replies:
+            node, bytes_down = down.get(reply.metadata.reply_to_message_id, (reply.metadata.src_node_id, 0))
+            if node in self.slot:
+                up = 0 if reply.has_error() else payload_bytes(reply.content)
+                work = Work(self.slot[node], _pairs(reply) * epochs, bytes_down, up)
+                works[reply.metadata.reply_to_message_id] = work
+        self.stats["fleet.bytes_down"] += sum(b for _, b in down.values())
+        return works
+
+    def _train(self, messages: list[Message], replies: list[Message]) -> list[Message]:
+        works = self._works(messages, replies, self.local_epochs)
+        phase = self.fleet.train_phase(self.round, list(works.values()))
+        outcome = {a.slot: a.outcome for a in phase.arrivals}
+        kept = []
+        for reply in replies:
+            work = works.get(reply.metadata.reply_to_message_id)
+            fate = outcome.get(work.slot, "arrived") if work is not None else "arrived"
+            if fate != "dropped" and work is not None:
+                self.stats["fleet.bytes_up"] += work.bytes_up  # a straggler's reply was sent, too late
+            if fate == "arrived":
+                kept.append(reply)
+        self.stats["fleet.dropped"] += phase.count("dropped")
+        self.stats["fleet.stragglers"] += phase.count("straggler")
+        self.stats["fleet.train_seconds"] += phase.seconds
+        return kept
+
+    def _features(self, messages: list[Message], replies: list[Message]) -> None:
+        works = self._works(messages, replies, 1)
+        self.stats["fleet.bytes_up"] += sum(w.bytes_up for w in works.values())
+        self.stats["fleet.features_seconds"] += self.fleet.release_phase(list(works.values()))
+
+    # --- the rest is Flower's grid -----------------------------------------------------------------
+    def set_run(self, run):  # pragma: no cover - the runtime sets the inner grid's run
+        self.inner.set_run(run)
+
+    @property
+    def run(self):  # pragma: no cover
+        return self.inner.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # pragma: no cover
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def push_messages(self, messages):  # pragma: no cover - the round loop uses send_and_receive
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids):  # pragma: no cover
+        return self.inner.pull_messages(message_ids)
