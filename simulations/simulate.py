@@ -259,6 +259,7 @@ def simulate(
         run_flower(cmd, env, out, "local", echo)
         if cfg.federated.fleet.enabled:  # both privacy views need the devices' folders: only here are both
             from fl_metamorphosis.metrics.fleet_report import write_fleet_report  # plots: only when asked
+
             fleet = write_fleet_report(out, cfg, json.loads((out / "summary.json").read_text()))
             tt = fleet["time_to_target"]
             echo(
