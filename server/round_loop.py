@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,13 @@ def query_features(grid: Grid, fed: Federation, nodes: list[int], rnd: int) -> d
     return {t: (torch.cat(f), torch.cat(y)) for t, (f, y) in per_task.items() if f}
 
 
+def some_devices(grid: Grid, fed: Federation) -> list[int]:
+    """As many devices as a round samples, for a feature query outside a round's training (round 0, or a
+    round nobody answered): a population of thousands is never queried whole."""
+    nodes = sorted(grid.get_node_ids())
+    return sorted(random.sample(nodes, min(len(nodes), fed.cfg.federated.sampled_per_round())))
+
+
 def train_heads(fed: Federation, received: dict[str, tuple], rnd: int) -> None:
     for t, name in enumerate(fed.tasks):
         if name in received:  # head t sees task t's features only
@@ -263,7 +271,7 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
         replies = check_replies(fed, train(grid, messages), destinations(messages), rnd)
     aggregated = aggregate(fed, rnd, replies)
     answered = replies.contributors
-    train_heads(fed, query_features(grid, fed, answered or sorted(grid.get_node_ids()), rnd), rnd)
+    train_heads(fed, query_features(grid, fed, answered or some_devices(grid, fed), rnd), rnd)
     accuracy = evaluate(fed, rnd)
     row = {
         "method": fed.method,
@@ -301,7 +309,7 @@ def run_federated(
     if cfg.federated.fleet.enabled:
         grid = FleetGrid(grid, cfg)
     if fed.round == 0:  # round 0: heads learn from the initial encoder's features before the first local round
-        train_heads(fed, query_features(grid, fed, sorted(grid.get_node_ids()), 0), 0)
+        train_heads(fed, query_features(grid, fed, some_devices(grid, fed), 0), 0)
     for rnd in range(fed.round + 1, cfg.federated.rounds + 1):
         run_round(grid, fed, rnd, audit)
     return final_report(grid, fed, audit)
