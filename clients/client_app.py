@@ -39,7 +39,7 @@ from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.data.device_folder import read_device_folder
 from fl_metamorphosis.federated import train_locally
 from fl_metamorphosis.federated.device import build_generator, privacy_plan, split_state
-from fl_metamorphosis.federated.device_state import DeviceState
+from fl_metamorphosis.federated.device_state import DeviceState, ReplyMemo
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy.randomness import Randomness, randomness_for
@@ -56,9 +56,12 @@ gc.freeze()
 
 def release_memory(msg: Message, context: Context, call_next) -> Message:
     """Flower mod: collect the reference cycles a DP-SGD round leaves (Opacus' hooks) and hand the freed
-    heap back to the OS. Without it a simulated device's Ray actor grows every round (docs/federated.md)."""
+    heap back to the OS. Without it a simulated device's Ray actor grows every round (docs/federated.md).
+    What survives the collection lives on (the runtime's state, caches): it is frozen too, so the next
+    collection scans only what the next message allocates (docs/federated.md)."""
     reply = call_next(msg, context)
     gc.collect()
+    gc.freeze()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
     return reply
@@ -101,18 +104,22 @@ def state_dir(context: Context) -> Path:
     )
 
 
+def durable(context: Context) -> bool:
+    """Whether the device's writes must survive a power cut (fsync): always, except on a simulated device,
+    which shares one machine with its run (``checkpoint.write_checkpoint``)."""
+    return not (os.environ.get(SIMULATION_ENV) == "1" and not context.node_config.get(STATE_DIR))
+
+
 def replay_repeated_requests(msg: Message, context: Context, call_next) -> Message:
     """Flower mod: a request identical to the last one of its kind gets the same reply, at no new cost."""
-    folder = state_dir(context)
+    memo = ReplyMemo(state_dir(context))
     request = proto.request_digest(msg.metadata.message_type, msg.content)
-    earlier = DeviceState.load(folder).replay(msg.metadata.message_type, request)
+    earlier = memo.replay(msg.metadata.message_type, request)
     if earlier is not None:
         return Message(content=proto.from_payload(earlier), reply_to=msg)
     reply = call_next(msg, context)
     if not reply.has_error():
-        state = DeviceState.load(folder)  # as the handler left it
-        state.remember(msg.metadata.message_type, request, proto.to_payload(reply.content))
-        state.save(folder)
+        memo.remember(msg.metadata.message_type, request, proto.to_payload(reply.content), durable=durable(context))
     return reply
 
 
@@ -180,7 +187,7 @@ def train(msg: Message, context: Context) -> Message:
         train_heads=cfg.federated.device_heads == "dp_trained",
     )
     state.history = update.history
-    state.save(folder)  # before the reply leaves: whatever the server receives is already counted
+    state.save(folder, durable=durable(context))  # before the reply leaves: whatever the server receives is counted
     reply = proto.TrainReply(
         device=device,
         num_examples=update.num_examples,
@@ -235,7 +242,7 @@ def features(msg: Message, context: Context) -> Message:
         released = torch.zeros(0, len(data.task_names), *generator.feature_shape)
     ledger.record(idx)
     state.releases = ledger.state_dict()
-    state.save(folder)
+    state.save(folder, durable=durable(context))
     tasks = {}
     for t, name in enumerate(data.task_names):
         order = torch.randperm(len(idx), generator=randomness.generator())  # rows of two tasks do not line up

@@ -15,7 +15,7 @@ from conftest import TINY_OVERRIDES
 from fl_metamorphosis.checkpoint import load_run
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.deployment.credentials import certificate_names, make_certificates, make_device_key
-from fl_metamorphosis.federated.device_state import DeviceState
+from fl_metamorphosis.federated.device_state import DeviceState, ReplyMemo
 from fl_metamorphosis.flower.messages import TrainReply, from_payload
 from fl_metamorphosis.flower.secagg_records import mean_error_bound
 from fl_metamorphosis.metrics import read_jsonl
@@ -94,7 +94,7 @@ def test_registered_devices_train_over_tls_with_secure_aggregation_and_resume_af
     log = (out / "flower.log").read_text()
     assert log.count("Secure aggregation completed") == 3 - summary["resumed_from_round"]
     # the secure aggregate is the plain FedAvg of the devices' own last updates (kept on their disks)
-    replies = [TrainReply.from_record(from_payload(DeviceState.load(d.state).replies["train"]["reply"]))
+    replies = [TrainReply.from_record(from_payload(ReplyMemo(d.state).last("train")))
                for d in federation.devices]  # fmt: skip
     weights = [r.num_examples for r in replies]
     global_after = load_run(out / "checkpoints" / "round_003.ckpt").generator
@@ -147,10 +147,10 @@ def test_a_killed_device_is_lost_for_its_round_and_rejoins_with_its_epsilon_and_
         box = _in_thread(deploy.run, cfg, out, fed.server_state, echo=lambda _line: None)
         # round 0's features reply is saved by device 0; the next ClientApp process is round 1's training
         home = deploy.flower_home(killed.state)
-        wait_for(lambda: "query.features" in DeviceState.load(killed.state).replies, "round 0 on device 0", 300)
+        wait_for(lambda: ReplyMemo(killed.state).last("query.features") is not None, "round 0 on device 0", 300)
         round_0 = _clientapps(home)
         wait_for(lambda: _clientapps(home) - round_0, "round 1 on device 0", 300)
-        assert "train" not in DeviceState.load(killed.state).replies  # it has not trained yet
+        assert ReplyMemo(killed.state).last("train") is None  # it has not trained yet
         proc, _ = fed.procs["device-0"]
         for pid in [proc.pid, *processes_of(home)]:  # power cut: SuperNode, SuperExec, ClientApp at once
             with contextlib.suppress(ProcessLookupError):

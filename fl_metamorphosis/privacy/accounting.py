@@ -138,13 +138,16 @@ def calibrate_noise_multiplier(cfg: DPSGDConfig, sample_rate: float, epochs: int
     """The configured noise multiplier, or the one that reaches ``target_epsilon`` after ``epochs``."""
     if cfg.noise_multiplier is not None:
         return cfg.noise_multiplier
+    return _calibrated(cfg.target_epsilon, cfg.delta, sample_rate, cfg.accountant, epochs=epochs)
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrated(epsilon: float, delta: float, sample_rate: float, accountant: str, **length: int) -> float:
+    # Cached: a search over sigma costs a device's first message about as much as its training, and every
+    # device of a population with equal shares searches for the same value.
     return float(
         get_noise_multiplier(
-            target_epsilon=cfg.target_epsilon,
-            target_delta=cfg.delta,
-            sample_rate=sample_rate,
-            epochs=epochs,
-            accountant=cfg.accountant,
+            target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, accountant=accountant, **length
         )
     )
 
@@ -156,11 +159,7 @@ def calibrate_group_noise(cfg: DPSGDConfig, sample_rate: float, steps: int) -> f
     if cfg.noise_multiplier is not None:
         return cfg.noise_multiplier
     eps, delta = group_target(cfg)
-    return float(
-        get_noise_multiplier(
-            target_epsilon=eps, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant=cfg.accountant
-        )
-    )
+    return _calibrated(eps, delta, sample_rate, cfg.accountant, steps=steps)
 
 
 @dataclass(frozen=True)
