@@ -194,6 +194,11 @@ def prepare_data(cfg: ExperimentConfig, devices: int, out: Path) -> list[Path]:
 
 def run(cfg: ExperimentConfig, out: Path, state: Path, echo: Callable[[str], None] = print, resume: bool = False):
     """Start the experiment on the running SuperLink of ``state`` and stream it; return the run folder."""
+    if cfg.federated.fleet.enabled:
+        raise ConfigError(
+            "federated.fleet.enabled=true simulates devices' availability and dropouts; real devices have their "
+            "own: set federated.fleet.enabled=false for `deploy run`"
+        )
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)

@@ -177,3 +177,12 @@ def test_dropouts_are_missing_replies_the_round_survives_and_devices_count_what_
     )
     assert report["devices_ahead_of_server"]  # the last round dropped someone: the server never saw it
     assert (tmp_path / "fleet.png").exists() and "## Fleet" in (tmp_path / "fleet.md").read_text()
+
+
+def test_deploy_refuses_a_simulated_fleet(tmp_path):
+    from simulations import deploy
+
+    cfg = build_config(None, ["federated.fleet.enabled=true"])
+    with pytest.raises(ConfigError, match="federated.fleet.enabled=false"):
+        deploy.run(cfg, tmp_path / "out", tmp_path / "state")
+    assert not (tmp_path / "out").exists()
