@@ -25,6 +25,7 @@ REPLY_TIMEOUT_S = 3600.0  # how long a round waits for its replies (Flower answe
 class SortedReplies:
     valid: list[Message] = field(default_factory=list)  # aggregated by the strategy
     contributors: list[int] = field(default_factory=list)  # nodes whose update is in ``valid``
+    contributing_devices: dict[int, int] = field(default_factory=dict)  # node -> device id, of the contributors
     declined: dict[int, str] = field(default_factory=dict)  # device -> reason
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> reason
     # every well-formed reply (valid, declined, or rejected for its weights): the device's privacy report
@@ -34,12 +35,14 @@ class SortedReplies:
     def reject(self, msg: Message, reason: str) -> None:
         self.valid.remove(msg)
         self.contributors.remove(msg.metadata.src_node_id)
+        self.contributing_devices.pop(msg.metadata.src_node_id, None)
         self.rejected[msg.metadata.src_node_id] = reason
 
 
-def record_report(ledger: ServerLedger, report: TrainReply, aggregated: bool) -> str | None:
+def record_report(ledger: ServerLedger, report: TrainReply) -> str | None:
     """A train reply's privacy report into the server's ledger (what ``ServerLedger.record_train`` returns:
-    a message when the device's count is below the server's)."""
+    a message when the device's count is below the server's). Whether its update is aggregated is
+    known only after the round's aggregation: ``ServerLedger.mark_aggregated``."""
     return ledger.record_train(
         report.device,
         epsilon=report.epsilon,
@@ -48,7 +51,6 @@ def record_report(ledger: ServerLedger, report: TrainReply, aggregated: bool) ->
         steps=report.steps,
         round_steps=report.round_steps,
         grouped=report.grouped,
-        aggregated=aggregated,
     )
 
 
@@ -86,4 +88,5 @@ def sort_replies(
             continue
         out.valid.append(msg)
         out.contributors.append(node)
+        out.contributing_devices[node] = reply.device
     return out

@@ -150,7 +150,7 @@ def check_replies(fed: Federation, replies: list[Message], sent: dict[str, int],
     aggregatable = {id(m) for m in checked.valid}  # a set: a list lookup per report is quadratic in devices
     for reply, msg in checked.reports:
         valid = id(msg) in aggregatable
-        lost = record_report(fed.ledger, reply, aggregated=valid)
+        lost = record_report(fed.ledger, reply)
         if lost:
             log.warning(f"  round {rnd}: device {reply.device} {lost}")
         if valid and fed.ledger.epsilon(reply.device) > budget * (1 + 1e-9):
@@ -270,6 +270,8 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
     else:
         replies = check_replies(fed, train(grid, messages), destinations(messages), rnd)
     aggregated = aggregate(fed, rnd, replies)
+    if aggregated:
+        fed.ledger.mark_aggregated(replies.contributing_devices.values())
     answered = replies.contributors
     train_heads(fed, query_features(grid, fed, answered or some_devices(grid, fed), rnd), rnd)
     accuracy = evaluate(fed, rnd)

@@ -147,13 +147,14 @@ def _record_reports(fed: Federation, results: list[tuple[ClientProxy, FitRes]], 
             continue
         out.reports.append((report, None))
         contributes = report.declined is None
-        lost = record_report(fed.ledger, report, aggregated=contributes)
+        lost = record_report(fed.ledger, report)
         if lost:
             log.warning(f"  round {rnd}: device {report.device} {lost}")
         if not contributes:
             out.declined[report.device] = report.declined
             continue
         out.contributors.append(node)
+        out.contributing_devices[node] = report.device
         if fed.ledger.epsilon(report.device) > budget * (1 + 1e-9):
             out.rejected[node] = f"the server's ledger puts device {report.device} past its budget {budget}"
             usable = False

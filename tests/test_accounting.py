@@ -40,7 +40,6 @@ def _train(ledger, device, steps, round_steps):
         steps=steps,
         round_steps=round_steps,
         grouped=False,
-        aggregated=True,
     )
 
 

@@ -218,9 +218,13 @@ def test_malformed_or_nan_update_is_rejected_and_the_round_goes_on(tmp_path, kin
 @pytest.mark.slow
 def test_too_few_valid_replies_are_not_aggregated(tmp_path):
     cfg = _cfg("federated.rounds=1", "federated.min_train_devices=3")
-    run_federated(InProcessGrid(client_app, 3, tmp_path / "devices", tamper=_poison("nan")), cfg, tmp_path, audit=False)
+    grid = InProcessGrid(client_app, 3, tmp_path / "devices", tamper=_poison("nan"))
+    summary = run_federated(grid, cfg, tmp_path, audit=False)
     (row,) = read_jsonl(tmp_path / "metrics.jsonl")
     assert row["aggregated"] is False
+    # every update left its device and is counted; none went into an aggregate
+    devices = summary["device_privacy"]
+    assert len(devices) == 3 and all(d["epsilon"] > 0 and d["rounds_trained"] == 0 for d in devices.values())
 
 
 @pytest.mark.slow

@@ -215,14 +215,13 @@ class ServerLedger:
         steps: int,
         round_steps: int,
         grouped: bool,
-        aggregated: bool,
     ) -> str | None:
-        """A train reply. Returns a message when the device's own count is below the server's (its state
-        was lost): the server's larger figure then stands for it."""
+        """A train reply, counted whether or not its update is aggregated (it left the device). Returns a
+        message when the device's own count is below the server's (its state was lost): the server's
+        larger figure then stands for it."""
         rec = self.devices.setdefault(device, DeviceRecord())
         rec.counted = rec.counted.extended(noise_multiplier, sample_rate, round_steps)
         rec.reported_epsilon, rec.reported_steps, rec.grouped = epsilon, steps, grouped
-        rec.rounds_trained += int(aggregated)
         if steps < rec.counted.steps:
             self.disagreements[device] = (
                 f"reports {steps} DP-SGD steps (epsilon {epsilon:.3f}) but the server counted {rec.counted.steps} "
@@ -236,6 +235,11 @@ class ServerLedger:
         rec = self.devices.setdefault(device, DeviceRecord())
         rec.releases_max = max(rec.releases_max, releases_max)
         self.rows_received += rows
+
+    def mark_aggregated(self, devices: Iterable[int]) -> None:
+        """The devices whose update went into a round's aggregate (their ``rounds_trained``)."""
+        for device in devices:
+            self.devices[device].rounds_trained += 1
 
     def epsilon(self, device: int) -> float:
         """The larger of the device's reported epsilon and the server's own count's."""
