@@ -93,7 +93,10 @@ class Fleet:
         self.cfg, self.population = cfg, population
         self.classes = cfg.classes
         self.class_index = assign_classes(cfg.classes, population, cfg.seed)
-        self.trace = load_trace(Path(cfg.trace)) if cfg.trace else {}
+        self.trace: dict[int, dict[int, bool]] = {}  # round -> {slot: available}, indexed once
+        for (slot, rnd), up in (load_trace(Path(cfg.trace)) if cfg.trace else {}).items():
+            if slot < population:
+                self.trace.setdefault(rnd, {})[slot] = up
         self._availability = np.array([c.availability for c in cfg.classes])
         self._dropout = np.array([c.dropout for c in cfg.classes])
         # a device whose memory cannot hold a local round is never available
@@ -106,9 +109,8 @@ class Fleet:
         """The slots available in round ``rnd``: the trace where it has the (slot, round), else a draw."""
         chance = self._availability[self.class_index]
         draw = np.random.default_rng([self.cfg.seed, 1, rnd]).random(self.population) < chance
-        for (slot, r), up in self.trace.items():
-            if r == rnd and slot < self.population:
-                draw[slot] = up
+        for slot, up in self.trace.get(rnd, {}).items():
+            draw[slot] = up
         return np.flatnonzero(draw & self._fits[self.class_index]).tolist()
 
     def drops(self, rnd: int) -> np.ndarray:

@@ -25,7 +25,6 @@ import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
-from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn, optim
 from torch.utils.data import DataLoader
 
@@ -33,22 +32,11 @@ from ..config import DPSGDConfig
 from .accounting import StepHistory, calibrate_noise_multiplier
 from .ghost_clipping import GhostClippingDPOptimizer
 from .randomness import Randomness
+from .secret_noise import SecretNoise
 
 
-class SecretNoiseDPOptimizer(DPOptimizer):
+class SecretNoiseDPOptimizer(SecretNoise, DPOptimizer):
     """Opacus' DPOptimizer whose Gaussian noise comes from a ``Randomness`` (by default the OS CSPRNG)."""
-
-    def __init__(self, optimizer: optim.Optimizer, *, randomness: Randomness, **kwargs):
-        super().__init__(optimizer, **kwargs)
-        self.randomness = randomness
-
-    def add_noise(self) -> None:
-        std = self.noise_multiplier * self.max_grad_norm
-        for p in self.params:
-            _check_processed_flag(p.summed_grad)
-            noise = self.randomness.normal(p.summed_grad.shape, std, dtype=p.summed_grad.dtype)
-            p.grad = (p.summed_grad + noise).view_as(p)
-            _mark_as_processed(p.summed_grad)
 
 
 class _DevicePrivacyEngine(PrivacyEngine):

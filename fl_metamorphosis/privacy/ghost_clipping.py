@@ -18,10 +18,11 @@ GroupNorm normalises within a sample and the released-feature noise is drawn per
 a batch statistic clip per group of pairs instead (``group_dp_sgd.py``).
 
 What comes after the clipped sum is Opacus' own: ``DPOptimizerFastGradientClipping`` adds the noise
-(from the caller's ``Randomness``, as in ``dp_sgd.py``), scales by the expected batch size and calls the
-accountant's step hook. Opacus' ``GradSampleModuleFastGradientClipping`` computes the same norms but
-runs a full first backward and forms the convolutions' per-sample gradients through its hooks; on the
-device's model it measured 2.7-2.9x a plain step against 1.9-2.1x here (``docs/federated.md``).
+(from the caller's ``Randomness``: ``secret_noise.py``, as in ``dp_sgd.py``), scales by the expected
+batch size and calls the accountant's step hook. Opacus' ``GradSampleModuleFastGradientClipping``
+computes the same norms but runs a full first backward and forms the convolutions' per-sample
+gradients through its hooks; on the device's model it measured 2.7-2.9x a plain step against
+1.9-2.1x here (``docs/federated.md``).
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from collections.abc import Iterable
 
 import torch
 from opacus.optimizers import DPOptimizerFastGradientClipping
-from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
 from torch.nn import functional as nnf
 
 from .randomness import Randomness
+from .secret_noise import SecretNoise
 
 _COVERED = (nn.Linear, nn.Conv2d, nn.GroupNorm)
 
@@ -47,15 +48,16 @@ class GhostNorms:
         self.layers = [
             m for m in module.modules() if isinstance(m, _COVERED) and any(p.requires_grad for p in m.parameters(False))
         ]
-        covered = {id(p) for m in self.layers for p in m.parameters(recurse=False)}
+        self.covered = {id(p) for m in self.layers for p in m.parameters(recurse=False)}
         for name, p in module.named_parameters():
-            if p.requires_grad and id(p) not in covered:
+            if p.requires_grad and id(p) not in self.covered:
                 raise ValueError(
                     f"ghost clipping covers Linear, Conv2d and GroupNorm layers; parameter {name!r} is in another "
                     "kind of layer: set dp_sgd.grad_sample_mode='hooks'"
                 )
         self._seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._handles = [layer.register_forward_hook(self._record) for layer in self.layers]
+        for layer in self.layers:
+            layer.register_forward_hook(self._record)
 
     def _record(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if not (layer.training and torch.is_grad_enabled()):
@@ -63,11 +65,6 @@ class GhostNorms:
         if layer in self._seen:  # a second call would need the sum of two outer products per sample
             raise ValueError(f"ghost clipping: {layer} ran twice in one forward (shared weights); use 'hooks'")
         self._seen[layer] = (inputs[0].detach(), output)
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._seen.clear()
 
     def squared_norms(self, losses: torch.Tensor) -> torch.Tensor:
         """``[B]``: each sample's squared gradient norm of ``losses`` (``[B]``, from the last training
@@ -113,7 +110,7 @@ def _layer_squared_norms(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> 
     return total
 
 
-class GhostClippingDPOptimizer(DPOptimizerFastGradientClipping):
+class GhostClippingDPOptimizer(SecretNoise, DPOptimizerFastGradientClipping):
     """Opacus' optimizer for gradients that arrive already clipped and summed, with the Gaussian noise
     from a ``Randomness`` (by default the OS CSPRNG), as ``SecretNoiseDPOptimizer``.
 
@@ -122,11 +119,9 @@ class GhostClippingDPOptimizer(DPOptimizerFastGradientClipping):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, module: nn.Module, randomness: Randomness, **kwargs):
-        super().__init__(optimizer, **kwargs)
-        self.randomness = randomness
+        super().__init__(optimizer, randomness=randomness, **kwargs)
         self.norms = GhostNorms(module)
-        covered = {id(p) for m in self.norms.layers for p in m.parameters(recurse=False)}
-        if any(id(p) not in covered for p in self.params):
+        if any(id(p) not in self.norms.covered for p in self.params):
             raise ValueError("ghost clipping: the optimizer trains parameters outside the private module")
         self._clipped = False
 
@@ -159,11 +154,3 @@ class GhostClippingDPOptimizer(DPOptimizerFastGradientClipping):
             raise RuntimeError("ghost clipping: call PrivateTraining.backward(per_sample_loss) before the step")
         self._clipped = False
         return super().pre_step(closure)
-
-    def add_noise(self) -> None:
-        std = self.noise_multiplier * self.max_grad_norm
-        for p in self.params:
-            _check_processed_flag(p.summed_grad)
-            noise = self.randomness.normal(p.summed_grad.shape, std, dtype=p.summed_grad.dtype)
-            p.grad = (p.summed_grad + noise).view_as(p)
-            _mark_as_processed(p.summed_grad)
