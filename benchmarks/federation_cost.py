@@ -13,16 +13,23 @@ the audit switched off, measured in one process on this machine, one after the o
 * non-training milliseconds per device per round: (per-round cost - central epoch) / devices. The
   central epoch is the same training work, so the rest is federation: messages, data composition on
   the device, state files, feature release and head training, Ray scheduling.
+* Flower's floor, measured the same way (two run lengths): a Flower App whose devices do nothing but
+  send the model back, with this run's messages (a feature query to as many devices as a round samples
+  first, then each round a train message and a feature query to every device, an evaluation at the
+  end) and the model's size both ways, launched as ``simulate`` launches. What the floor costs, no work
+  on the devices or the server can remove.
 
-    python benchmarks/federation_cost.py [--devices 10 100] [--rounds 3 10] [--pairs 20000]
+    python benchmarks/federation_cost.py [--devices 10 100] [--rounds 3 10] [--pairs 20000] [--no-floor]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -33,8 +40,62 @@ sys.path.insert(0, str(ROOT))
 
 from fl_metamorphosis.config import build_config  # noqa: E402
 from fl_metamorphosis.data import load_dataset  # noqa: E402
+from fl_metamorphosis.federated.device import build_generator, joint_state  # noqa: E402
+from fl_metamorphosis.model import build_heads  # noqa: E402
 from fl_metamorphosis.training import train_method  # noqa: E402
-from simulations.simulate import simulate  # noqa: E402
+from simulations.simulate import flower_env, simulate, stop_processes  # noqa: E402
+
+FLOOR_APP = {
+    "pyproject.toml": """
+        [build-system]
+        requires = ["setuptools>=68"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "floor"
+        version = "0.1.0"
+        [tool.flwr.app]
+        publisher = "benchmark"
+        [tool.flwr.app.components]
+        serverapp = "floor.apps:server"
+        clientapp = "floor.apps:client"
+        [tool.flwr.app.config]
+        rounds = 1
+        sampled = 1
+        parameters = 1
+    """,
+    "floor/__init__.py": "",
+    "floor/apps.py": """
+        import numpy as np
+        from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+        from flwr.clientapp import ClientApp
+        from flwr.serverapp import ServerApp
+
+        client, server = ClientApp(), ServerApp()
+
+        def echo(msg, context):
+            return Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg)
+
+        client.train()(echo)
+        client.query()(echo)
+        client.evaluate()(echo)
+
+        @server.main()
+        def main(grid, context):
+            cfg = context.run_config
+            model = RecordDict({"arrays": ArrayRecord([np.zeros(int(cfg["parameters"]), np.float32)])})
+
+            def send(kind, nodes):
+                replies = list(grid.send_and_receive([Message(model, dst_node_id=n, message_type=kind) for n in nodes]))
+                assert len(replies) == len(nodes) and not any(r.has_error() for r in replies), "lost replies"
+
+            nodes = sorted(grid.get_node_ids())
+            send(MessageType.QUERY, nodes[: int(cfg["sampled"])])
+            for rnd in range(int(cfg["rounds"])):
+                send(MessageType.TRAIN, nodes)
+                send(MessageType.QUERY, nodes)
+            send(MessageType.EVALUATE, nodes)
+    """,
+}
 
 
 def central_epoch_seconds(common: list[str], epochs: int) -> tuple[float, float]:
@@ -46,8 +107,8 @@ def central_epoch_seconds(common: list[str], epochs: int) -> tuple[float, float]
     return epoch, trained.history[-1]["test_acc.left"]
 
 
-def simulation_seconds(common: list[str], devices: int, rounds: int) -> float:
-    cfg = build_config(
+def simulation_config(common: list[str], devices: int, rounds: int):
+    return build_config(
         None,
         [
             *common,
@@ -57,10 +118,46 @@ def simulation_seconds(common: list[str], devices: int, rounds: int) -> float:
             f"federated.min_train_devices={min(2, devices)}",
         ],
     )
+
+
+def simulation_seconds(common: list[str], devices: int, rounds: int) -> float:
+    cfg = simulation_config(common, devices, rounds)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         simulate(cfg, Path(tmp) / "run", echo=lambda _line: None)
         return time.perf_counter() - t0
+
+
+def model_parameters(common: list[str]) -> int:
+    cfg = build_config(None, common)
+    data = load_dataset(cfg.data, cfg.train.seed)
+    generator = build_generator(cfg, data.train)
+    heads = build_heads(generator.feature_shape, [t.num_classes for t in data.train.tasks], cfg.model)
+    return sum(t.numel() for t in joint_state(generator, heads).values())
+
+
+def floor_seconds(devices: int, rounds: int, sampled: int, parameters: int) -> float:
+    """Wall seconds of the do-nothing App's run (``FLOOR_APP``), launched as ``simulate`` launches."""
+    with tempfile.TemporaryDirectory() as tmp:
+        app, home = Path(tmp) / "app", Path(tmp) / ".flwr"
+        for name, text in FLOOR_APP.items():
+            (app / name).parent.mkdir(parents=True, exist_ok=True)
+            (app / name).write_text(textwrap.dedent(text))
+        home.mkdir()
+        (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
+        ray_tmp = Path(tempfile.mkdtemp(prefix="mm-ray-"))
+        cmd = ["flwr", "run", str(app), "local", "--stream"]
+        cmd += ["--federation-config", f"num-supernodes={devices} client-resources-num-cpus=1"]
+        cmd += ["--run-config", f"rounds={rounds} sampled={sampled} parameters={parameters}"]
+        t0 = time.perf_counter()
+        try:
+            log = subprocess.run(cmd, env=flower_env(home, ray_tmp), cwd=tmp, capture_output=True, text=True).stdout
+        finally:
+            stop_processes(home)
+        seconds = time.perf_counter() - t0
+        if "lost replies" in log or "Traceback" in log:
+            raise RuntimeError(f"the floor App's run failed:\n{log[-2000:]}")
+        return seconds
 
 
 def main() -> None:
@@ -68,29 +165,40 @@ def main() -> None:
     p.add_argument("--devices", type=int, nargs="+", default=[10, 100])
     p.add_argument("--rounds", type=int, nargs=2, default=[3, 10])
     p.add_argument("--pairs", type=int, default=20_000)
+    p.add_argument("--no-floor", action="store_true", help="skip Flower's floor (the do-nothing App)")
     args = p.parse_args()
     short, long = sorted(args.rounds)
     common = [f"data.train_pairs={args.pairs}", "audit.enabled=false", 'methods=["metamorphosis"]']
 
     epoch_s, acc = central_epoch_seconds(common, long)
     print(f"central: {args.pairs} pairs, {long} epochs: {epoch_s:.2f} s an epoch (accuracy left {acc:.3f})", flush=True)
+    parameters = model_parameters(common)
     rows = []
     for n in args.devices:
         a, b = simulation_seconds(common, n, short), simulation_seconds(common, n, long)
-        per_round = (b - a) / (long - short)
-        startup = a - short * per_round
-        overhead_ms = (per_round - epoch_s) / n * 1e3
-        rows.append((n, a, b, startup, per_round, per_round / epoch_s, overhead_ms))
         print(f"simulate {n} devices: {short} rounds {a:.1f} s, {long} rounds {b:.1f} s", flush=True)
+        per_round = (b - a) / (long - short)
+        row = [f"{n} devices", f"{a:.1f}", f"{b:.1f}", f"{a - short * per_round:.1f}", f"{per_round:.2f}"]
+        row += [f"{per_round / epoch_s:.2f}x", f"{(per_round - epoch_s) / n * 1e3:.0f}"]
+        rows.append(row)
+        if args.no_floor:
+            continue
+        sampled = simulation_config(common, n, short).federated.sampled_per_round()
+        a, b = (floor_seconds(n, r, sampled, parameters) for r in (short, long))
+        print(f"Flower's floor, {n} devices: {short} rounds {a:.1f} s, {long} rounds {b:.1f} s", flush=True)
+        per_round = (b - a) / (long - short)
+        row = [f"{n}: Flower's floor", f"{a:.1f}", f"{b:.1f}", f"{a - short * per_round:.1f}", f"{per_round:.2f}"]
+        rows.append([*row, f"{per_round / epoch_s:.2f}x", f"{per_round / n * 1e3:.0f}"])
 
     print(
-        f"\n| devices | {short} rounds s | {long} rounds s | start-up s | s / round | round / central epoch "
+        f"\n| run | {short} rounds s | {long} rounds s | start-up s | s / round | round / central epoch "
         "| non-training ms / device / round |\n|---|---|---|---|---|---|---|"
     )
-    for n, a, b, startup, per_round, ratio, overhead in rows:
-        print(f"| {n} | {a:.1f} | {b:.1f} | {startup:.1f} | {per_round:.2f} | {ratio:.2f}x | {overhead:.0f} |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
     print(
-        f"(central epoch: {epoch_s:.2f} s; targets: start-up <= 15 s, <= 1.2x at 10 devices, <= 1.5x at 100, <= 20 ms)"
+        f"(central epoch: {epoch_s:.2f} s; model {parameters} parameters; targets: start-up <= 15 s, <= 1.2x at "
+        "10 devices, <= 1.5x at 100, <= 20 ms)"
     )
 
 

@@ -41,6 +41,7 @@ from fl_metamorphosis.federated import train_locally
 from fl_metamorphosis.federated.device import build_generator, privacy_plan, split_state
 from fl_metamorphosis.federated.device_state import DeviceState, ReplyMemo
 from fl_metamorphosis.flower import messages as proto
+from fl_metamorphosis.flower.arrays import torch_state
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy.randomness import Randomness, randomness_for
 from fl_metamorphosis.privacy.release_ledger import ReleaseLedger
@@ -172,7 +173,7 @@ def train(msg: Message, context: Context) -> Message:
     plan = privacy_plan(cfg, data)
     if state.noise_multiplier is None:  # calibrated once, for taking part in every round, then kept
         state.noise_multiplier = plan.noise_multiplier(cfg.federated.rounds * cfg.federated.local_epochs)
-    gen_w, head_w = split_state(msg.content[proto.ARRAYS].to_torch_state_dict())
+    gen_w, head_w = split_state(torch_state(msg.content[proto.ARRAYS]))
     update = train_locally(
         cfg,
         data,
@@ -205,7 +206,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _global_model(cfg: ExperimentConfig, msg: Message, data):
-    gen_w, head_w = split_state(msg.content[proto.ARRAYS].to_torch_state_dict())
+    gen_w, head_w = split_state(torch_state(msg.content[proto.ARRAYS]))
     generator = build_generator(cfg, data)
     generator.load_state_dict(gen_w)
     heads = build_heads(generator.feature_shape, [t.num_classes for t in data.tasks], cfg.model)

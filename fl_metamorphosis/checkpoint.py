@@ -43,7 +43,7 @@ class CheckpointError(ValueError):
 
 
 def write_checkpoint(path: Path, kind: str, payload: dict[str, Any], *, durable: bool = True) -> None:
-    """Write ``payload`` (tensors, str, int, float, bool, None in dicts and lists) to ``path`` atomically."""
+    """Write ``payload`` (tensors, bytes, str, int, float, bool, None in dicts and lists) to ``path`` atomically."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
     buffer = io.BytesIO()

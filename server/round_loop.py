@@ -35,6 +35,7 @@ from fl_metamorphosis.data import TrainTestSplit, load_dataset
 from fl_metamorphosis.federated.device import joint_state, split_state
 from fl_metamorphosis.federated.server_heads import train_head
 from fl_metamorphosis.flower import messages as proto
+from fl_metamorphosis.flower.arrays import torch_state
 from fl_metamorphosis.metrics import JsonlWriter, write_jsonl
 from fl_metamorphosis.model import FeatureGenerator, build_heads
 from fl_metamorphosis.privacy import ServerLedger
@@ -169,7 +170,7 @@ def aggregate(fed: Federation, rnd: int, replies: SortedReplies) -> bool:
         return False
     new_arrays, _ = fed.strategy.aggregate_train(rnd, replies.valid)
     if new_arrays is not None:
-        gen_w, head_w = split_state(new_arrays.to_torch_state_dict())
+        gen_w, head_w = split_state(torch_state(new_arrays))
         fed.generator.load_state_dict(gen_w)
         fed.heads.load_state_dict(head_w)  # unchanged when the devices keep them frozen
     return True

@@ -47,8 +47,10 @@ def test_the_three_replies_round_trip():
         EvaluateReply(1, 50, {"left": 0.9, "right": 0.8}).to_record(), ["left", "right"]
     )
     assert evaluated.accuracy == {"left": 0.9, "right": 0.8}
-    again = from_payload(to_payload(_train().to_record()))  # what a device keeps on disk to send again
+    record = _train().to_record()
+    again = from_payload(to_payload(record))  # what a device keeps on disk to send again
     assert TrainReply.from_record(again).steps == 12
+    assert {k: a.data for k, a in again["arrays"].items()} == {k: a.data for k, a in record["arrays"].items()}
 
 
 def test_a_reply_with_a_missing_or_extra_field_or_record_is_rejected_by_name():

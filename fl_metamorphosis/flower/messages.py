@@ -21,6 +21,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from ..config import ExperimentConfig
+from .arrays import decode
 
 PROTOCOL_VERSION = 1
 
@@ -150,7 +151,7 @@ class TrainReply:
         return cls.from_metrics(
             m,
             declined=str(content[STATUS]["declined"]) if declined else None,
-            weights=None if declined else {k: v.numpy() for k, v in content[ARRAYS].items()},
+            weights=None if declined else {k: decode(v) for k, v in content[ARRAYS].items()},
         )
 
     @classmethod
@@ -209,8 +210,8 @@ class FeaturesReply:
         for name in task_names:
             record = content[TASK_PREFIX + name]
             _check_fields(f"features reply, record {TASK_PREFIX + name!r}", set(record), {"features", "labels"})
-            features = torch.tensor(record["features"].numpy())
-            labels = torch.tensor(record["labels"].numpy())
+            features = torch.from_numpy(decode(record["features"]))
+            labels = torch.from_numpy(decode(record["labels"]))
             if len(features) != int(m["num-examples"]) or len(labels) != len(features):
                 raise MessageError(
                     f"features reply, record {TASK_PREFIX + name!r}: {len(features)} features and {len(labels)} "
@@ -240,9 +241,13 @@ class EvaluateReply:
 
 
 def to_payload(content: RecordDict) -> dict[str, Any]:
-    """A reply as tensors and plain values (what a device keeps on disk to send it again)."""
+    """A reply as plain values, its arrays as their serialized bytes (what a device keeps on disk to send
+    the same reply again, byte for byte)."""
     return {
-        "arrays": {n: {k: torch.tensor(v.numpy()) for k, v in r.items()} for n, r in content.array_records.items()},
+        "arrays": {
+            n: {k: {"dtype": v.dtype, "shape": list(v.shape), "stype": v.stype, "data": v.data} for k, v in r.items()}
+            for n, r in content.array_records.items()
+        },
         "metrics": {n: dict(r) for n, r in content.metric_records.items()},
         "configs": {n: dict(r) for n, r in content.config_records.items()},
     }
@@ -251,7 +256,7 @@ def to_payload(content: RecordDict) -> dict[str, Any]:
 def from_payload(payload: dict[str, Any]) -> RecordDict:
     content = RecordDict()
     for name, arrays in payload["arrays"].items():
-        content[name] = ArrayRecord({k: Array(_numpy(v)) for k, v in arrays.items()})
+        content[name] = ArrayRecord({k: Array(**{**v, "shape": tuple(v["shape"])}) for k, v in arrays.items()})
     for name, metrics in payload["metrics"].items():
         content[name] = MetricRecord(metrics)
     for name, configs in payload["configs"].items():
