@@ -35,11 +35,12 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.config import ExperimentConfig, PoisoningConfig
 from fl_metamorphosis.data.device_folder import read_device_folder
 from fl_metamorphosis.federated import train_locally
 from fl_metamorphosis.federated.device import build_generator, privacy_plan, split_state
 from fl_metamorphosis.federated.device_state import DeviceState, ReplyMemo
+from fl_metamorphosis.federated.poisoning import flip_labels, malicious_devices, poison_update
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower.arrays import torch_state
 from fl_metamorphosis.model import build_heads
@@ -85,6 +86,10 @@ _TRAIN, _FEATURES, _EVALUATE = 1, 2, 3
 
 class SeededNoiseRefused(RuntimeError):
     """A config asked a device outside simulation for noise the server could reproduce."""
+
+
+class PoisoningRefused(RuntimeError):
+    """A config asked a device outside simulation to attack the federation."""
 
 
 class NoStateFolder(RuntimeError):
@@ -154,6 +159,19 @@ def _randomness(cfg: ExperimentConfig, device: int, server_round: int, purpose: 
     return randomness_for(cfg.randomness.source, cfg.train.seed, device, server_round, purpose)
 
 
+def _attack(cfg: ExperimentConfig, device: int) -> PoisoningConfig | None:
+    """The attack this device plays in the run, if it is one of the poisoned devices (simulation only)."""
+    poisoning = cfg.federated.poisoning
+    if poisoning.attack == "none":
+        return None
+    if os.environ.get(SIMULATION_ENV) != "1":
+        raise PoisoningRefused(
+            f"federated.poisoning.attack={poisoning.attack!r} asks devices to attack the federation; a device "
+            f"plays it only in a simulation ({SIMULATION_ENV}=1 in its environment): set attack='none'"
+        )
+    return poisoning if device in malicious_devices(poisoning, cfg.federated.num_devices, cfg.train.seed) else None
+
+
 def _device_limit(context: Context, key: str, server_value: float | None) -> float | None:
     """The tighter of the server's config value and the device's own (node config ``key``), if any."""
     own = context.node_config.get(key)
@@ -167,13 +185,17 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content[proto.CONFIG]
     cfg = proto.experiment_from(config)
     device, data, _ = _local_data(cfg, context)
+    attack = _attack(cfg, device)
+    if attack is not None and attack.attack == "label_flip":
+        data = flip_labels(data)
     folder = state_dir(context)
     state = DeviceState.load(folder)
     randomness = _randomness(cfg, device, int(config[proto.SERVER_ROUND]), _TRAIN)
     plan = privacy_plan(cfg, data)
     if state.noise_multiplier is None:  # calibrated once, for taking part in every round, then kept
         state.noise_multiplier = plan.noise_multiplier(cfg.federated.rounds * cfg.federated.local_epochs)
-    gen_w, head_w = split_state(torch_state(msg.content[proto.ARRAYS]))
+    received = torch_state(msg.content[proto.ARRAYS])
+    gen_w, head_w = split_state(received)
     update = train_locally(
         cfg,
         data,
@@ -189,6 +211,8 @@ def train(msg: Message, context: Context) -> Message:
     )
     state.history = update.history
     state.save(folder, durable=durable(context))  # before the reply leaves: whatever the server receives is counted
+    if attack is not None and update.weights is not None:
+        update.weights = poison_update(attack, update.weights, received, randomness.generator(), folder)
     reply = proto.TrainReply(
         device=device,
         num_examples=update.num_examples,
@@ -223,6 +247,9 @@ def features(msg: Message, context: Context) -> Message:
     config = msg.content[proto.CONFIG]
     cfg = proto.experiment_from(config)
     device, data, _ = _local_data(cfg, context)
+    attack = _attack(cfg, device)
+    if attack is not None and attack.attack == "label_flip":
+        data = flip_labels(data)
     folder = state_dir(context)
     state = DeviceState.load(folder)
     randomness = _randomness(cfg, device, int(config[proto.SERVER_ROUND]), _FEATURES)

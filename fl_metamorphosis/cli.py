@@ -7,6 +7,7 @@ metamorphosis deploy {certs,server,device-key,register,unregister,device,prepare
 metamorphosis audit RUN_OR_CHECKPOINT [--out DIR] [--export FILE.npz] [--attacker-samples N]
 metamorphosis compare [--config FILE] [--set key=value ...] [--out DIR] [--methods M ...] [--seeds S ...]
                       [--quick] [--sweep KEY=V1,V2 ...]
+metamorphosis sweep --config SWEEP.toml [--set key=value ...] [--out DIR] [--search]
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--sweep", action="append", default=[], metavar="KEY=V1,V2", help="e.g. dp_sgd.target_epsilon=2,4,8"
     )
+    sweep = sub.add_parser(
+        "sweep", help="strategies x settings x partitionings x budgets x attacks x seeds: which wins"
+    )
+    sweep.add_argument(
+        "--config", type=Path, default=Path("configs/sweep.toml"), help="sweep file (configs/sweep.toml)"
+    )
+    sweep.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every cell"
+    )
+    sweep.add_argument("--out", type=Path, default=Path("runs/sweep"), help="sweep folder (default runs/sweep)")
+    sweep.add_argument("--search", action="store_true", help="run the file's [search] study (Optuna) instead")
     from .cli_deploy import add_parser as add_deploy_parser
 
     add_deploy_parser(sub)
@@ -180,6 +192,30 @@ def _central(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from simulations.sweep import run_sweep
+    from simulations.sweep_config import read_sweep
+
+    from .config import build_config
+
+    sweep_cfg, base = read_sweep(args.config)
+    base = build_config(base.model_dump(), args.overrides)
+    echo = lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    if args.search:
+        from simulations.search import run_search
+
+        if sweep_cfg.search is None:
+            raise ConfigError(f"--search: {args.config} has no [search] table (see configs/sweep.toml)")
+        study = run_search(sweep_cfg, base, args.out, echo)
+        console.print(f"search: best {study['best']} -> {args.out / 'search.md'}")
+        return 0
+    if not sweep_cfg.block:
+        raise ConfigError(f"{args.config}: no [[block]] to sweep (or pass --search for its [search] table)")
+    report = run_sweep(sweep_cfg, base, args.out, echo)
+    print((args.out / "sweep.md").read_text())
+    return 1 if report["failed"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -191,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             "central": _central,
             "audit": _audit,
             "compare": _compare,
+            "sweep": _sweep,
             "deploy": run_deploy,
         }
         return commands[args.command](args)

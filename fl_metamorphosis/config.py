@@ -274,6 +274,20 @@ class SecAggConfig(_Strict):
     timeout_s: float = Field(600.0, gt=0.0, description="how long each of the protocol's four stages waits")
 
 
+class PoisoningConfig(_Strict):
+    """A share of misbehaving devices, fixed for the run (``federated/poisoning.py``; simulation only)."""
+
+    attack: Literal["none", "sign_flip", "scale", "gaussian", "label_flip", "stale"] = "none"
+    share: float = Field(0.0, ge=0.0, lt=1.0, description="share of the devices that misbehave")
+    sign_flip_scale: float = Field(1.0, gt=0.0, description="sign_flip: the update reversed and multiplied by it")
+    boost: float = Field(10.0, gt=0.0, description="scale: the update multiplied by it")
+    noise_std: float = Field(0.1, gt=0.0, description="gaussian: std of the noise sent as the update")
+
+    def count(self, num_devices: int) -> int:
+        """Misbehaving devices among ``num_devices``: the share, rounded half up."""
+        return int(self.share * num_devices + 0.5) if self.attack != "none" else 0
+
+
 class FederatedConfig(_Strict):
     """Devices, rounds, partitioning and per-device privacy budget of a federated run."""
 
@@ -317,6 +331,10 @@ class FederatedConfig(_Strict):
     fleet: FleetConfig = Field(
         default_factory=FleetConfig,
         description="simulated device classes, availability, dropouts and a simulated clock (docs/fleet.md)",
+    )
+    poisoning: PoisoningConfig = Field(
+        default_factory=PoisoningConfig,
+        description="a share of poisoned or faulty devices, to measure robust strategies (docs/sweep.md)",
     )
 
     def sampled_per_round(self) -> int:
@@ -364,6 +382,12 @@ class FederatedConfig(_Strict):
             raise ValueError(
                 "federated.fleet.enabled=true drops replies mid-protocol, which SecAgg+ handles in stages the fleet "
                 "clock does not model: set federated.secure_aggregation=false for a fleet simulation"
+            )
+        if self.poisoning.attack != "none" and self.poisoning.count(self.num_devices) == 0:
+            raise ValueError(
+                f"federated.poisoning.attack={self.poisoning.attack!r} with share={self.poisoning.share} makes no "
+                f"device of {self.num_devices} misbehave: raise federated.poisoning.share (at least "
+                f"{0.5 / self.num_devices:.3g}) or set attack='none'"
             )
         if s.name == "multikrum" and s.num_nodes_to_select > sampled:
             raise ValueError(

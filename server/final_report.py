@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from flwr.serverapp import Grid
 
 from fl_metamorphosis.audit import AttackData, audit_model, label_only_floor
+from fl_metamorphosis.federated.poisoning import malicious_devices
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower.partition import federated_training_pairs
 from fl_metamorphosis.metrics import plot_attacks, plot_reconstruction_grid, plot_rounds, render_report, write_json
@@ -25,6 +26,13 @@ from fl_metamorphosis.training.central import (
 )
 
 from .replies import REPLY_TIMEOUT_S
+
+
+def poisoning_summary(cfg) -> dict[str, Any]:
+    """The run's misbehaving devices (the config says which; the strategy was never told)."""
+    p, fed = cfg.federated.poisoning, cfg.federated
+    return {**p.model_dump(), "devices": sorted(malicious_devices(p, fed.num_devices, cfg.train.seed))}
+
 
 if TYPE_CHECKING:
     from .round_loop import Federation
@@ -121,6 +129,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
             },
             "device_privacy": devices,
             "local_test_accuracy": local_accuracy,
+            "poisoning": poisoning_summary(cfg),
         },
         "randomness": randomness_summary(cfg),
         "history": fed.rows,

@@ -174,13 +174,17 @@ def run_flower(cmd: list[str], env: dict[str, str], out: Path, connection: str, 
                 cmd, env=env, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
             ) as proc,
         ):
-            for line in proc.stdout:  # type: ignore[union-attr]
-                log.write(line)
-                log.flush()
-                if match := re.search(r"Successfully started run (\d+)", line):
-                    run_id = int(match.group(1))
-                if line.startswith(PROGRESS) or "Error" in line:
-                    echo(line.rstrip())
+            try:
+                for line in proc.stdout:  # type: ignore[union-attr]
+                    log.write(line)
+                    log.flush()
+                    if match := re.search(r"Successfully started run (\d+)", line):
+                        run_id = int(match.group(1))
+                    if line.startswith(PROGRESS) or "Error" in line:
+                        echo(line.rstrip())  # may raise to stop the run (Ctrl-C, a pruned search trial)
+            except BaseException:
+                proc.terminate()  # stop streaming; the caller's cleanup stops the run's processes
+                raise
             proc.wait()
         if run_id is None:
             raise SimulationFailed(f"flwr run did not start a run (exit {proc.returncode}); see {out / 'flower.log'}")

@@ -1,0 +1,112 @@
+"""``metamorphosis sweep``: which aggregation strategy, with which settings, for my fleet.
+
+The sweep file (``sweep_config.py``) expands into cells; each cell is one ordinary ``simulate`` run in
+``OUT/cells/<cell>``, audited like any run (its attacker learns on as many released features as the
+server received). Running the same sweep again reuses every finished cell and resumes an interrupted
+one from its last checkpoint (``compare._run``), so a killed sweep loses at most the rounds of the cells
+it was in. ``parallel`` cells run at once, each a simulation with its own SuperLink and Ray. After every
+cell the report is rewritten: ``sweep.json`` (every cell's figures, every setting pooled over seeds, the
+attacks' cost, the recommendation), ``sweep.md`` and the plots.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.metrics import write_json
+from fl_metamorphosis.metrics.sweep_plots import plot_sweep_final, plot_sweep_rounds
+from fl_metamorphosis.metrics.sweep_report import attack_costs, cell_figures, pool_settings, recommend, render_sweep
+from fl_metamorphosis.training.central import machine_description
+
+from .compare import _run, run_config
+from .simulate import APP_DIR, SimulationFailed
+from .sweep_config import Cell, SweepConfig, expand
+
+
+def cell_record(cell: Cell) -> dict[str, Any]:
+    return {
+        "key": cell.key,
+        "setting": cell.setting,
+        "blocks": list(cell.blocks),
+        "strategy": cell.strategy,
+        "params": cell.params,
+        "partitioning": cell.partitioning,
+        "budget": cell.budget,
+        "attack": cell.attack,
+        "seed": cell.seed,
+        "run": f"cells/{cell.key}",
+    }
+
+
+def write_report(out: Path, sweep_cfg: SweepConfig, cells: list[dict[str, Any]], failed: dict[str, str]) -> dict:
+    """``sweep.json``, ``sweep.md`` and the plots from the cells finished so far."""
+    settings = pool_settings(cells)
+    plots = []
+    if settings:
+        plot_sweep_rounds(settings, out / "sweep_rounds.png")
+        plot_sweep_final(settings, out / "sweep_final.png")
+        plots = ["sweep_rounds.png", "sweep_final.png"]
+        timed = [s for s in settings if s["simulated_seconds"]]
+        if timed:
+            plot_sweep_rounds(timed, out / "sweep_simulated_time.png", simulated_time=True)
+            plots.append("sweep_simulated_time.png")
+    report = {
+        "command": "sweep",
+        "machine": machine_description(),
+        "seeds": sweep_cfg.seeds,
+        "cells_total": len(cells),
+        "cells_done": sum(1 for c in cells if c.get("figures")),
+        "cells": cells,
+        "settings": settings,
+        "attack_costs": attack_costs(settings),
+        "recommendation": recommend(settings),
+        "failed": failed,
+        "plots": plots,
+        "sweep": sweep_cfg.model_dump(),
+    }
+    write_json(out / "sweep.json", report)
+    (out / "sweep.md").write_text(render_sweep(report))
+    return report
+
+
+def run_sweep(
+    sweep_cfg: SweepConfig,
+    base: ExperimentConfig,
+    out: Path,
+    echo: Callable[[str], None] = print,
+    app_dir: Path = APP_DIR,
+) -> dict[str, Any]:
+    """Run every cell not finished yet (``sweep_cfg.parallel`` at once); return the report."""
+    cells = expand(sweep_cfg, base)
+    out.mkdir(parents=True, exist_ok=True)
+    records = {c.key: cell_record(c) for c in cells}
+    failed: dict[str, str] = {}
+    lock = threading.Lock()
+    echo(f"[sweep] {len(cells)} cells, {sweep_cfg.parallel} at a time -> {out}")
+
+    def run_cell(index: int, cell: Cell) -> dict[str, Any]:
+        def cell_echo(line: str) -> None:
+            echo(f"[cell {index}/{len(cells)} {cell.key}] {line}")
+
+        cfg = run_config(cell.cfg, cell.cfg.methods[-1], cell.seed, out=out)
+        return _run(cfg, out / "cells" / cell.key, cell_echo, app_dir)
+
+    with ThreadPoolExecutor(max_workers=sweep_cfg.parallel) as pool:
+        futures = {pool.submit(run_cell, i, c): c for i, c in enumerate(cells, 1)}
+        for future in as_completed(futures):
+            cell = futures[future]
+            with lock:
+                try:
+                    records[cell.key]["figures"] = cell_figures(future.result())
+                    failed.pop(cell.key, None)
+                except SimulationFailed as err:  # the others go on; the next call of the sweep retries it
+                    failed[cell.key] = str(err)
+                    echo(f"[sweep] cell {cell.key} failed: {err}")
+                report = write_report(out, sweep_cfg, list(records.values()), failed)
+                echo(f"[sweep] {report['cells_done']}/{len(cells)} cells done ({len(failed)} failed)")
+    return report

@@ -1,0 +1,110 @@
+"""Poisoned and faulty devices: each attack changes what a device sends as specified, the attackers are
+fixed by the seed, a device plays an attack only in a simulation, and the server survives them."""
+
+import pytest
+import torch
+from conftest import TINY_OVERRIDES
+from test_federated_apps import _context, _train_message
+
+from clients.client_app import PoisoningRefused
+from clients.client_app import app as client_app
+from fl_metamorphosis.config import ConfigError, PoisoningConfig, build_config
+from fl_metamorphosis.data import MultiTaskDataset, TaskSpec
+from fl_metamorphosis.federated.poisoning import flip_labels, malicious_devices, poison_update
+from fl_metamorphosis.flower.messages import TrainReply
+
+RECEIVED = {"generator.w": torch.tensor([1.0, 2.0, 3.0]), "heads.steps": torch.tensor([5])}
+TRAINED = {"generator.w": torch.tensor([1.5, 1.0, 3.0]), "heads.steps": torch.tensor([6])}
+
+
+def _poison(attack, tmp_path, trained=TRAINED, **params):
+    cfg = PoisoningConfig(attack=attack, share=0.5, **params)
+    return poison_update(cfg, trained, RECEIVED, torch.Generator().manual_seed(0), tmp_path)
+
+
+def test_sign_flip_reverses_and_scales_the_update(tmp_path):
+    sent = _poison("sign_flip", tmp_path, sign_flip_scale=2.0)
+    assert torch.equal(sent["generator.w"], torch.tensor([0.0, 4.0, 3.0]))  # w_g - 2 (w - w_g)
+    assert torch.equal(sent["heads.steps"], TRAINED["heads.steps"])  # counters are sent as trained
+
+
+def test_scale_boosts_the_update(tmp_path):
+    sent = _poison("scale", tmp_path, boost=10.0)
+    assert torch.equal(sent["generator.w"], torch.tensor([6.0, -8.0, 3.0]))  # w_g + 10 (w - w_g)
+
+
+def test_gaussian_sends_noise_around_the_received_weights(tmp_path):
+    big = {"generator.w": torch.zeros(20_000)}
+    cfg = PoisoningConfig(attack="gaussian", share=0.5, noise_std=0.3)
+    sent = poison_update(cfg, {"generator.w": torch.ones(20_000)}, big, torch.Generator().manual_seed(0), tmp_path)
+    noise = sent["generator.w"]
+    assert abs(float(noise.mean())) < 0.01 and abs(float(noise.std()) - 0.3) < 0.01  # the training is gone
+
+
+def test_stale_sends_its_first_round_weights_every_round(tmp_path):
+    first = _poison("stale", tmp_path)
+    later = _poison("stale", tmp_path, trained={k: v * 7 for k, v in TRAINED.items()})
+    assert all(torch.equal(first[k], TRAINED[k]) and torch.equal(later[k], TRAINED[k]) for k in TRAINED)
+
+
+def test_label_flip_maps_every_tasks_labels_and_leaves_the_update(tmp_path):
+    tasks = [TaskSpec("left", 10), TaskSpec("right", 3)]
+    data = MultiTaskDataset(torch.zeros(3, 1, 2, 2), torch.tensor([[0, 0], [9, 2], [4, 1]]), tasks)
+    flipped = flip_labels(data)
+    assert flipped.labels.tolist() == [[9, 2], [0, 0], [5, 1]] and torch.equal(flipped.images, data.images)
+    assert _poison("label_flip", tmp_path) is TRAINED
+
+
+def test_the_attackers_are_the_share_rounded_half_up_and_fixed_by_the_seed():
+    cfg = PoisoningConfig(attack="sign_flip", share=0.25)
+    assert len(malicious_devices(cfg, 10, seed=0)) == 3  # 2.5 -> 3
+    assert malicious_devices(cfg, 10, seed=0) == malicious_devices(cfg, 10, seed=0)
+    assert len({malicious_devices(cfg, 10, seed=s) for s in range(10)}) > 1
+    assert malicious_devices(PoisoningConfig(), 10, seed=0) == frozenset()
+
+
+def test_a_share_that_poisons_no_device_is_refused_by_name():
+    with pytest.raises(ConfigError, match="federated.poisoning.attack='sign_flip' with share=0.01"):
+        build_config(None, [*TINY_OVERRIDES, "federated.poisoning.attack=sign_flip", "federated.poisoning.share=0.01"])
+
+
+def _attack_cfg(*extra):
+    return build_config(
+        None,
+        [
+            *TINY_OVERRIDES,
+            'methods=["metamorphosis"]',
+            "federated.poisoning.attack=sign_flip",
+            "federated.poisoning.share=0.5",
+            "federated.poisoning.sign_flip_scale=3",
+            *extra,
+        ],
+    )
+
+
+def test_a_device_outside_a_simulation_refuses_to_attack(tmp_path, monkeypatch):
+    monkeypatch.delenv("METAMORPHOSIS_SIMULATION", raising=False)
+    msg, _ = _train_message(_attack_cfg())
+    with pytest.raises(PoisoningRefused, match="attack='none'"):
+        client_app(msg, _context(tmp_path))
+
+
+def test_a_poisoned_device_in_a_simulation_sends_its_flipped_update(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAMORPHOSIS_SIMULATION", "1")
+    cfg = _attack_cfg("randomness.source=seeded")
+    device = min(malicious_devices(cfg.federated.poisoning, cfg.federated.num_devices, cfg.train.seed))
+
+    def sent(run_cfg, folder):
+        msg, gen = _train_message(run_cfg)
+        context = _context(folder)
+        context.node_config["partition-id"] = device
+        return TrainReply.from_record(client_app(msg, context).content).weights, gen
+
+    poisoned, gen = sent(cfg, tmp_path / "poisoned")
+    honest, _ = sent(build_config(cfg.model_dump(), ["federated.poisoning.attack='none'"]), tmp_path / "honest")
+    received = {f"generator.{k}": v for k, v in gen.state_dict().items()}
+    name = next(
+        k for k, v in received.items() if v.is_floating_point() and not torch.equal(torch.as_tensor(honest[k]), v)
+    )
+    expected = received[name] - 3 * (torch.as_tensor(honest[name]) - received[name])
+    assert torch.allclose(torch.as_tensor(poisoned[name]), expected, atol=1e-5)
