@@ -7,13 +7,15 @@ the audit switched off, measured in one process on this machine, one after the o
 
 * central: ``train_method`` for ``max(--rounds)`` epochs; an epoch's seconds are the median difference
   of the cumulative ``seconds`` of its history (the data load excluded);
-* each simulation runs twice, for the two ``--rounds`` lengths; its per-round cost is the difference of
-  the two wall times over the difference of the rounds, and its start-up (launch, Ray, imports, round 0,
-  the final evaluation and shutdown) is what remains of the shorter run;
+* each simulation runs twice, for the two ``--rounds`` lengths. Its per-round cost is the median of its
+  rounds as the ServerApp timed them (``metrics.jsonl``), pooled over both runs; the difference of the two
+  wall times over the difference of the rounds is printed beside it, but start-up alone varies by several
+  seconds from run to run, more than a few rounds of a small federation cost. Start-up (launch, Ray,
+  imports, round 0, the final evaluation and shutdown) is the shorter run's wall time minus its rounds;
 * non-training milliseconds per device per round: (per-round cost - central epoch) / devices. The
   central epoch is the same training work, so the rest is federation: messages, data composition on
   the device, state files, feature release and head training, Ray scheduling.
-* Flower's floor, measured the same way (two run lengths): a Flower App whose devices do nothing but
+* Flower's floor, measured the same way: a Flower App whose devices do nothing but
   send the model back, with this run's messages (a feature query to as many devices as a round samples
   first, then each round a train message and a feature query to every device, an evaluation at the
   end) and the model's size both ways, launched as ``simulate`` launches. What the floor costs, no work
@@ -41,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from fl_metamorphosis.config import build_config  # noqa: E402
 from fl_metamorphosis.data import load_dataset  # noqa: E402
 from fl_metamorphosis.federated.device import build_generator, joint_state  # noqa: E402
+from fl_metamorphosis.metrics import read_jsonl  # noqa: E402
 from fl_metamorphosis.model import build_heads  # noqa: E402
 from fl_metamorphosis.training import train_method  # noqa: E402
 from simulations.simulate import flower_env, simulate, stop_processes  # noqa: E402
@@ -65,6 +68,8 @@ FLOOR_APP = {
     """,
     "federation_floor/__init__.py": "",
     "federation_floor/apps.py": """
+        import time
+
         import numpy as np
         from flwr.app import ArrayRecord, Message, MessageType, RecordDict
         from flwr.clientapp import ClientApp
@@ -92,8 +97,10 @@ FLOOR_APP = {
             nodes = sorted(grid.get_node_ids())
             send(MessageType.QUERY, nodes[: int(cfg["sampled"])])
             for rnd in range(int(cfg["rounds"])):
+                started = time.perf_counter()
                 send(MessageType.TRAIN, nodes)
                 send(MessageType.QUERY, nodes)
+                print(f"FLOOR ROUND {time.perf_counter() - started:.4f}", flush=True)
             send(MessageType.EVALUATE, nodes)
             print("FLOOR DONE", flush=True)
     """,
@@ -122,12 +129,14 @@ def simulation_config(common: list[str], devices: int, rounds: int):
     )
 
 
-def simulation_seconds(common: list[str], devices: int, rounds: int) -> float:
+def simulation_seconds(common: list[str], devices: int, rounds: int) -> tuple[float, list[float]]:
+    """The run's wall seconds, and the seconds of each round as the ServerApp timed it (metrics.jsonl)."""
     cfg = simulation_config(common, devices, rounds)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         simulate(cfg, Path(tmp) / "run", echo=lambda _line: None)
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        return seconds, [row["seconds"] for row in read_jsonl(Path(tmp) / "run" / "metrics.jsonl")]
 
 
 def model_parameters(common: list[str]) -> int:
@@ -138,8 +147,9 @@ def model_parameters(common: list[str]) -> int:
     return sum(t.numel() for t in joint_state(generator, heads).values())
 
 
-def floor_seconds(devices: int, rounds: int, sampled: int, parameters: int) -> float:
-    """Wall seconds of the do-nothing App's run (``FLOOR_APP``), launched as ``simulate`` launches."""
+def floor_seconds(devices: int, rounds: int, sampled: int, parameters: int) -> tuple[float, list[float]]:
+    """Wall seconds of the do-nothing App's run (``FLOOR_APP``), launched as ``simulate`` launches, and
+    the seconds of each of its rounds as its ServerApp timed them."""
     with tempfile.TemporaryDirectory() as tmp:
         app, home = Path(tmp) / "app", Path(tmp) / ".flwr"
         for name, text in FLOOR_APP.items():
@@ -160,7 +170,11 @@ def floor_seconds(devices: int, rounds: int, sampled: int, parameters: int) -> f
         log = res.stdout + res.stderr
         if res.returncode != 0 or "FLOOR DONE" not in log:
             raise RuntimeError(f"the floor App's run failed (exit {res.returncode}):\n{log[-2000:]}")
-        return seconds
+        return seconds, [float(line.split()[-1]) for line in log.splitlines() if line.startswith("FLOOR ROUND")]
+
+
+def _span(seconds: list[float]) -> str:
+    return f"; its rounds {min(seconds):.2f}-{max(seconds):.2f} s (median {statistics.median(seconds):.2f})"
 
 
 def main() -> None:
@@ -178,24 +192,29 @@ def main() -> None:
     parameters = model_parameters(common)
     rows = []
     for n in args.devices:
-        a, b = simulation_seconds(common, n, short), simulation_seconds(common, n, long)
-        print(f"simulate {n} devices: {short} rounds {a:.1f} s, {long} rounds {b:.1f} s", flush=True)
-        per_round = (b - a) / (long - short)
-        row = [f"{n} devices", f"{a:.1f}", f"{b:.1f}", f"{a - short * per_round:.1f}", f"{per_round:.2f}"]
-        row += [f"{per_round / epoch_s:.2f}x", f"{(per_round - epoch_s) / n * 1e3:.0f}"]
+        (a, rounds_a), (b, rounds_b) = (simulation_seconds(common, n, r) for r in (short, long))
+        print(f"simulate {n} devices: {short} rounds {a:.1f} s, {long} rounds {b:.1f} s" + _span(rounds_a + rounds_b))
+        lengths, timed = (b - a) / (long - short), statistics.median(rounds_a + rounds_b)
+        row = [f"{n} devices", f"{a:.1f}", f"{b:.1f}", f"{a - short * timed:.1f}", f"{lengths:.2f}", f"{timed:.2f}"]
+        row += [f"{timed / epoch_s:.2f}x", f"{(timed - epoch_s) / n * 1e3:.0f}"]
         rows.append(row)
         if args.no_floor:
             continue
         sampled = simulation_config(common, n, short).federated.sampled_per_round()
-        a, b = (floor_seconds(n, r, sampled, parameters) for r in (short, long))
-        print(f"Flower's floor, {n} devices: {short} rounds {a:.1f} s, {long} rounds {b:.1f} s", flush=True)
-        per_round = (b - a) / (long - short)
-        row = [f"{n}: Flower's floor", f"{a:.1f}", f"{b:.1f}", f"{a - short * per_round:.1f}", f"{per_round:.2f}"]
-        rows.append([*row, f"{per_round / epoch_s:.2f}x", f"{per_round / n * 1e3:.0f}"])
+        (a, rounds_a), (b, rounds_b) = (floor_seconds(n, r, sampled, parameters) for r in (short, long))
+        print(
+            f"Flower's floor, {n} devices: {short} rounds {a:.1f} s, {long} rounds {b:.1f} s"
+            + _span(rounds_a + rounds_b)
+        )
+        # its rounds timed inside the run: two run lengths cannot resolve a second a round when start-up
+        # alone varies by several seconds from run to run
+        lengths, timed = (b - a) / (long - short), statistics.median(rounds_a + rounds_b)
+        row = [f"{n}: Flower's floor", f"{a:.1f}", f"{b:.1f}", f"{a - short * timed:.1f}", f"{lengths:.2f}"]
+        rows.append([*row, f"{timed:.2f}", f"{timed / epoch_s:.2f}x", f"{timed / n * 1e3:.0f}"])
 
     print(
-        f"\n| run | {short} rounds s | {long} rounds s | start-up s | s / round | round / central epoch "
-        "| non-training ms / device / round |\n|---|---|---|---|---|---|---|"
+        f"\n| run | {short} rounds s | {long} rounds s | start-up s | s / round (two lengths) | s / round (timed) "
+        "| round / central epoch | non-training ms / device / round |\n" + "|---" * 8 + "|"
     )
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -108,3 +108,59 @@ def test_a_poisoned_device_in_a_simulation_sends_its_flipped_update(tmp_path, mo
     )
     expected = received[name] - 3 * (torch.as_tensor(honest[name]) - received[name])
     assert torch.allclose(torch.as_tensor(poisoned[name]), expected, atol=1e-5)
+
+
+def _run(tmp_path, name, *extra):
+    from server.round_loop import run_federated
+    from simulations.inprocess_grid import InProcessGrid
+
+    cfg = build_config(None, [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "randomness.source=seeded", *extra])
+    out = tmp_path / name
+    summary = run_federated(
+        InProcessGrid(client_app, cfg.federated.num_devices, out / "devices"), cfg, out, audit=False
+    )
+    return cfg, summary
+
+
+# Learns within 5 rounds (DP off: the attack, not the noise, is what is measured); one device in five
+# sends its update reversed and scaled by 8.
+ROBUST = [
+    "dp_sgd.enabled=false", "data.train_pairs=3000", "federated.num_devices=5", "federated.rounds=5",
+    "federated.local_epochs=2", "federated.local_lr=0.05", "federated.head_epochs=5",
+    "federated.feature_samples_per_device=200", "federated.poisoning.attack=sign_flip",
+    "federated.poisoning.share=0.2", "federated.poisoning.sign_flip_scale=8",
+]  # fmt: skip
+
+
+def _final_accuracy(summary):
+    last = summary["history"][-1]
+    accs = [v for k, v in last.items() if k.startswith("test_acc.")]
+    return sum(accs) / len(accs)
+
+
+@pytest.mark.slow
+def test_a_trimmed_mean_keeps_learning_under_sign_flipping_where_fedavg_does_not(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAMORPHOSIS_SIMULATION", "1")
+    _, fedavg = _run(tmp_path, "fedavg", *ROBUST)
+    _, trimmed = _run(
+        tmp_path, "trimmed", *ROBUST, "federated.strategy.name=fedtrimmedavg", "federated.strategy.beta_trim=0.2"
+    )
+    chance = 0.13  # the most frequent digit's share of the test pairs, at most
+    assert _final_accuracy(fedavg) < chance + 0.03  # FedAvg averages the flipped update in: it learns nothing
+    assert _final_accuracy(trimmed) > _final_accuracy(fedavg) + 0.06  # the trimmed mean cuts it out
+
+
+@pytest.mark.slow
+def test_an_overflowing_boosted_update_is_rejected_and_spends_no_honest_devices_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAMORPHOSIS_SIMULATION", "1")
+    attack = ["federated.num_devices=3", "federated.poisoning.attack=scale", "federated.poisoning.share=0.34"]
+    cfg, attacked = _run(tmp_path, "attacked", *attack, "federated.poisoning.boost=1e39")
+    _, clean = _run(tmp_path, "clean", "federated.num_devices=3")
+    attackers = malicious_devices(cfg.federated.poisoning, 3, cfg.train.seed)
+    assert len(attackers) == 1
+    assert all(row["rejected"] == 1 and row["aggregated"] for row in attacked["history"])  # the round goes on
+    budget = cfg.federated.device_epsilon_budget
+    for device, figures in attacked["device_privacy"].items():
+        assert figures["epsilon"] <= budget
+        if int(device) not in attackers:  # an honest device's privacy does not depend on the others
+            assert figures["epsilon"] == clean["device_privacy"][device]["epsilon"]
