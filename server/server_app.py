@@ -15,10 +15,13 @@ from pathlib import Path
 import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from threadpoolctl import threadpool_limits
 
 from fl_metamorphosis.config import ExperimentConfig
 
 from .round_loop import run_federated
+
+CORES_ENV = "METAMORPHOSIS_CORES"  # set by the simulate launcher when the run may use only some cores
 
 app = ServerApp()
 
@@ -38,7 +41,10 @@ def main(grid: Grid, context: Context) -> None:
     _progress_to_stdout()
     cfg = ExperimentConfig.model_validate_json(Path(str(context.run_config["config-path"])).read_text())
     # Ray sets OMP_NUM_THREADS=1 for the driver; the server's own work (heads, evaluation, audit) may use
-    # every core while the devices wait between rounds.
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    # every core while the devices wait between rounds, or the cores the launcher gave this run (a sweep
+    # that runs cells side by side: oversubscribed thread pools spin and slow every run several-fold).
+    threads = cfg.train.threads or int(os.environ.get(CORES_ENV, 0)) or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)  # the BLAS and OpenMP pools of numpy, scipy and scikit-learn (the audit)
     resume = str(context.run_config.get("resume", False)).lower() == "true"
     run_federated(grid, cfg, Path(str(context.run_config["out-dir"])), resume=resume)

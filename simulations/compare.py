@@ -49,7 +49,9 @@ def run_config(
     return build_config(tree)
 
 
-def _run(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None], app_dir: Path) -> dict[str, Any]:
+def _run(
+    cfg: ExperimentConfig, out: Path, echo: Callable[[str], None], app_dir: Path, cores: int | None = None
+) -> dict[str, Any]:
     """One simulate run: the finished one already in ``out`` for the same experiment, the interrupted one
     resumed from its last checkpoint, or a new one."""
     summary_file = out / "summary.json"
@@ -67,7 +69,7 @@ def _run(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None], app_dir:
     if resume:
         echo(f"  resuming the interrupted run in {out}")
     started = time.perf_counter()
-    simulate(cfg, out, echo=echo, app_dir=app_dir, resume=resume)
+    simulate(cfg, out, echo=echo, app_dir=app_dir, resume=resume, cores=cores)
     summary = json.loads(summary_file.read_text())
     summary["launcher_wall_seconds"] = time.perf_counter() - started
     return summary

@@ -228,6 +228,7 @@ def simulate(
     app_dir: Path = APP_DIR,
     resume: bool = False,
     ray_address: str | None = None,
+    cores: int | None = None,
 ) -> Path:
     """Run ``cfg`` as a Flower simulation of ``app_dir`` (``resume``: go on from ``out``'s last checkpoint);
     return the run folder or raise SimulationFailed.
@@ -235,7 +236,10 @@ def simulate(
     ``ray_address``: ``HOST:PORT`` of a running Ray cluster's head to run the devices on, instead of a
     Ray instance of the run's own. Flower 1.42's backend takes no address option: ``RAY_ADDRESS`` in the
     environment of the SuperLink that ``flwr run`` starts is what ``ray.init`` reads. This process must
-    run on a node of that cluster (the driver joins its local raylet)."""
+    run on a node of that cluster (the driver joins its local raylet).
+
+    ``cores``: the cores this run may use, when others run beside it (a sweep's parallel cells): Ray gets
+    that many CPUs, so as many device actors, and the ServerApp as many threads."""
     if ray_address is not None:
         check_ray_address(ray_address)
     out = Path(out).resolve()
@@ -258,6 +262,10 @@ def simulate(
     if ray_address:
         env["RAY_ADDRESS"] = ray_address
     fed = cfg.federated
+    federation = f"num-supernodes={fed.num_devices} client-resources-num-cpus={fed.cpus_per_device}"
+    if cores is not None:
+        env["METAMORPHOSIS_CORES"] = str(cores)  # server/server_app.py's CORES_ENV
+        federation += f" init-args-num-cpus={max(cores, fed.cpus_per_device)}"
     cmd = [
         "flwr",
         "run",
@@ -265,7 +273,7 @@ def simulate(
         "local",
         "--stream",
         "--federation-config",
-        f"num-supernodes={fed.num_devices} client-resources-num-cpus={fed.cpus_per_device}",
+        federation,
         "--run-config",
         f"config-path='{config_path}' out-dir='{out}' resume={str(resume).lower()}",
     ]

@@ -11,6 +11,7 @@ attacks' cost, the recommendation), ``sweep.md`` and the plots.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -87,6 +88,8 @@ def run_sweep(
     records = {c.key: cell_record(c) for c in cells}
     failed: dict[str, str] = {}
     lock = threading.Lock()
+    # cells side by side share the cores: each gets its share, or oversubscribed pools slow all of them
+    cores = max(1, (os.cpu_count() or 1) // sweep_cfg.parallel) if sweep_cfg.parallel > 1 else None
     echo(f"[sweep] {len(cells)} cells, {sweep_cfg.parallel} at a time -> {out}")
 
     def run_cell(index: int, cell: Cell) -> dict[str, Any]:
@@ -94,7 +97,7 @@ def run_sweep(
             echo(f"[cell {index}/{len(cells)} {cell.key}] {line}")
 
         cfg = run_config(cell.cfg, cell.cfg.methods[-1], cell.seed, out=out)
-        return _run(cfg, out / "cells" / cell.key, cell_echo, app_dir)
+        return _run(cfg, out / "cells" / cell.key, cell_echo, app_dir, cores)
 
     with ThreadPoolExecutor(max_workers=sweep_cfg.parallel) as pool:
         futures = {pool.submit(run_cell, i, c): c for i, c in enumerate(cells, 1)}
