@@ -71,7 +71,7 @@ FLOOR_APP = {
         import time
 
         import numpy as np
-        from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+        from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
         from flwr.clientapp import ClientApp
         from flwr.serverapp import ServerApp
 
@@ -88,20 +88,23 @@ FLOOR_APP = {
         @server.main()
         def main(grid, context):
             cfg = context.run_config
-            model = RecordDict({"arrays": ArrayRecord([np.zeros(int(cfg["parameters"]), np.float32)])})
+            arrays = ArrayRecord([np.zeros(int(cfg["parameters"]), np.float32)])
 
-            def send(kind, nodes):
-                replies = list(grid.send_and_receive([Message(model, dst_node_id=n, message_type=kind) for n in nodes]))
+            def send(kind, nodes, rnd):
+                # the round in the content, as in the real protocol: every message of the run is distinct
+                content = RecordDict({"arrays": arrays, "config": ConfigRecord({"round": rnd})})
+                messages = [Message(content, dst_node_id=n, message_type=kind) for n in nodes]
+                replies = list(grid.send_and_receive(messages))
                 assert len(replies) == len(nodes) and not any(r.has_error() for r in replies), "lost replies"
 
             nodes = sorted(grid.get_node_ids())
-            send(MessageType.QUERY, nodes[: int(cfg["sampled"])])
-            for rnd in range(int(cfg["rounds"])):
+            send(MessageType.QUERY, nodes[: int(cfg["sampled"])], 0)
+            for rnd in range(1, int(cfg["rounds"]) + 1):
                 started = time.perf_counter()
-                send(MessageType.TRAIN, nodes)
-                send(MessageType.QUERY, nodes)
+                send(MessageType.TRAIN, nodes, rnd)
+                send(MessageType.QUERY, nodes, rnd)
                 print(f"FLOOR ROUND {time.perf_counter() - started:.4f}", flush=True)
-            send(MessageType.EVALUATE, nodes)
+            send(MessageType.EVALUATE, nodes, -1)
             print("FLOOR DONE", flush=True)
     """,
 }

@@ -27,15 +27,15 @@ from fl_metamorphosis.training.central import (
 
 from .replies import REPLY_TIMEOUT_S
 
+if TYPE_CHECKING:
+    from .round_loop import Federation
+
 
 def poisoning_summary(cfg) -> dict[str, Any]:
     """The run's misbehaving devices (the config says which; the strategy was never told)."""
     p, fed = cfg.federated.poisoning, cfg.federated
     return {**p.model_dump(), "devices": sorted(malicious_devices(p, fed.num_devices, cfg.train.seed))}
 
-
-if TYPE_CHECKING:
-    from .round_loop import Federation
 
 log = logging.getLogger(__name__)
 

@@ -85,7 +85,7 @@ def stage_app(app_dir: Path, dest: Path) -> Path:
     """``dest`` holding the Flower App's sources only (its ``pyproject.toml`` and top-level packages), for
     ``flwr run`` to build the app's FAB from. Flower walks the whole app folder before it filters, and a
     checkout's folder holds its ``.venv`` and run outputs: tens of thousands of files read for nothing at
-    every launch (docs/fleet.md)."""
+    every launch (docs/federated.md)."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(app_dir / "pyproject.toml", dest / "pyproject.toml")
     for package in sorted(p.parent for p in app_dir.glob("*/__init__.py")):

@@ -111,6 +111,8 @@ def test_the_report_pools_seeds_recommends_and_prices_attacks():
     clean, flipped = answers["iid, no attack"], answers["iid, sign_flip:0.2"]
     assert clean["best"] == "fedavg_iid" and clean["runner_up"] == "fedmedian_iid" and not clean["separated"]
     assert flipped["best"] == "fedmedian_iid_flip" and flipped["separated"]  # 0.68 > 0.30
+    alone = recommend(pool_settings([_cell("a_iid", 1, 0.9), _cell("b_iid", 1, 0.1, strategy="b")]))
+    assert not alone[0]["separated"]  # one seed each: nothing to tell them apart with
     costs = {r["strategy"]: r["cost"] for r in attack_costs(settings)}
     assert costs == pytest.approx({"fedavg": 0.75 - 0.25, "fedmedian": 0.735 - 0.69})
 

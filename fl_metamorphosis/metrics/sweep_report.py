@@ -95,9 +95,16 @@ def strategy_label(setting: dict[str, Any]) -> str:
     return f"{setting['strategy']}({params})" if params else setting["strategy"]
 
 
+def _separated(best: dict[str, Any], runner: dict[str, Any] | None) -> bool:
+    """The best setting's worst seed beat the runner-up's best seed (one seed each separates nothing)."""
+    if runner is None or len(best["seeds"]) < 2 or len(runner["seeds"]) < 2:
+        return False
+    return best["accuracy"]["min"] > runner["accuracy"]["max"]
+
+
 def recommend(pooled: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per scenario: the best setting by mean final accuracy, the runner-up, and whether they differ by
-    more than their seeds spread (their seed ranges do not overlap)."""
+    more than their seeds spread (``_separated``)."""
     by_scenario: dict[str, list[dict[str, Any]]] = {}
     for s in pooled:
         by_scenario.setdefault(scenario(s), []).append(s)
@@ -115,7 +122,7 @@ def recommend(pooled: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "runner_up_label": strategy_label(runner) if runner else None,
                 "runner_up_accuracy": runner["accuracy"] if runner else None,
                 "gap": best["accuracy"]["mean"] - runner["accuracy"]["mean"] if runner else None,
-                "separated": bool(runner and best["accuracy"]["min"] > runner["accuracy"]["max"]),
+                "separated": _separated(best, runner),
                 "settings_compared": len(group),
                 "seeds": len(best["seeds"]),
                 "epsilon": best["epsilon"],
@@ -175,7 +182,7 @@ def render_sweep(report: dict[str, Any]) -> str:
     lines += ["", "## Recommendation", ""]
     lines += [
         "Best setting per scenario by final accuracy; 'separated' means the best setting's worst seed beat the "
-        "runner-up's best seed. Otherwise these seeds cannot tell the two apart.",
+        "runner-up's best seed, with two seeds or more each. Otherwise these seeds cannot tell the two apart.",
         "",
         "| scenario | best | accuracy (range) | runner-up | accuracy (range) | gap | separated | epsilon "
         "| cross-task attack | SSIM |",

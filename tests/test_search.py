@@ -1,0 +1,57 @@
+"""The Optuna search: a pruned trial stops its run (and every process of it), and a study that is started
+again goes on to its number of trials instead of starting over."""
+
+import json
+
+import optuna
+import pytest
+from conftest import TINY_OVERRIDES
+
+from fl_metamorphosis.config import build_config
+from simulations.search import _round_reporter, run_search
+from simulations.simulate import processes_of, simulate
+from simulations.sweep_config import SweepConfig
+
+TINY = [*TINY_OVERRIDES, 'methods=["metamorphosis"]']
+
+
+class PruneAtOnce:
+    """A trial whose pruner stops it at the first round reported."""
+
+    def __init__(self):
+        self.reports = []
+
+    def report(self, value, step):
+        self.reports.append((step, value))
+
+    def should_prune(self):
+        return True
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_stops_its_run_and_every_process_of_it(tmp_path):
+    out, trial = tmp_path / "trial", PruneAtOnce()
+    cfg = build_config(None, [*TINY, "federated.rounds=6", "audit.enabled=false"])
+    with pytest.raises(optuna.TrialPruned):
+        simulate(cfg, out, echo=_round_reporter(trial, out / "metrics.jsonl", lambda _line: None))
+    assert trial.reports and trial.reports[0][0] == 1 and 0.0 <= trial.reports[0][1] <= 1.0
+    assert processes_of((out / ".flwr").resolve()) == []
+    assert not (out / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_search_records_its_trials_and_resumes_to_its_number_of_trials(tmp_path):
+    def search(trials):
+        sweep = SweepConfig.model_validate(
+            {"search": {"strategy": "fedadam", "ranges": {"eta": [0.001, 0.1]}, "trials": trials, "seed": 3}}
+        )
+        return run_search(sweep, build_config(None, TINY), tmp_path, echo=lambda _line: None)
+
+    first = search(2)
+    assert [t["state"] for t in first["trials"]] == ["complete", "complete"]
+    assert first["best"]["accuracy"] == max(t["value"] for t in first["trials"])
+    assert 0.001 <= first["best"]["params"]["eta"] <= 0.1
+    assert (tmp_path / "search_history.png").exists() and (tmp_path / "search.md").exists()
+    again = search(3)  # one more trial, not three
+    assert len(again["trials"]) == 3 and again["trials"][:2] == first["trials"]
+    assert json.loads((tmp_path / "search.json").read_text())["trials"][2]["run"] == "search/trial-2"
