@@ -33,9 +33,10 @@ def plot_sweep_rounds(settings: list[dict[str, Any]], path: Path, simulated_time
     groups = _by_scenario(settings)
     fig, axes = _panels(len(groups), 7.0, 4.2)
     for ax, (name, group) in zip(axes, groups.items(), strict=True):
-        for s in group:
+        for i, s in enumerate(group):
             x = s["simulated_seconds"] if simulated_time else range(1, len(s["curve"]) + 1)
-            ax.plot(x, s["curve"], marker=".", lw=1.2, label=strategy_label(s))
+            style = ("-", "--", ":")[i // 10 % 3]  # the colour cycle has 10 colours
+            ax.plot(x, s["curve"], marker=".", lw=1.2, ls=style, label=strategy_label(s))
         ax.set(title=name, xlabel="simulated seconds" if simulated_time else "round", ylabel="test accuracy")
     _save(fig, axes, path)
 
