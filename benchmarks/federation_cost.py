@@ -63,6 +63,7 @@ FLOOR_APP = {
         clientapp = "federation_floor.apps:client"
         [tool.flwr.app.config]
         rounds = 1
+        devices = 1
         sampled = 1
         parameters = 1
     """,
@@ -97,7 +98,8 @@ FLOOR_APP = {
                 replies = list(grid.send_and_receive(messages))
                 assert len(replies) == len(nodes) and not any(r.has_error() for r in replies), "lost replies"
 
-            nodes = sorted(grid.get_node_ids())
+            while len(nodes := sorted(grid.get_node_ids())) < int(cfg["devices"]):
+                time.sleep(0.1)  # the simulation registers its nodes as it starts, as the real run waits for them
             send(MessageType.QUERY, nodes[: int(cfg["sampled"])], 0)
             for rnd in range(1, int(cfg["rounds"]) + 1):
                 started = time.perf_counter()
@@ -163,7 +165,7 @@ def floor_seconds(devices: int, rounds: int, sampled: int, parameters: int) -> t
         ray_tmp = Path(tempfile.mkdtemp(prefix="mm-ray-"))
         cmd = ["flwr", "run", str(app), "local", "--stream"]
         cmd += ["--federation-config", f"num-supernodes={devices} client-resources-num-cpus=1"]
-        cmd += ["--run-config", f"rounds={rounds} sampled={sampled} parameters={parameters}"]
+        cmd += ["--run-config", f"rounds={rounds} devices={devices} sampled={sampled} parameters={parameters}"]
         t0 = time.perf_counter()
         try:
             res = subprocess.run(cmd, env=flower_env(home, ray_tmp), cwd=tmp, capture_output=True, text=True)
