@@ -154,3 +154,18 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_cells(tmp_path):
     rows = [json.loads(line) for line in second.read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]  # each round once: the resumed cell did not start over
     assert (out / "sweep.md").read_text().count("| iid, no attack |") >= 2
+
+
+def test_the_report_plots_accuracy_against_simulated_time_when_the_cells_ran_on_a_fleet(tmp_path):
+    from simulations.sweep import write_report
+    from simulations.sweep_config import SweepConfig
+
+    cells = [_cell("fedavg_iid", 1, 0.8), _cell("fedavg_iid", 2, 0.7), _cell("fedmedian_iid", 1, 0.6, strategy="m")]
+    for cell in cells:
+        for i, point in enumerate(cell["figures"]["curve"], 1):
+            point["simulated_seconds"] = 40.0 * i
+    report = write_report(tmp_path, SweepConfig(), cells, failed={})
+    assert report["plots"] == ["sweep_rounds.png", "sweep_final.png", "sweep_simulated_time.png"]
+    assert all((tmp_path / p).stat().st_size > 0 for p in report["plots"])
+    assert report["settings"][0]["simulated_seconds"] == [40.0, 80.0]
+    assert "| iid, no attack | fedavg |" in (tmp_path / "sweep.md").read_text()
