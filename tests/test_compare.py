@@ -71,7 +71,7 @@ def test_compare_resumes_an_interrupted_run_and_starts_a_changed_one_afresh(tmp_
     cfg = build_config(None, ["federated.rounds=3"])
     calls = []
 
-    def fake_simulate(run_cfg, out, echo, app_dir, resume):
+    def fake_simulate(run_cfg, out, echo, app_dir, resume, cores=None):
         calls.append(resume)
         (out / "summary.json").write_text(json.dumps({"methods": {}, "config": run_cfg.model_dump()}))
 
