@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,9 @@ def _summarise(study: optuna.Study, search: SearchConfig, out: Path) -> dict[str
         from optuna.visualization.matplotlib import plot_optimization_history, plot_slice
 
         for name, plot in (("search_history.png", plot_optimization_history), ("search_slice.png", plot_slice)):
-            ax = plot(study)
+            with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = plot(study)
             fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
             fig.set_size_inches(10, 4)
             fig.tight_layout()
