@@ -149,9 +149,10 @@ def run_search(
         storage=f"sqlite:///{(out / 'search' / 'study.db').resolve()}",
         load_if_exists=True,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=search.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
     )
+    # a resumed study's sampler must not replay the first run's draws: seed it past the trials it has
+    study.sampler = optuna.samplers.TPESampler(seed=search.seed + len(study.trials))
     for t in study.trials:  # interrupted mid-trial: not a result
         if t.state == optuna.trial.TrialState.RUNNING:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)

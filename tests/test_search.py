@@ -54,4 +54,5 @@ def test_a_search_records_its_trials_and_resumes_to_its_number_of_trials(tmp_pat
     assert (tmp_path / "search_history.png").exists() and (tmp_path / "search.md").exists()
     again = search(3)  # one more trial, not three
     assert len(again["trials"]) == 3 and again["trials"][:2] == first["trials"]
+    assert again["trials"][2]["params"] not in [t["params"] for t in first["trials"]]  # no replayed draw
     assert json.loads((tmp_path / "search.json").read_text())["trials"][2]["run"] == "search/trial-2"
