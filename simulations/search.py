@@ -2,12 +2,12 @@
 
 Each trial is an ordinary ``simulate`` run in ``OUT/search/trial-<n>`` with the parameters Optuna's TPE
 sampler proposes (log-uniform in each ``[low, high]`` range). After every round the run's test accuracy
-(mean over tasks) is reported to the trial, and Optuna's median pruner stops a trial whose accuracy
-falls below the median of the earlier trials at the same round: the run is stopped there, its folder
-keeps the rounds it did. The study lives in ``OUT/search/study.db`` (SQLite), so a search that is
-interrupted and started again goes on to its number of trials; a trial that was running when it was
-interrupted is marked failed and not counted. ``search.json``, ``search.md`` and the study's plots are
-rewritten after every trial.
+(mean over tasks) is reported to the trial, and from the third round on Optuna's median pruner stops
+a trial whose accuracy falls below the median of the earlier trials at the same round: the run is
+stopped there, its folder keeps the rounds it did. The study lives in ``OUT/search/study.db``
+(SQLite), so a search that is interrupted and started again goes on to its number of trials; a trial
+that was running when it was interrupted is marked failed and not counted. ``search.json``,
+``search.md`` and the study's plots are rewritten after every trial.
 """
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ def render_search(report: dict[str, Any]) -> str:
     for t in sorted(report["trials"], key=lambda t: -(t["value"] or -1)):
         params = " | ".join(f"{t['params'].get(k, float('nan')):.4g}" for k in s["ranges"])
         value = f"{t['value']:.3f}" if t["value"] is not None else "-"
+        if t["state"] == "pruned" and t["value"] is not None:
+            value = f"{value} (when pruned)"
         eps = f"{t['epsilon']:.2f}" if t.get("epsilon") is not None else "-"
         lines.append(f"| {t['number']} | {t['state']} | {params} | {value} | {t['rounds_reported']} | {eps} |")
     lines += ["", "Plots: " + (", ".join(f"`{p}`" for p in report["plots"]) or "none yet (2 complete trials)"), ""]
@@ -149,7 +151,8 @@ def run_search(
         storage=f"sqlite:///{(out / 'search' / 'study.db').resolve()}",
         load_if_exists=True,
         direction="maximize",
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        # accuracy after one or two rounds is mostly noise: a trial is judged from its third round on
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
     )
     # a resumed study's sampler must not replay the first run's draws: seed it past the trials it has
     study.sampler = optuna.samplers.TPESampler(seed=search.seed + len(study.trials))
