@@ -28,10 +28,12 @@ from fl_metamorphosis.training.central import (
 from .replies import REPLY_TIMEOUT_S
 
 if TYPE_CHECKING:
+    from fl_metamorphosis.config import ExperimentConfig
+
     from .round_loop import Federation
 
 
-def poisoning_summary(cfg) -> dict[str, Any]:
+def poisoning_summary(cfg: ExperimentConfig) -> dict[str, Any]:
     """The run's misbehaving devices (the config says which; the strategy was never told)."""
     p, fed = cfg.federated.poisoning, cfg.federated
     return {**p.model_dump(), "devices": sorted(malicious_devices(p, fed.num_devices, cfg.train.seed))}

@@ -49,7 +49,7 @@ def run_config(
     return build_config(tree)
 
 
-def _run(
+def run_or_reuse(
     cfg: ExperimentConfig, out: Path, echo: Callable[[str], None], app_dir: Path, cores: int | None = None
 ) -> dict[str, Any]:
     """One simulate run: the finished one already in ``out`` for the same experiment, the interrupted one
@@ -96,7 +96,7 @@ def compare(
         for method in methods:
             echo(f"[compare] {method}, seed {seed} ({len(methods) * len(seeds)} runs in all)")
             run_out = out / "runs" / f"{method}_seed{seed}"
-            summary = _run(run_config(cfg, method, seed, out=out), run_out, echo, app_dir)
+            summary = run_or_reuse(run_config(cfg, method, seed, out=out), run_out, echo, app_dir)
             figures = summary["methods"][method]
             figures["wall_seconds"] = summary.get("server_wall_seconds", figures.get("wall_seconds"))
             runs.setdefault(method, {})[seed] = figures
@@ -162,7 +162,7 @@ def sweep(
     tasks: list[str] = []
     for key, value, method, run_cfg in configs:
         echo(f"[sweep] {key}={value}, {method}")
-        summary = _run(run_cfg, out / "sweep" / f"{key}={value}_{method}", echo, app_dir)
+        summary = run_or_reuse(run_cfg, out / "sweep" / f"{key}={value}_{method}", echo, app_dir)
         m, tasks = summary["methods"][method], summary["tasks"]
         dp_eps, feature_eps = m["dp_sgd"].get("epsilon"), m["feature_dp"].get("epsilon")
         measured = dp_eps if key.startswith("dp_sgd") else feature_eps if key.startswith("feature_dp") else None

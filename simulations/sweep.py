@@ -3,8 +3,8 @@
 The sweep file (``sweep_config.py``) expands into cells; each cell is one ordinary ``simulate`` run in
 ``OUT/cells/<cell>``, audited like any run (its attacker learns on as many released features as the
 server received). Running the same sweep again reuses every finished cell and resumes an interrupted
-one from its last checkpoint (``compare._run``), so a killed sweep loses at most the rounds of the cells
-it was in. ``parallel`` cells run at once, each a simulation with its own SuperLink and Ray. After every
+one from its last checkpoint (``compare.run_or_reuse``), so a killed sweep loses at most the rounds of
+the cells it was in. ``parallel`` cells run at once, each a simulation with its own SuperLink and Ray. After every
 cell the report is rewritten: ``sweep.json`` (every cell's figures, every setting pooled over seeds, the
 attacks' cost, the recommendation), ``sweep.md`` and the plots.
 """
@@ -24,7 +24,7 @@ from fl_metamorphosis.metrics.sweep_plots import plot_sweep_final, plot_sweep_ro
 from fl_metamorphosis.metrics.sweep_report import attack_costs, cell_figures, pool_settings, recommend, render_sweep
 from fl_metamorphosis.training.central import machine_description
 
-from .compare import _run, run_config
+from .compare import run_config, run_or_reuse
 from .simulate import APP_DIR, SimulationFailed
 from .sweep_config import Cell, SweepConfig, expand
 
@@ -97,7 +97,7 @@ def run_sweep(
             echo(f"[cell {index}/{len(cells)} {cell.key}] {line}")
 
         cfg = run_config(cell.cfg, cell.cfg.methods[-1], cell.seed, out=out)
-        return _run(cfg, out / "cells" / cell.key, cell_echo, app_dir, cores)
+        return run_or_reuse(cfg, out / "cells" / cell.key, cell_echo, app_dir, cores)
 
     with ThreadPoolExecutor(max_workers=sweep_cfg.parallel) as pool:
         futures = {pool.submit(run_cell, i, c): c for i, c in enumerate(cells, 1)}

@@ -80,9 +80,9 @@ def test_compare_resumes_an_interrupted_run_and_starts_a_changed_one_afresh(tmp_
     (out / "checkpoints").mkdir(parents=True)
     (out / "config.json").write_text(cfg.model_dump_json())
     save_run(out / "checkpoints", RunCheckpoint(1, "metamorphosis", {}, {}, {}))  # killed after round 1
-    compare_module._run(cfg, out, lambda _line: None, compare_module.APP_DIR)
-    compare_module._run(cfg, out, lambda _line: None, compare_module.APP_DIR)  # finished now: reused
+    compare_module.run_or_reuse(cfg, out, lambda _line: None, compare_module.APP_DIR)
+    compare_module.run_or_reuse(cfg, out, lambda _line: None, compare_module.APP_DIR)  # finished now: reused
     other = build_config(None, ["federated.rounds=4"])
     (out / "summary.json").unlink()
-    compare_module._run(other, out, lambda _line: None, compare_module.APP_DIR)  # another experiment
+    compare_module.run_or_reuse(other, out, lambda _line: None, compare_module.APP_DIR)  # another experiment
     assert calls == [True, False]

@@ -40,6 +40,8 @@ def malicious_devices(poisoning: PoisoningConfig, num_devices: int, seed: int) -
     """The partition ids of the misbehaving devices: ``round(share * num_devices)`` of them, drawn with
     the run's seed (the same attackers for every strategy of a sweep)."""
     count = poisoning.count(num_devices)
+    # Not privacy randomness: which devices play the attacker is part of the simulated experiment, known
+    # to whoever configured it (the summary lists them); the attacks' own noise comes from the device.
     order = torch.randperm(num_devices, generator=torch.Generator().manual_seed(seed + 7_919))
     return frozenset(int(d) for d in order[:count])
 
