@@ -8,11 +8,12 @@ message that names the field.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .fleet.fleet_config import FleetConfig
 
@@ -35,20 +36,111 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-class DataConfig(_Strict):
-    """Which multi-task dataset, and how much of it."""
+DatasetName = Literal["digits", "synthetic", "mnist_pairs", "folder", "celeba", "utkface"]
+FILE_DATASETS = ("folder", "celeba", "utkface")  # images on disk, decoded once into a cache
+DEFAULT_TASKS = {"celeba": ["Male", "Smiling"], "utkface": ["age", "race"]}
 
-    name: Literal["digits", "synthetic"] = "digits"
-    train_pairs: int = Field(20_000, ge=10, description="training images composed from train sources")
-    test_pairs: int = Field(4_000, ge=10, description="test images composed from held-out sources")
-    test_fraction: float = Field(0.22, gt=0.0, lt=1.0, description="share of SOURCE digits held out")
+
+class DataConfig(_Strict):
+    """Which multi-task dataset, and how much of it (docs/data.md: the layouts on disk)."""
+
+    name: DatasetName = Field(
+        "digits",
+        description="digits: embedded 8x8 digit pairs; synthetic: one generated object, tasks its attributes; "
+        "mnist_pairs: MNIST-format IDX files composed side by side; folder: images + a CSV; celeba, utkface: "
+        "those datasets' own layouts",
+    )
+    root: Path | None = Field(
+        None,
+        description="the dataset's folder on this machine (mnist_pairs, folder, celeba, utkface); never downloaded",
+    )
+    tasks: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="folder: the CSV's label columns; celeba: attribute names (default Male, Smiling); "
+        "utkface: among gender, race, age (default age, race)",
+    )
+    train_pairs: int = Field(
+        20_000,
+        ge=10,
+        description="training images: composed (digits, mnist_pairs, synthetic) or at most this many "
+        "of the files' train split, a seeded subsample",
+    )
+    test_pairs: int = Field(4_000, ge=10, description="test images: composed, or at most this many of the test split")
+    test_fraction: float = Field(
+        0.22,
+        gt=0.0,
+        lt=1.0,
+        description="digits: share of SOURCE digits held out; files without a split: share of "
+        "images (of people, when identities are known) held out",
+    )
     synthetic_tasks: list[Literal["shape", "colour", "position", "size"]] = Field(
         default_factory=lambda: ["shape", "colour"], min_length=2
     )
     synthetic_correlation: float = Field(
         0.0, ge=0.0, le=1.0, description="probability that the 2nd synthetic task copies the 1st"
     )
-    image_size: int = Field(16, ge=8, le=128, description="synthetic image side in pixels")
+    image_size: int | None = Field(
+        None,
+        ge=8,
+        le=256,
+        description="image side in pixels: synthetic (default 16) and files, resized and "
+        "centre-cropped (default 32); digit and MNIST items keep their own side",
+    )
+    colour: Literal["rgb", "grey"] = Field("rgb", description="files: decode as RGB (3 channels) or grey (1)")
+    labels_file: str = Field("labels.csv", description="folder: the CSV, relative to data.root")
+    file_column: str = Field("file", description="folder: the CSV column with each image's path under data.root")
+    split_column: str = Field("split", description="folder: optional CSV column of train / test / val")
+    identity_column: str = Field("identity", description="folder: optional CSV column of person ids")
+    age_buckets: list[int] = Field(
+        default_factory=lambda: [0, 18, 30, 45, 60], min_length=2, description="utkface: ascending age bucket edges"
+    )
+    skip_bad_files: bool = Field(
+        False, description="drop unreadable images and malformed names (counted in the summary) instead of failing"
+    )
+    cache_dir: Path | None = Field(
+        None, description="where decoded images are cached (default $XDG_CACHE_HOME or ~/.cache, /fl-metamorphosis)"
+    )
+
+    @field_validator("root", "cache_dir")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # absolute where the config is first read: devices and the ServerApp run in other folders
+        return None if path is None else path.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _dataset_needs(self) -> DataConfig:
+        if self.name in (*FILE_DATASETS, "mnist_pairs") and self.root is None:
+            raise ValueError(
+                f"data.root is required for data.name={self.name!r}: point it at the dataset's folder "
+                "(docs/data.md lists the layout)"
+            )
+        if self.name == "folder" and self.tasks is None:
+            raise ValueError("data.name='folder' needs data.tasks: the CSV's label columns, e.g. ['gender', 'smile']")
+        if self.tasks is not None and self.name not in FILE_DATASETS:
+            raise ValueError(
+                f"data.tasks applies to folder, celeba and utkface; data.name={self.name!r} has fixed tasks"
+                + (" (set data.synthetic_tasks)" if self.name == "synthetic" else "")
+            )
+        if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"data.tasks names a task twice: {self.tasks}")
+        if any(b <= a for a, b in zip(self.age_buckets, self.age_buckets[1:], strict=False)):
+            raise ValueError(f"data.age_buckets must ascend strictly, got {self.age_buckets}")
+        return self
+
+    def task_names(self) -> list[str] | None:
+        """The tasks of a file dataset (the configured or the dataset's default ones)."""
+        return self.tasks if self.tasks is not None else DEFAULT_TASKS.get(self.name)
+
+    def side(self) -> int:
+        """The image side: the configured one, or the dataset's default."""
+        return self.image_size or (16 if self.name == "synthetic" else 32)
+
+    def cache_folder(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "fl-metamorphosis"
 
 
 class ModelConfig(_Strict):
@@ -308,9 +400,18 @@ class FederatedConfig(_Strict):
         description="devices' Adam learning rate; higher than train.lr because averaging the devices' noised "
         "updates shrinks each round's step (docs/federated.md)",
     )
-    partitioning: Literal["iid", "dirichlet", "pathological"] = "iid"
+    partitioning: Literal["iid", "dirichlet", "pathological", "identity"] = Field(
+        "iid",
+        description="identity: each device holds a few people's images (celeba's identity file, a folder's "
+        "identity column), as a phone would",
+    )
     dirichlet_alpha: float = Field(0.5, gt=0.0)
-    classes_per_device: int = Field(2, ge=1, description="pathological: source-digit classes per device")
+    classes_per_device: int = Field(2, ge=1, description="pathological: classes per device")
+    partition_task: str | None = Field(
+        None,
+        description="dirichlet / pathological on synthetic and file datasets: the task whose labels skew the "
+        "devices (default the first); digit pairs skew by the source digit",
+    )
     device_epsilon_budget: float = Field(8.0, gt=0.0, description="cumulative DP-SGD epsilon a device may spend")
     feature_samples_per_device: int = Field(400, ge=1, description="released features per device per round")
     head_epochs: int = Field(5, ge=0, description="server epochs over each round's released features")
@@ -423,6 +524,23 @@ class ExperimentConfig(_Strict):
                 "loss.input_decorrelation_weight > 0 needs a batch statistic, which voids DP-SGD: "
                 "set it to 0 or set dp_sgd.enabled=false"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _partition_fits_data(self) -> ExperimentConfig:
+        fed, data = self.federated, self.data
+        if fed.partitioning == "identity" and data.name not in ("folder", "celeba"):
+            raise ValueError(
+                f"federated.partitioning='identity' needs people's ids (celeba's identity_CelebA.txt, a folder's "
+                f"identity column); data.name={data.name!r} has none: use iid, dirichlet or pathological"
+            )
+        if fed.partition_task is not None:
+            tasks = data.synthetic_tasks if data.name == "synthetic" else data.task_names()
+            if tasks is None or fed.partition_task not in tasks:
+                raise ValueError(
+                    f"federated.partition_task={fed.partition_task!r} is not a task of data.name={data.name!r} "
+                    f"(tasks: {tasks or 'the digit pairs skew by source digit, leave it unset'})"
+                )
         return self
 
     def decorrelation_form(self) -> Literal["batch", "per_sample"]:

@@ -11,7 +11,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from clients.client_app import NoStateFolder
 from clients.client_app import app as client_app
 from fl_metamorphosis.checkpoint import load_run
-from fl_metamorphosis.config import build_config
+from fl_metamorphosis.config import ConfigError, build_config
 from fl_metamorphosis.federated.device import build_generator, joint_state
 from fl_metamorphosis.federated.device_state import DeviceState
 from fl_metamorphosis.flower.messages import config_record
@@ -243,18 +243,23 @@ def test_over_budget_devices_decline_and_are_never_aggregated(tmp_path):
     assert rows[1]["epsilon_max"] == rows[0]["epsilon_max"]  # no update past the budget ever left a device
 
 
-def test_synthetic_set_splits_iid_across_devices_and_refuses_other_schemes():
+def test_synthetic_set_splits_across_devices_iid_and_skewed_by_the_chosen_task():
     cfg = _cfg('data.name="synthetic"')
     shares = [device_datasets(cfg.data, cfg.federated, d, 0)[0] for d in range(3)]
     assert sum(len(s) for s in shares) == cfg.data.train_pairs
     assert shares[0].task_names == ["shape", "colour"] and shares[0].image_shape == (3, 16, 16)
-    with pytest.raises(ValueError, match="partitioning='iid'"):
-        device_datasets(
-            _cfg('data.name="synthetic"', "federated.partitioning=dirichlet").data,
-            _cfg("federated.partitioning=dirichlet").federated,
-            0,
-            0,
-        )
+    skewed = _cfg(
+        'data.name="synthetic"',
+        "federated.partitioning=pathological",
+        "federated.classes_per_device=1",
+        'federated.partition_task="colour"',
+    )
+    parts = [device_datasets(skewed.data, skewed.federated, d, 0)[0] for d in range(3)]
+    assert 0 < sum(len(p) for p in parts) <= skewed.data.train_pairs  # unassigned colours are left out
+    for p in parts:  # one colour per device, every shape
+        assert len(p.labels[:, 1].unique()) == 1 and len(p.labels[:, 0].unique()) == 3
+    with pytest.raises(ConfigError, match="partition_task='size' is not a task"):
+        _cfg('data.name="synthetic"', 'federated.partition_task="size"')
 
 
 def _budget_cfg():

@@ -1,8 +1,9 @@
-"""Multi-task datasets: the embedded digit pairs, a synthetic generator, and the loader by config."""
+"""Multi-task datasets: the embedded digit pairs, a synthetic generator, MNIST-format pairs and image
+files on disk (docs/data.md), and the loader by config."""
 
 from __future__ import annotations
 
-from ..config import DataConfig
+from ..config import FILE_DATASETS, DataConfig
 from .digits import load_digit_pairs
 from .multitask import MultiTaskDataset, TaskSpec, TrainTestSplit
 from .synthetic import load_synthetic
@@ -14,6 +15,16 @@ def load_dataset(cfg: DataConfig, seed: int) -> TrainTestSplit:
     """The train/test split a config names."""
     if cfg.name == "digits":
         return load_digit_pairs(cfg.train_pairs, cfg.test_pairs, cfg.test_fraction, seed)
-    return load_synthetic(
-        cfg.train_pairs, cfg.test_pairs, cfg.synthetic_tasks, cfg.image_size, cfg.synthetic_correlation, seed
-    )
+    if cfg.name == "synthetic":
+        return load_synthetic(
+            cfg.train_pairs, cfg.test_pairs, cfg.synthetic_tasks, cfg.side(), cfg.synthetic_correlation, seed
+        )
+    if cfg.name == "mnist_pairs":
+        from .mnist_pairs import load_mnist_pairs
+
+        assert cfg.root is not None  # required by the config
+        return load_mnist_pairs(cfg.root, cfg.train_pairs, cfg.test_pairs, seed)
+    assert cfg.name in FILE_DATASETS
+    from .file_datasets import file_rows  # Pillow only where files are read
+
+    return file_rows(cfg, seed).split()

@@ -63,3 +63,4 @@ class MultiTaskDataset(Dataset):
 class TrainTestSplit:
     train: MultiTaskDataset
     test: MultiTaskDataset
+    skipped: int = 0  # files dropped because the user asked to skip bad ones (data.skip_bad_files)
