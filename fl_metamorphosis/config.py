@@ -35,6 +35,10 @@ class ConfigError(ValueError):
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
+    def model_dump(self, *, mode: str = "json", **kwargs: Any) -> dict[str, Any]:
+        # JSON-safe by default (paths as text): configs are written to summaries, checkpoints and messages
+        return super().model_dump(mode=mode, **kwargs)
+
 
 DatasetName = Literal["digits", "synthetic", "mnist_pairs", "folder", "celeba", "utkface"]
 FILE_DATASETS = ("folder", "celeba", "utkface")  # images on disk, decoded once into a cache

@@ -64,12 +64,13 @@ def read_labels(cfg: DataConfig) -> LabelledFiles:
 
 def _held_out(n: int, identity: np.ndarray | None, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """A boolean test mask: ``fraction`` of the people (or of the rows, without identities)."""
+    units = np.arange(n) if identity is None else np.unique(identity)
+    if len(units) < 2:
+        raise DatasetFileError("a train/test hold-out needs at least two images (two people, with identities)")
+    held = min(max(1, round(len(units) * fraction)), len(units) - 1)  # both splits keep someone
     if identity is None:
-        return np.isin(np.arange(n), rng.permutation(n)[: max(1, round(n * fraction))])
-    people = np.unique(identity)
-    if len(people) < 2:
-        raise DatasetFileError("every image belongs to one person: a hold-out of people needs at least two")
-    test_people = rng.permutation(people)[: max(1, round(len(people) * fraction))]
+        return np.isin(np.arange(n), rng.permutation(n)[:held])
+    test_people = rng.permutation(units)[:held]
     return np.isin(identity, test_people)
 
 

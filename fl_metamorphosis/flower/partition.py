@@ -77,6 +77,10 @@ def partition_rows(
             num_partitions=fed.num_devices,
             partition_by="label",
             num_classes_per_partition=fed.classes_per_device,
+            # "random" (the library's default) lets every device draw the same classes and silently drops
+            # the rest; first-deterministic gives device i class i first, so every class is held
+            # whenever there are at least as many devices as classes
+            class_assignment_mode="first-deterministic",
             seed=seed,
         )
     partitioner.dataset = table
