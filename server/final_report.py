@@ -117,7 +117,12 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
         "command": "simulate",
         "machine": machine_description(),
         "tasks": fed.tasks,
-        "data": {"name": cfg.data.name, "train": cfg.data.train_pairs, "test": len(fed.split.test)},
+        "data": {
+            "name": cfg.data.name,
+            "train": len(fed.split.train),
+            "test": len(fed.split.test),
+            "skipped": fed.split.skipped,
+        },
         "methods": {fed.method: method_summary(model, figures, len(fed.tasks), releases_per_pair=k)},
         "federated": {
             "strategy": cfg.federated.strategy.model_dump(),

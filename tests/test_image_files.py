@@ -15,15 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fl_metamorphosis.data import image_files
-from fl_metamorphosis.data.image_files import (
-    DatasetFileError,
-    LabelledFiles,
-    decode_images,
-    read_celeba,
-    read_folder,
-    read_utkface,
-)
+from fl_metamorphosis.data import image_cache, labelled_files
+from fl_metamorphosis.data.celeba import read_celeba
+from fl_metamorphosis.data.folder_layout import read_folder
+from fl_metamorphosis.data.image_cache import decode_images
+from fl_metamorphosis.data.labelled_files import DatasetFileError, LabelledFiles
+from fl_metamorphosis.data.utkface import read_utkface
 
 RED, GREEN, BLUE, WHITE = (220, 20, 20), (20, 200, 40), (30, 40, 210), (250, 250, 250)
 COLOURS = [RED, GREEN, BLUE, WHITE, (120, 60, 180), (240, 200, 30)]
@@ -224,7 +221,7 @@ def test_folder_skip_bad_drops_missing_images_and_malformed_rows_and_counts_them
     (root / "a" / "img1.png").unlink()
     text = (root / "labels.csv").read_text().replace("a/img2.jpg,red,", "a/img2.jpg,,")
     write_labels(root, text + "too,few\n")
-    with caplog.at_level(logging.WARNING, logger=image_files.__name__):
+    with caplog.at_level(logging.WARNING, logger=labelled_files.__name__):
         data = read_folder(root, ["hair", "age"], skip_bad=True)
     assert data.skipped == 3
     assert [p.name for p in data.files] == ["img0.jpg", "img3.png", "img4.jpg", "img5.png"]
@@ -492,7 +489,7 @@ def test_decode_uses_the_other_process_cache_when_it_wins_the_race(folder_data, 
         shutil.copytree(winner, dst)  # the other process renames its folder in just before us
         real_replace(src, dst)
 
-    monkeypatch.setattr(image_files.os, "replace", lose_the_race)
+    monkeypatch.setattr(image_cache.os, "replace", lose_the_race)
     images, kept = decode_images(folder_data, size=8, colour="rgb", cache_dir=tmp_path / "cache")
     assert images.shape == (6, 3, 8, 8) and kept.tolist() == list(range(6))
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [winner.name]  # our temporary folder is gone
@@ -517,7 +514,7 @@ def test_decode_unreadable_image_names_the_file(folder_data, tmp_path):
 def test_decode_skip_bad_drops_unreadable_images_counts_and_warns(folder_data, tmp_path, caplog):
     folder_data.files[2].write_bytes(b"not an image at all")
     folder_data.files[4].write_bytes(folder_data.files[4].read_bytes()[:40])  # a truncated JPEG
-    with caplog.at_level(logging.WARNING, logger=image_files.__name__):
+    with caplog.at_level(logging.WARNING, logger=image_cache.__name__):
         images, kept = decode_images(folder_data, size=8, colour="rgb", cache_dir=tmp_path / "cache", skip_bad=True)
     assert kept.tolist() == [0, 1, 3, 5] and images.shape == (4, 3, 8, 8)
     assert tuple(images[3, :, 0, 0]) == COLOURS[5]  # rows line up with kept after dropping
@@ -527,8 +524,8 @@ def test_decode_skip_bad_drops_unreadable_images_counts_and_warns(folder_data, t
 
 
 def test_decode_logs_progress_for_long_decodes(folder_data, tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(image_files, "_PROGRESS_OVER", 3)  # instead of writing 2,000 images
-    with caplog.at_level(logging.INFO, logger=image_files.__name__):
+    monkeypatch.setattr(image_cache, "_PROGRESS_OVER", 3)  # instead of writing 2,000 images
+    with caplog.at_level(logging.INFO, logger=image_cache.__name__):
         decode_images(folder_data, size=4, colour="grey", cache_dir=tmp_path / "cache")
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding images")]
     assert progress[-1] == "decoding images: 6/6 (100%)" and len(progress) == 6

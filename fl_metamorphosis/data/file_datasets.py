@@ -1,10 +1,10 @@
 """Image datasets on disk (a folder plus a CSV, CelebA, UTKFace) as train and test splits.
 
-``image_files.py`` reads each layout's labels and decodes the images once into a uint8 cache; this
-module turns them into splits: the layout's own split when it has one (CelebA's partition file, a CSV
-split column; validation rows are left out), else a seeded hold-out of ``data.test_fraction``, of people
-rather than images when identities are known, so that no face in the test split was trained on. Then
-at most ``data.train_pairs`` / ``data.test_pairs`` rows of each, a seeded subsample.
+``folder_layout.py``, ``celeba.py`` and ``utkface.py`` read each layout's labels and ``image_cache.py`` decodes
+the images once into a uint8 cache; this module turns them into splits: the layout's own split when it has one
+(CelebA's partition file, a CSV split column; validation rows are left out), else a seeded hold-out of
+``data.test_fraction``, of people rather than images when identities are known, so that no face in the test split
+was trained on. Then at most ``data.train_pairs`` / ``data.test_pairs`` rows of each, a seeded subsample.
 
 Images stay uint8 (often a memory map of the cache) until a dataset is built from chosen rows: a device
 converts its own few hundred images, not the whole set.
@@ -19,8 +19,12 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .image_files import DatasetFileError, LabelledFiles, decode_images, read_celeba, read_folder, read_utkface
+from .celeba import read_celeba
+from .folder_layout import read_folder
+from .image_cache import decode_images
+from .labelled_files import DatasetFileError, LabelledFiles
 from .multitask import MultiTaskDataset, TaskSpec, TrainTestSplit
+from .utkface import read_utkface
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .image_files import DatasetFileError
+from .labelled_files import DatasetFileError
 from .multitask import TrainTestSplit
 from .pairs import PairSources, load_pairs
 

@@ -145,7 +145,7 @@ def run_central(cfg: ExperimentConfig, out: Path, on_epoch: EpochCallback | None
         "command": "central",
         "machine": machine_description(),
         "tasks": tasks,
-        "data": {"name": cfg.data.name, "train": len(split.train), "test": len(split.test)},
+        "data": {"name": cfg.data.name, "train": len(split.train), "test": len(split.test), "skipped": split.skipped},
         "methods": methods,
         "checks": claim_checks(methods, tasks),
         "randomness": randomness_summary(cfg),
