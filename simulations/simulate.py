@@ -32,6 +32,7 @@ from pathlib import Path
 
 from fl_metamorphosis.checkpoint import latest_run, load_run
 from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
+from fl_metamorphosis.data import prepare_dataset
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower App: pyproject.toml's [tool.flwr.app]
 # Settings a resumed run may change: more (or fewer, not below those done) rounds, how often and how hard
@@ -242,6 +243,7 @@ def simulate(
     that many CPUs, so as many device actors, and the ServerApp as many threads."""
     if ray_address is not None:
         check_ray_address(ray_address)
+    prepare_dataset(cfg.data, cfg.train.seed)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     home = out / ".flwr"

@@ -8,7 +8,7 @@ from .digits import load_digit_pairs
 from .multitask import MultiTaskDataset, TaskSpec, TrainTestSplit
 from .synthetic import load_synthetic
 
-__all__ = ["MultiTaskDataset", "TaskSpec", "TrainTestSplit", "load_dataset"]
+__all__ = ["MultiTaskDataset", "TaskSpec", "TrainTestSplit", "load_dataset", "prepare_dataset"]
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> TrainTestSplit:
@@ -28,3 +28,18 @@ def load_dataset(cfg: DataConfig, seed: int) -> TrainTestSplit:
     from .file_datasets import file_rows  # Pillow only where files are read
 
     return file_rows(cfg, seed).split()
+
+
+def prepare_dataset(cfg: DataConfig, seed: int) -> None:
+    """Check a dataset on disk and build its decoded cache once, before a federation starts: a layout
+    error then stops the launch at once, and the server and every device do not decode the same files
+    at the same time."""
+    if cfg.name == "mnist_pairs":
+        from .mnist_pairs import mnist_sources
+
+        assert cfg.root is not None
+        mnist_sources(cfg.root)
+    elif cfg.name in FILE_DATASETS:
+        from .file_datasets import file_rows
+
+        file_rows(cfg, seed)
