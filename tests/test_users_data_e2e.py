@@ -4,7 +4,7 @@ import json
 
 import pytest
 from conftest import ROOT, TINY_OVERRIDES
-from test_image_files import make_celeba
+from test_image_files import make_celeba, make_folder, solid
 
 from fl_metamorphosis.cli import main
 from fl_metamorphosis.metrics import read_jsonl
@@ -37,3 +37,35 @@ def test_a_64px_rgb_celeba_layout_trains_federated_by_identity_end_to_end(tmp_pa
     assert "Male->Smiling" in summary["methods"]["metamorphosis"]["cross_task_attack"]
     assert (out / "reconstruction_grid.png").stat().st_size > 0
     assert len(list((tmp_path / "cache").iterdir())) == 1  # decoded once, shared by the server and the devices
+
+
+def test_a_folder_with_a_csv_trains_centrally_and_counts_the_images_it_was_told_to_skip(tmp_path):
+    folder = tmp_path / "shop"
+    rows = []
+    for i in range(60):
+        shape, colour = ["disc", "box"][i % 2], ["red", "blue", "green"][i % 3]
+        rows.append(
+            {"file": f"items/{i:03d}.png", "shape": shape, "colour": colour, "split": "test" if i < 20 else "train"}
+        )
+        solid(folder / rows[-1]["file"], {"red": (200, 0, 0), "blue": (0, 0, 200), "green": (0, 200, 0)}[colour])
+    rows.append({"file": "items/missing.png", "shape": "disc", "colour": "red", "split": "train"})
+    make_folder(folder, rows)
+    out = tmp_path / "run"
+    args = ["central", "--out", str(out)]
+    for item in [
+        *TINY_OVERRIDES,
+        "data.name=folder",
+        f'data.root="{folder}"',
+        f'data.cache_dir="{tmp_path / "cache"}"',
+        'data.tasks=["shape", "colour"]',
+        "data.image_size=16",
+        "data.skip_bad_files=true",
+        "audit.eval_samples=20",
+        "audit.attacker_samples=50",
+    ]:
+        args += ["--set", item]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"] == {"name": "folder", "train": 40, "test": 20, "skipped": 1}
+    assert summary["tasks"] == ["shape", "colour"]
+    assert summary["methods"]["metamorphosis"]["tasks"]["colour"]["accuracy"] >= 0
