@@ -580,3 +580,12 @@ def test_a_hold_out_without_a_split_keeps_someone_in_train_even_at_a_high_test_f
     )
     split = load_dataset(cfg, 0)
     assert len(split.train) == 2 and len(split.test) == 4  # one person of three trains
+
+
+def test_simulate_refuses_a_missing_dataset_before_launching_flower(tmp_path):
+    from simulations.simulate import simulate
+
+    cfg = build_config(None, ["data.name=celeba", f'data.root="{tmp_path / "nowhere"}"'])
+    with pytest.raises(DatasetFileError, match="nowhere"):
+        simulate(cfg, tmp_path / "run", echo=lambda _: None)
+    assert not (tmp_path / "run").exists()  # nothing launched, no run folder
