@@ -105,3 +105,18 @@ def test_label_only_floor_is_cached_per_attacker_data(tiny_cfg, tiny_split, tmp_
     other = AttackData.draw(tiny_split, audit, 0, attacker_samples=len(data.attacker) + 50)
     with pytest.raises(AssertionError, match="trained again"):  # different attacker data: not a hit
         label_only_floor(other, audit, 0)
+
+
+def test_the_label_floor_is_what_one_task_s_label_predicts_of_the_other():
+    from fl_metamorphosis.audit.cross_task_probe import label_floor
+
+    rng = np.random.default_rng(0)
+    own = rng.integers(0, 3, 20_000)
+    copy = rng.random(20_000) < 0.6  # the other task copies this one 60 % of the time, else uniform
+    other = np.where(copy, own, rng.integers(0, 3, 20_000))
+    floor = label_floor(own[:10_000], other[:10_000], own[10_000:], other[10_000:])
+    assert floor == pytest.approx(0.6 + 0.4 / 3, abs=0.015)
+    independent = rng.integers(0, 3, 20_000)
+    assert label_floor(own[:10_000], independent[:10_000], own[10_000:], independent[10_000:]) < 0.36
+    unseen = label_floor(np.array([0, 0, 1]), np.array([2, 2, 1]), np.array([3]), np.array([2]))
+    assert unseen == 1.0  # a label never seen in training falls back to the majority class

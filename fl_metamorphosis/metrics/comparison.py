@@ -50,6 +50,14 @@ def _ms(stat: Any, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _chance(pair: dict[str, Any]) -> str:
+    """Chance, and the label floor where the tasks are correlated (it is chance otherwise)."""
+    floor = pair.get("label_floor")
+    if isinstance(floor, dict) and floor["mean"] > pair["chance"]["mean"] + 0.01:
+        return f"{_ms(pair['chance'], 2)}; label floor {_ms(floor, 2)}"
+    return _ms(pair["chance"], 2)
+
+
 def render_comparison(comparison: dict[str, Any], tasks: list[str], title: str) -> str:
     methods = comparison["methods"]
     pairs = [f"{t}->{s}" for t in tasks for s in tasks if s != t]
@@ -66,7 +74,7 @@ def render_comparison(comparison: dict[str, Any], tasks: list[str], title: str) 
         + " | ".join(f"SSIM {t} (label-only)" for t in tasks)
         + " | "
         + " | ".join(f"PSNR {t}" for t in tasks)
-        + " | dCor² left~right | membership AUC | DP-SGD eps | feature eps | seconds |",
+        + f" | dCor² {tasks[0]}~{tasks[1]} | membership AUC | DP-SGD eps | feature eps | seconds |",
         "|---|" + "---|" * (3 * len(tasks) + len(pairs) + 5),
     ]
     for name, m in methods.items():
@@ -74,7 +82,7 @@ def render_comparison(comparison: dict[str, Any], tasks: list[str], title: str) 
         recon = m.get("reconstruction", {})
         dcor = m.get("distance_correlation", {})
         cells = [_ms(m["tasks"][t]["accuracy"]) for t in tasks]
-        cells += [f"{_ms(attack[p]['accuracy'])} ({_ms(attack[p]['chance'], 2)})" for p in pairs]
+        cells += [f"{_ms(attack[p]['accuracy'])} ({_chance(attack[p])})" for p in pairs]
         cells += [f"{_ms(recon[t]['ssim'])} ({_ms(recon[t]['ssim_label_only'])})" for t in tasks]
         cells += [_ms(recon[t]["psnr"], 2) for t in tasks]
         cross_dcor = next((v for k, v in dcor.items() if "~" in k and "input" not in k), None)

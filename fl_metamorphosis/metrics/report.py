@@ -9,12 +9,18 @@ def _f(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _floor(v: dict[str, Any]) -> str:
+    # shown only where the tasks are correlated: for independent tasks the label floor is chance
+    floor = v.get("label_floor")
+    return f", label floor {_f(floor, 2)}" if floor is not None and floor > v["chance"] + 0.01 else ""
+
+
 def _attack_cell(pairs: dict[str, Any] | None) -> str:
     if not pairs:
         return "n/a"
     return ", ".join(
         f"{k}: {_f(v['accuracy'])} [{_f(v['ci95'][0], 2)}, {_f(v['ci95'][1], 2)}] {v['attacker']} "
-        f"(chance {_f(v['chance'], 2)}, p {v['p_value']:.2g})"
+        f"(chance {_f(v['chance'], 2)}{_floor(v)}, p {v['p_value']:.2g})"
         for k, v in pairs.items()
     )
 
