@@ -34,3 +34,12 @@ def test_secret_laplace_noise_has_the_laplace_distribution():
 def test_unknown_source_is_refused():
     with pytest.raises(ValueError, match="randomness.source"):
         randomness_for("time", 0)
+
+
+def test_a_long_secret_draw_never_overflows_the_chacha20_block_counter(monkeypatch):
+    from fl_metamorphosis.privacy import randomness
+
+    # OS bytes that would put a counter taken from them one block short of 2^32
+    monkeypatch.setattr(randomness.os, "urandom", lambda n: b"\xff" * n)
+    u = randomness._secret_uniform(100_000)  # 12,500 ChaCha20 blocks
+    assert u.shape == (100_000,) and 0 < float(u.min()) and float(u.max()) < 1

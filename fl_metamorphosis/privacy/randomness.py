@@ -85,8 +85,11 @@ def _secret_uniform(n: int) -> torch.Tensor:
     the OS CSPRNG: a new key and nonce per call, so no two calls share a keystream."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms  # a device's only use of it
 
-    seed = os.urandom(48)
-    stream = Cipher(algorithms.ChaCha20(seed[:32], seed[32:]), mode=None).encryptor().update(bytes(8 * n))
+    seed = os.urandom(44)
+    # cryptography's 16-byte ChaCha20 nonce starts with the 32-bit block counter: a random counter would
+    # overflow (and raise) on a long draw that starts near 2^32, so it starts at 0 under the fresh key
+    nonce = bytes(4) + seed[32:]
+    stream = Cipher(algorithms.ChaCha20(seed[:32], nonce), mode=None).encryptor().update(bytes(8 * n))
     bits = torch.frombuffer(bytearray(stream), dtype=torch.int64) & ((1 << 53) - 1)  # the low 53 bits
     return (bits.to(torch.float64) + 0.5) * 2.0**-53
 
