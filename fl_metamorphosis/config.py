@@ -25,6 +25,7 @@ Method = Literal[
     "metamorphosis_no_noise",
     "metamorphosis_no_decorrelation",
     "metamorphosis_no_crosssec",
+    "metamorphosis_adversarial",
 ]  # the parts of each: fl_metamorphosis/methods.py
 
 

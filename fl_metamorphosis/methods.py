@@ -36,6 +36,11 @@ METHODS: dict[str, MethodSpec] = {
     "metamorphosis_no_crosssec": MethodSpec(
         "projection", True, True, False, False, "ablation: per-task linear maps instead of Cross-SEC"
     ),
+    # where both tasks describe one object, attention and noise alone leave the object's rest in each
+    # feature; the input decoder's reversed gradient is a per-sample (DP-SGD-safe) push away from the input
+    "metamorphosis_adversarial": MethodSpec(
+        "cross_sec", True, True, True, False, "extension: MetaMorphosis + gradient-reversal adversaries"
+    ),
 }
 
 
