@@ -24,7 +24,7 @@ from fl_metamorphosis.metrics.comparison import compare_methods, render_comparis
 from fl_metamorphosis.metrics.comparison_plots import plot_image_panels, plot_privacy_utility, plot_sweep
 from fl_metamorphosis.training.central import machine_description
 
-from .simulate import APP_DIR, simulate
+from .simulate import APP_DIR, simulate, stop_processes
 
 # The comparison's own defaults (before the user's --set): every run must fit the hour on two cores, so
 # 10 rounds (what 10 rounds cost in accuracy against 30: docs/comparison.md, docs/federated.md).
@@ -55,6 +55,7 @@ def run_or_reuse(
     """One simulate run: the finished one already in ``out`` for the same experiment, the interrupted one
     resumed from its last checkpoint, or a new one."""
     summary_file = out / "summary.json"
+    stop_processes((out / ".flwr").resolve())  # a killed launcher's Flower may still be running this run
     if summary_file.exists():
         done = json.loads(summary_file.read_text())
         if done.get("config") == cfg.model_dump() and "methods" in done:

@@ -1,6 +1,7 @@
 """The sweep: its grid expands as configured, a bad cell is refused before anything runs, its report pools
 seeds and answers per scenario, and an interrupted sweep resumes without redoing finished cells."""
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from conftest import TINY_OVERRIDES
 
 from fl_metamorphosis.config import ConfigError
 from fl_metamorphosis.metrics.sweep_report import attack_costs, pool_settings, recommend
+from simulations.simulate import processes_of
 from simulations.sweep_config import expand, read_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +140,13 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_cells(tmp_path):
     while time.monotonic() < deadline and not (second.exists() and second.read_text().strip()):
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # a power cut during the second cell: nothing cleans up
+    # a power cut during the second cell: nothing cleans up, and Flower's own processes (their own
+    # session, outside the sweep's group) die with it; otherwise they could finish the cell meanwhile
+    home = (out / "cells" / "fedmedian_iid_seed1" / ".flwr").resolve()
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in processes_of(home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
     first = out / "cells" / "fedavg_iid_seed1" / "summary.json"
     finished_at = first.stat().st_mtime_ns
