@@ -19,6 +19,7 @@ from typing import Any
 from fl_metamorphosis.audit.saved_run import server_seen_releases
 from fl_metamorphosis.checkpoint import latest_run
 from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
+from fl_metamorphosis.data import load_dataset
 from fl_metamorphosis.metrics import write_json
 from fl_metamorphosis.metrics.comparison import compare_methods, render_comparison
 from fl_metamorphosis.metrics.comparison_plots import plot_image_panels, plot_privacy_utility, plot_sweep
@@ -43,7 +44,8 @@ def run_config(
     tree["train"]["seed"] = seed
     one = build_config(tree, extra or [])
     tree = one.model_dump()
-    tree["audit"]["attacker_samples"] = max(one.audit.attacker_samples, server_seen_releases(one))
+    train_size = len(load_dataset(one.data, seed).train)
+    tree["audit"]["attacker_samples"] = max(one.audit.attacker_samples, server_seen_releases(one, train_size))
     if out is not None:
         tree["audit"]["cache_dir"] = str((out / "cache").resolve())
     return build_config(tree)

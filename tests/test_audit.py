@@ -120,3 +120,22 @@ def test_the_label_floor_is_what_one_task_s_label_predicts_of_the_other():
     assert label_floor(own[:10_000], independent[:10_000], own[10_000:], independent[10_000:]) < 0.36
     unseen = label_floor(np.array([0, 0, 1]), np.array([2, 2, 1]), np.array([3]), np.array([2]))
     assert unseen == 1.0  # a label never seen in training falls back to the majority class
+
+
+def test_the_server_s_release_count_is_capped_by_the_pairs_the_devices_hold():
+    from fl_metamorphosis.audit.saved_run import server_seen_releases
+    from fl_metamorphosis.config import build_config
+
+    cfg = build_config(
+        {},
+        [
+            "federated.num_devices=4",
+            "federated.fraction_train=0.5",
+            "federated.rounds=9",
+            "federated.feature_samples_per_device=100",
+            "feature_dp.max_releases_per_pair=2",
+        ],
+    )
+    assert server_seen_releases(cfg, train_size=10_000) == 100 * 2 * 10  # asked: 2 devices, rounds 0..9
+    # a folder with fewer images than data.train_pairs: at most 2 releases of each image it holds
+    assert server_seen_releases(cfg, train_size=300) == 600

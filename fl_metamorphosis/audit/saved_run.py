@@ -75,15 +75,17 @@ def load_saved(path: Path) -> list[SavedModel]:
     return models
 
 
-def server_seen_releases(cfg: ExperimentConfig) -> int:
+def server_seen_releases(cfg: ExperimentConfig, train_size: int) -> int:
     """How many released task-feature rows a federated server received over the whole training: each
     round's features query (and round 0's) asks every sampled device for ``feature_samples_per_device``,
-    and no device releases more than ``max_releases_per_pair`` times each of its pairs."""
+    and no device releases more than ``max_releases_per_pair`` times each of its pairs; the devices hold
+    ``train_size`` pairs between them (the loaded train split: a file dataset may have fewer images than
+    ``data.train_pairs``)."""
     fed = cfg.federated
     sampled = max(1, round(fed.fraction_train * fed.num_devices))
     asked = fed.feature_samples_per_device * sampled * (fed.rounds + 1)
     cap = cfg.feature_dp.max_releases_per_pair
-    return asked if cap is None else min(asked, cap * cfg.data.train_pairs)
+    return asked if cap is None else min(asked, cap * train_size)
 
 
 def export_released(model: SavedModel, evaluation: MultiTaskDataset, file: Path, seed: int) -> None:
@@ -114,7 +116,7 @@ def audit_saved(
     split = load_dataset(cfg.data, cfg.train.seed)
     federated = models[0].federated
     # A central run has no server: its attacker gets audit.attacker_samples (stated in the figures).
-    seen = server_seen_releases(cfg) if federated else None
+    seen = server_seen_releases(cfg, len(split.train)) if federated else None
     n_att = attacker_samples or max(cfg.audit.attacker_samples, seen or 0)
     member_set = members(cfg) if (federated and members is not None) else None
     data = AttackData.draw(split, cfg.audit, cfg.train.seed, n_att, member_set)
