@@ -22,7 +22,13 @@ from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
 from fl_metamorphosis.data import load_dataset
 from fl_metamorphosis.metrics import write_json
 from fl_metamorphosis.metrics.comparison import compare_methods, render_comparison
-from fl_metamorphosis.metrics.comparison_plots import plot_image_panels, plot_privacy_utility, plot_sweep
+from fl_metamorphosis.metrics.comparison_plots import (
+    plot_frontier,
+    plot_image_panels,
+    plot_privacy_utility,
+    plot_sweep,
+)
+from fl_metamorphosis.metrics.frontier import render_frontier
 from fl_metamorphosis.training.central import machine_description
 
 from .simulate import APP_DIR, simulate, stop_processes
@@ -175,14 +181,29 @@ def sweep(
                 "key": key,
                 "set": value,
                 # x axis: the epsilon the swept mechanism actually spent (the set value where it has none)
-                "value": measured if measured is not None else float(value),
+                "value": measured if measured is not None else _number_or_text(value),
                 "dp_sgd_epsilon": dp_eps,
                 "feature_epsilon": feature_eps,
                 "accuracy": {t: m["tasks"][t]["accuracy"] for t in tasks},
                 "attack": {p: v["accuracy"] for p, v in m["cross_task_attack"].items()},
+                "attack_floor": {
+                    p: max(v["chance"], v.get("label_floor") or 0.0) for p, v in m["cross_task_attack"].items()
+                },
                 "ssim": {t: m["reconstruction"][t]["ssim"] for t in tasks},
+                "ssim_features_and_label": {t: m["reconstruction"][t]["ssim_features_and_label"] for t in tasks},
+                "ssim_label_only": {t: m["reconstruction"][t]["ssim_label_only"] for t in tasks},
             }
         )
         write_json(out / "sweep.json", {"seed": seed, "rows": rows})
+        (out / "sweep.md").write_text(render_frontier(rows, f"Sweep, seed {seed}: privacy-utility frontier"))
     plot_sweep(rows, tasks, out / "sweep.png")
+    plot_frontier(rows, out / "frontier.png")
     return rows
+
+
+def _number_or_text(value: str) -> float | str:
+    """A swept value as a number when it is one (a plotted axis), else as written (a category)."""
+    try:
+        return float(value)
+    except ValueError:
+        return value

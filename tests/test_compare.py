@@ -60,7 +60,54 @@ def test_quick_sweep_plots_utility_and_attacks_against_the_spent_epsilon(tmp_pat
     # x is the feature epsilon each run spent: more noise, smaller epsilon
     assert rows[0]["value"] == rows[0]["feature_epsilon"] > rows[1]["value"] > 0
     assert set(rows[0]["attack"]) == {"left->right", "right->left"}
-    assert (out / "sweep.png").stat().st_size > 0
+    assert (out / "sweep.png").stat().st_size > 0 and (out / "frontier.png").stat().st_size > 0
+    assert "noise_std=0.1" in (out / "sweep.md").read_text()
+
+
+def _swept_run(accuracy, attack, ssim_gain):
+    return {
+        "tasks": {"a": {"accuracy": accuracy}, "b": {"accuracy": accuracy}},
+        "cross_task_attack": {
+            "a->b": {"accuracy": 0.5 + attack, "chance": 0.5, "label_floor": None},
+            "b->a": {"accuracy": 0.5, "chance": 0.5, "label_floor": None},
+        },
+        "reconstruction": {
+            t: {"ssim": 0.3, "ssim_label_only": 0.1, "ssim_features_and_label": 0.1 + ssim_gain} for t in "ab"
+        },
+        "dp_sgd": {"epsilon": 8.0},
+        "feature_dp": {"epsilon": 50.0},
+    }
+
+
+def test_a_sweep_takes_categorical_values_and_marks_the_frontier(tmp_path, monkeypatch):
+    from fl_metamorphosis.config import build_config
+    from simulations import compare as compare_module
+
+    # (accuracy, cross-task leak, input leak) each setting's run reports
+    figures = {"impurity": (0.9, 0.2, 0.05), "overlap": (0.8, 0.0, 0.1), "8": (0.7, 0.1, 0.0)}
+
+    def fake_simulate(run_cfg, out, echo, app_dir, resume, cores=None):
+        key = run_cfg.loss.per_sample_penalty if run_cfg.model.feature_dim == 64 else str(run_cfg.model.feature_dim)
+        summary = {"methods": {"metamorphosis": _swept_run(*figures[key])}, "tasks": ["a", "b"], "config": {}}
+        out.mkdir(parents=True)
+        (out / "summary.json").write_text(json.dumps(summary))
+
+    monkeypatch.setattr(compare_module, "simulate", fake_simulate)
+    sweeps = [("loss.per_sample_penalty", ["impurity", "overlap"]), ("model.feature_dim", ["8"])]
+    cfg = build_config(None, ["federated.rounds=3"])
+    rows = compare_module.sweep(cfg, tmp_path, ["metamorphosis"], 0, sweeps, echo=lambda _: None)
+    assert [r["value"] for r in rows] == ["impurity", "overlap", 8.0]  # a category stays text, a number is plotted
+    table = (tmp_path / "sweep.md").read_text().splitlines()
+    body = [line for line in table if line.startswith("| loss") or line.startswith("| model")]
+    # most private first; 8 is beaten by overlap (more accurate, less leak), the other two are on the frontier
+    assert [line.split(" | ")[0] for line in body] == [
+        "| loss.per_sample_penalty=overlap",
+        "| model.feature_dim=8",
+        "| loss.per_sample_penalty=impurity",
+    ]
+    assert [line.rstrip(" |").endswith("*") for line in body] == [True, False, True]
+    assert "+0.200 | +0.050" in body[2]
+    assert (tmp_path / "frontier.png").stat().st_size > 0
 
 
 def test_compare_resumes_an_interrupted_run_and_starts_a_changed_one_afresh(tmp_path, monkeypatch):

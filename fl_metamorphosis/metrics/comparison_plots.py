@@ -74,3 +74,27 @@ def _group(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, A
     for r in rows:
         groups.setdefault((r["method"], r["key"]), []).append(r)
     return {k: sorted(v, key=lambda r: r["value"]) for k, v in groups.items()}
+
+
+def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
+    """Every swept run as one point: mean task accuracy against its cross-task leak (left) and its input leak
+    (right), both above the no-feature floor; frontier runs (``frontier.on_frontier``) are joined."""
+    from .frontier import cross_task_excess, input_excess, mean_accuracy, on_frontier
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), squeeze=False)
+    marks = on_frontier(rows)
+    for ax, leak, xlabel in (
+        (axes[0][0], cross_task_excess, "strongest cross-task attack above its floor"),
+        (axes[0][1], input_excess, "reconstruction SSIM gain over the label alone"),
+    ):
+        for r, best in zip(rows, marks, strict=True):
+            x, y = leak(r), mean_accuracy(r)
+            ax.plot(x, y, "o", color="C3" if best else "C0")
+            ax.annotate(f"{r['key'].split('.')[-1]}={r['set']} {r['method']}", (x, y), fontsize=7, alpha=0.8)
+        ax.axvline(0.0, color="k", ls="--", lw=0.8, label="floor (no features)")
+        ax.set(xlabel=f"{xlabel} (lower: more private)", ylabel="mean task accuracy")
+    front = sorted((cross_task_excess(r), mean_accuracy(r)) for r, best in zip(rows, marks, strict=True) if best)
+    axes[0][0].plot([p[0] for p in front], [p[1] for p in front], "-", color="C3", lw=1, label="frontier")
+    axes[0][0].set_title("Utility vs cross-task leak (dashed: no leak)")
+    axes[0][1].set_title("Utility vs input leak (dashed: no gain over the label)")
+    _save(fig, [axes[0][0], axes[0][1]], path)
