@@ -51,7 +51,10 @@ def render_frontier(rows: list[dict[str, Any]], title: str) -> str:
         "the label floor); input: SSIM of features + label minus the label alone. Frontier (*): no other run is "
         "as accurate with less cross-task leak.",
         "",
-        "| setting | method | " + " | ".join(f"acc {t}" for t in tasks) + " | " + " | ".join(pairs)
+        "| setting | method | "
+        + " | ".join(f"acc {t}" for t in tasks)
+        + " | "
+        + " | ".join(pairs)
         + " | cross-task leak | input leak | frontier |",
         "|---|---|" + "---|" * (len(tasks) + len(pairs) + 3),
     ]
