@@ -65,7 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
     compare.add_argument("--quick", action="store_true", help="configs/tiny.toml: 3 devices, 2 rounds (tests)")
     compare.add_argument(
-        "--sweep", action="append", default=[], metavar="KEY=V1,V2", help="e.g. dp_sgd.target_epsilon=2,4,8"
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="e.g. dp_sgd.target_epsilon=2,4,8 (repeatable, one key at a time; method=A,B sweeps the method); "
+        "writes sweep.md and frontier.png",
     )
     sweep = sub.add_parser(
         "sweep", help="strategies x settings x partitionings x budgets x attacks x seeds: which wins"

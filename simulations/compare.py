@@ -163,9 +163,16 @@ def sweep(
     echo: Callable[[str], None] = print,
     app_dir: Path = APP_DIR,
 ) -> list[dict[str, Any]]:
-    """Each method for each swept value; rows with the measured epsilons, utility and attacks."""
+    """Each method for each swept value; rows with the measured epsilons, utility and attacks. The key
+    ``method`` sweeps the method itself (``method=metamorphosis,metamorphosis_adversarial``), at the
+    configuration's settings, so that variants sit on the same frontier as the settings."""
     configs = [
-        (key, v, m, run_config(cfg, m, seed, [f"{key}={v}"], out)) for key, vs in sweeps for v in vs for m in methods
+        (key, v, v, run_config(cfg, v, seed, [], out))
+        if key == "method"  # the method itself swept, e.g. against its own variants at default settings
+        else (key, v, m, run_config(cfg, m, seed, [f"{key}={v}"], out))
+        for key, vs in sweeps
+        for v in vs
+        for m in ([None] if key == "method" else methods)
     ]
     rows: list[dict[str, Any]] = []
     tasks: list[str] = []

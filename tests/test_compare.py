@@ -85,28 +85,39 @@ def test_a_sweep_takes_categorical_values_and_marks_the_frontier(tmp_path, monke
 
     # (accuracy, cross-task leak, input leak) each setting's run reports
     figures = {"impurity": (0.9, 0.2, 0.05), "overlap": (0.8, 0.0, 0.1), "8": (0.7, 0.1, 0.0)}
+    figures["metamorphosis_adversarial"] = (0.6, 0.0, 0.0)
 
     def fake_simulate(run_cfg, out, echo, app_dir, resume, cores=None):
+        method = run_cfg.methods[0]
         key = run_cfg.loss.per_sample_penalty if run_cfg.model.feature_dim == 64 else str(run_cfg.model.feature_dim)
-        summary = {"methods": {"metamorphosis": _swept_run(*figures[key])}, "tasks": ["a", "b"], "config": {}}
+        key = method if method != "metamorphosis" else key
+        summary = {"methods": {method: _swept_run(*figures[key])}, "tasks": ["a", "b"], "config": {}}
         out.mkdir(parents=True)
         (out / "summary.json").write_text(json.dumps(summary))
 
     monkeypatch.setattr(compare_module, "simulate", fake_simulate)
-    sweeps = [("loss.per_sample_penalty", ["impurity", "overlap"]), ("model.feature_dim", ["8"])]
+    sweeps = [
+        ("loss.per_sample_penalty", ["impurity", "overlap"]),
+        ("model.feature_dim", ["8"]),
+        ("method", ["metamorphosis_adversarial"]),  # the method itself, at the default settings
+    ]
     cfg = build_config(None, ["federated.rounds=3"])
     rows = compare_module.sweep(cfg, tmp_path, ["metamorphosis"], 0, sweeps, echo=lambda _: None)
-    assert [r["value"] for r in rows] == ["impurity", "overlap", 8.0]  # a category stays text, a number is plotted
+    # a category stays text, a number is plotted
+    assert [r["value"] for r in rows] == ["impurity", "overlap", 8.0, "metamorphosis_adversarial"]
+    assert rows[-1]["method"] == "metamorphosis_adversarial"
     table = (tmp_path / "sweep.md").read_text().splitlines()
-    body = [line for line in table if line.startswith("| loss") or line.startswith("| model")]
-    # most private first; 8 is beaten by overlap (more accurate, less leak), the other two are on the frontier
+    body = [line for line in table if line.startswith(("| loss", "| model", "| method"))]
+    # most private first (ties: more accurate first); 8 is beaten by overlap (more accurate, less leak) and
+    # the adversarial variant by overlap too (as private, less accurate)
     assert [line.split(" | ")[0] for line in body] == [
         "| loss.per_sample_penalty=overlap",
+        "| method=metamorphosis_adversarial",
         "| model.feature_dim=8",
         "| loss.per_sample_penalty=impurity",
     ]
-    assert [line.rstrip(" |").endswith("*") for line in body] == [True, False, True]
-    assert "+0.200 | +0.050" in body[2]
+    assert [line.rstrip(" |").endswith("*") for line in body] == [True, False, False, True]
+    assert "+0.200 | +0.050" in body[3]
     assert (tmp_path / "frontier.png").stat().st_size > 0
 
 
