@@ -83,6 +83,13 @@ def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), squeeze=False)
     marks = on_frontier(rows)
+    one_method = len({r["method"] for r in rows if r["key"] != "method"}) <= 1
+
+    def name(r: dict[str, Any]) -> str:
+        if r["key"] == "method":
+            return str(r["set"])
+        return f"{r['key'].split('.')[-1]}={r['set']}" + ("" if one_method else f" ({r['method']})")
+
     for ax, leak, xlabel in (
         (axes[0][0], cross_task_excess, "strongest cross-task attack above its floor"),
         (axes[0][1], input_excess, "reconstruction SSIM gain over the label alone"),
@@ -90,7 +97,7 @@ def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
         for r, best in zip(rows, marks, strict=True):
             x, y = leak(r), mean_accuracy(r)
             ax.plot(x, y, "o", color="C3" if best else "C0")
-            ax.annotate(f"{r['key'].split('.')[-1]}={r['set']} {r['method']}", (x, y), fontsize=7, alpha=0.8)
+            ax.annotate(name(r), (x, y), fontsize=7, alpha=0.8, rotation=20)
         ax.axvline(0.0, color="k", ls="--", lw=0.8, label="floor (no features)")
         ax.set(xlabel=f"{xlabel} (lower: more private)", ylabel="mean task accuracy")
     front = sorted((cross_task_excess(r), mean_accuracy(r)) for r, best in zip(rows, marks, strict=True) if best)
