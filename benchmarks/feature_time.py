@@ -44,7 +44,7 @@ def per_image_ms(config: Path | None, shape: tuple[int, int, int], batch: int) -
         feats, _ = generator(x)
         release(feats, cfg.feature_dp, rng)
 
-    seconds = median_seconds(emit, repeats=50 if batch == 1 else 10, warm_up=True)
+    seconds = median_seconds(emit, repeats=50 if batch == 1 else 30, warm_up=True)
     return 1000 * seconds / batch, sum(p.numel() for p in generator.parameters())
 
 
