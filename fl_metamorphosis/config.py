@@ -184,8 +184,11 @@ class LossConfig(_Strict):
     per_sample_penalty: Literal["impurity", "overlap"] = Field(
         "overlap", description="impurity: every channel to ONE option (a task or none); overlap: tasks only"
     )
-    adversary_weight: float = Field(
-        0.5, ge=0.0, description="adversarial method: weight of the reversed adversary losses"
+    adversary_weight: float = Field(0.5, ge=0.0, description="adversarial methods: weight of the adversary losses")
+    adversary_objective: Literal["reverse", "entropy"] = Field(
+        "reverse",
+        description="reverse: gradient reversal (the encoder maximises the adversaries' losses; DeepObfuscator); "
+        "entropy: the encoder pushes them towards a uniform guess (Roy and Boddeti 2019)",
     )
     nopeek_weight: float = Field(1.0, ge=0.0, description="nopeek method: weight of dCor^2(F, input)")
 

@@ -71,15 +71,63 @@ def test_gradient_reversal_flips_the_sign():
     assert torch.allclose(x.grad, torch.full_like(x, -1.0))
 
 
-def test_adversary_loss_is_per_sample():
+@pytest.mark.parametrize("objective", ["reverse", "entropy"])
+def test_adversary_loss_is_per_sample(objective):
     """d loss_i / d x_j = 0 for i != j: the adversary is a legal DP-SGD loss term."""
     torch.manual_seed(0)
     adv = Adversary((6,), [3, 4], (1, 2, 2), hidden=8)
     labels = torch.stack([torch.randint(0, 3, (5,)), torch.randint(0, 4, (5,))], 1)
     inputs = torch.randn(5, 1, 2, 2)
-    jac = torch.autograd.functional.jacobian(lambda f: adv.per_sample_loss(f, inputs, labels), torch.randn(5, 2, 6))
+    jac = torch.autograd.functional.jacobian(
+        lambda f: adv.per_sample_loss(f, inputs, labels, objective), torch.randn(5, 2, 6)
+    )
     off_diagonal = jac.abs().sum(dim=(2, 3)) * (1 - torch.eye(5))
     assert float(off_diagonal.max()) == 0.0
+
+
+def test_the_entropy_adversary_learns_its_own_loss_and_pushes_the_encoder_towards_a_blind_guess():
+    from opacus import GradSampleModule
+    from torch.nn import functional as nnf
+
+    torch.manual_seed(0)
+    adv = Adversary((6,), [3, 4], (1, 2, 2), hidden=8)
+    labels = torch.stack([torch.randint(0, 3, (5,)), torch.randint(0, 4, (5,))], 1)
+    inputs, feats = torch.randn(5, 1, 2, 2), torch.randn(5, 2, 6, requires_grad=True)
+
+    def own_loss(f):  # what the adversary alone should learn from: its losses on the features as given
+        total = 0
+        for t in range(2):
+            x = f[:, t]
+            total = total + nnf.mse_loss(adv.decoders[t](x), inputs.flatten(1), reduction="none").mean(1)
+            total = total + nnf.cross_entropy(adv.probes[f"{t}_{1 - t}"](x), labels[:, 1 - t], reduction="none")
+        return total
+
+    # the adversary's per-sample gradients (Opacus hooks) hold its own loss only, not the encoder's push
+    private = GradSampleModule(adv, loss_reduction="sum")  # its hooks sit on the adversary's layers
+    adv.per_sample_loss(feats, inputs, labels, "entropy").sum().backward()
+    got = {n: p.grad_sample.clone() for n, p in adv.named_parameters()}
+    private.zero_grad(set_to_none=True)
+    for p in adv.parameters():
+        p.grad_sample = None
+    own_loss(feats.detach()).sum().backward()
+    for n, p in adv.named_parameters():
+        assert torch.allclose(got[n], p.grad_sample, atol=1e-6), n
+        assert torch.allclose(got[n].sum(0), p.grad, atol=1e-5), n
+
+    # the encoder's gradient step brings the probes' guesses towards uniform and the decoder's towards blank
+    def blindness(f):
+        probe = nnf.log_softmax(adv.probes["0_1"](f[:, 0]), 1)
+        decoded = adv.decoders[0](f[:, 0])
+        blank = adv.decoders[0](torch.zeros(1, 6))
+        return float(-(probe.mean(1)).sum()), float(((decoded - blank) ** 2).sum())
+
+    feats.grad = None
+    adv.per_sample_loss(feats, inputs, labels, "entropy").sum().backward()
+    before = blindness(feats.detach())
+    after = blindness((feats - 0.05 * feats.grad).detach())
+    assert after[0] < before[0] and after[1] < before[1]
+    with pytest.raises(ValueError, match="reverse"):
+        adv.per_sample_loss(feats, inputs, labels, "flip")
 
 
 def test_cosine_penalty_is_per_sample_and_zero_for_orthogonal_features():

@@ -186,7 +186,9 @@ def _joint_epoch(private, heads: nn.ModuleList, adversary, objective, after_step
         outputs, attention, feats = private.module(x)
         per_sample = objective.from_outputs(heads, outputs, attention, y, feats)
         if objective.adversary_weight > 0:
-            per_sample = per_sample + objective.adversary_weight * adversary.per_sample_loss(feats, x, y)
+            per_sample = per_sample + objective.adversary_weight * adversary.per_sample_loss(
+                feats, x, y, objective.adversary_objective
+            )
         private.optimizer.zero_grad(set_to_none=True)
         private.backward(per_sample)
         private.optimizer.step()

@@ -27,6 +27,7 @@ class Objective:
     input_weight: float = 0.0
     per_sample_penalty: Literal["impurity", "overlap", "cosine"] = "overlap"
     adversary_weight: float = 0.0
+    adversary_objective: Literal["reverse", "entropy"] = "reverse"
 
     def per_sample(
         self,
@@ -45,7 +46,9 @@ class Objective:
         if self.adversary_weight > 0:
             if adversary is None or features is None or inputs is None:
                 raise ValueError("the adversarial objective needs the adversary, the features and the inputs")
-            loss = loss + self.adversary_weight * adversary.per_sample_loss(features, inputs, labels)
+            loss = loss + self.adversary_weight * adversary.per_sample_loss(
+                features, inputs, labels, self.adversary_objective
+            )
         return loss, outputs
 
     def from_outputs(

@@ -45,10 +45,17 @@ def method_objective(method: Method, cfg: ExperimentConfig) -> Objective:
         return Objective("batch", 0.0, loss.nopeek_weight)
     adversary_weight = loss.adversary_weight if spec.adversary else 0.0
     if not spec.decorrelation:
-        return Objective("per_sample", 0.0, adversary_weight=adversary_weight)
+        return Objective(
+            "per_sample", 0.0, adversary_weight=adversary_weight, adversary_objective=loss.adversary_objective
+        )
     penalty = "cosine" if spec.split == "projection" else loss.per_sample_penalty
     return Objective(
-        cfg.decorrelation_form(), loss.decorrelation_weight, loss.input_decorrelation_weight, penalty, adversary_weight
+        cfg.decorrelation_form(),
+        loss.decorrelation_weight,
+        loss.input_decorrelation_weight,
+        penalty,
+        adversary_weight,
+        loss.adversary_objective,
     )
 
 
