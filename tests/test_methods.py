@@ -115,6 +115,7 @@ def test_the_entropy_adversary_learns_its_own_loss_and_pushes_the_encoder_toward
         assert torch.allclose(got[n].sum(0), p.grad, atol=1e-5), n
 
     # the encoder's gradient step brings the probes' guesses towards uniform and the decoder's towards blank
+    @torch.no_grad()
     def blindness(f):
         probe = nnf.log_softmax(adv.probes["0_1"](f[:, 0]), 1)
         decoded = adv.decoders[0](f[:, 0])
