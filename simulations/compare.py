@@ -10,6 +10,7 @@ after every run. ``--sweep KEY=V1,V2`` runs the given methods again for each val
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any
 
 from fl_metamorphosis.audit.saved_run import server_seen_releases
 from fl_metamorphosis.checkpoint import latest_run
-from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
+from fl_metamorphosis.config import ConfigError, DataConfig, ExperimentConfig, build_config
 from fl_metamorphosis.data import load_dataset
 from fl_metamorphosis.metrics import write_json
 from fl_metamorphosis.metrics.comparison import compare_methods, render_comparison
@@ -50,11 +51,18 @@ def run_config(
     tree["train"]["seed"] = seed
     one = build_config(tree, extra or [])
     tree = one.model_dump()
-    train_size = len(load_dataset(one.data, seed).train)
+    train_size = _train_size(one.data.model_dump_json(), seed)
     tree["audit"]["attacker_samples"] = max(one.audit.attacker_samples, server_seen_releases(one, train_size))
     if out is not None:
         tree["audit"]["cache_dir"] = str((out / "cache").resolve())
     return build_config(tree)
+
+
+@functools.cache
+def _train_size(data_json: str, seed: int) -> int:
+    """The train split's size, loaded once per dataset and seed: every method (and swept value) of a
+    comparison asks for it, and loading a file dataset reads its label file and image cache."""
+    return len(load_dataset(DataConfig.model_validate_json(data_json), seed).train)
 
 
 def run_or_reuse(
