@@ -18,17 +18,26 @@ Flower's SecAgg+ when the server asks for it (``clients/secure_aggregation.py``)
 The server is one of the parties the device protects itself against, so nothing it sends decides the
 device's privacy randomness: noise and sampling come from the OS CSPRNG (``privacy/randomness.py``), and
 a config asking for seeded, reproducible noise is refused unless this process runs a simulation that its
-own operator started (``SIMULATION_ENV``, set by ``metamorphosis simulate``, never by the server). The
-device's own limits in its node config (``epsilon-budget``, ``max-releases-per-pair``) bound whatever
-the server's config asks for. Each task's record is shuffled on its own, so rows of two tasks' records
-cannot be matched by position.
+own operator started (``SIMULATION_ENV``, set by ``metamorphosis simulate``, never by the server). Each
+task's record is shuffled on its own, so rows of two tasks' records cannot be matched by position.
+
+The server may lie about the config and the weights, so the device decides its own protection. The
+``enforce_policy`` mod compares every request's config with the owner's privacy policy
+(``privacy/device_policy.py``: a policy file, node config ``policy-file``; in a simulation the operator's
+run config; otherwise the project's defaults; node config ``epsilon-budget`` and
+``max-releases-per-pair`` lower it) and answers a request that asks for less with an error reply naming
+each field, before anything is trained, released or counted. Before each release the release gate
+(``privacy/release_gate.py``) probes the device's own pairs under the weights received and withholds
+any task whose features read another task; the server is told which tasks, never the probe's figures.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -45,9 +54,11 @@ from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower.arrays import torch_state
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy.randomness import Randomness, randomness_for
+from fl_metamorphosis.privacy.release_gate import GateDecision, release_gate
 from fl_metamorphosis.privacy.release_ledger import ReleaseLedger
 from fl_metamorphosis.training import method_feature_dp, released_features, task_accuracy
 
+from .policy import SIMULATION_ENV, device_policy, enforce_policy
 from .secure_aggregation import secure_aggregation
 
 # Everything imported so far (torch, Ray, Flower, Opacus) lives as long as the process. Freezing it takes
@@ -75,7 +86,6 @@ try:  # glibc only (Linux devices); elsewhere the collection alone still runs
 except (OSError, AttributeError):
     _LIBC = None
 
-SIMULATION_ENV = "METAMORPHOSIS_SIMULATION"  # set by the simulate launcher in the devices' environment
 STATE_DIR = "state-dir"  # node config: the device's own state folder (its privacy ledger)
 DATA_DIR = "data-dir"  # node config: the device's own data folder (``deploy prepare-data``)
 THREADS = "threads"  # node config: torch threads the device may use
@@ -129,9 +139,9 @@ def replay_repeated_requests(msg: Message, context: Context, call_next) -> Messa
     return reply
 
 
-# Outermost first. ``secure_aggregation`` translates SecAgg+'s requests into the protocol's before the replay
-# mod compares them with the last one (``clients/secure_aggregation.py``).
-app = ClientApp(mods=[release_memory, secure_aggregation, replay_repeated_requests])
+# Outermost first. ``secure_aggregation`` translates SecAgg+'s requests into the protocol's before the policy
+# reads their config and the replay mod compares them with the last one (``clients/secure_aggregation.py``).
+app = ClientApp(mods=[release_memory, secure_aggregation, enforce_policy, replay_repeated_requests])
 
 
 def _local_data(cfg: ExperimentConfig, context: Context):
@@ -172,14 +182,6 @@ def _attack(cfg: ExperimentConfig, device: int) -> PoisoningConfig | None:
     return poisoning if device in malicious_devices(poisoning, cfg.federated.num_devices, cfg.train.seed) else None
 
 
-def _device_limit(context: Context, key: str, server_value: float | None) -> float | None:
-    """The tighter of the server's config value and the device's own (node config ``key``), if any."""
-    own = context.node_config.get(key)
-    if own is None:
-        return server_value
-    return float(own) if server_value is None else min(float(own), server_value)
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = msg.content[proto.CONFIG]
@@ -203,7 +205,7 @@ def train(msg: Message, context: Context) -> Message:
         head_w,
         state.history,
         state.noise_multiplier,
-        _device_limit(context, "epsilon-budget", cfg.federated.device_epsilon_budget),
+        cfg.federated.device_epsilon_budget,  # at most the policy's (enforce_policy)
         cfg.federated.local_epochs,
         randomness,
         proximal_mu=float(config.get(proto.PROXIMAL_MU, 0.0)),
@@ -257,26 +259,56 @@ def features(msg: Message, context: Context) -> Message:
     ledger = ReleaseLedger(len(data))
     if state.releases is not None:
         ledger.load_state_dict(state.releases)
-    cap = _device_limit(context, "max-releases-per-pair", cfg.feature_dp.max_releases_per_pair)
+    feature_dp = method_feature_dp(cfg.methods[-1], cfg)
+    decisions = _gate(cfg, context, generator, data, feature_dp, randomness)
+    withheld = {d.task: d.reason for d in decisions if d.withheld}
+    cap = cfg.feature_dp.max_releases_per_pair  # at most the policy's (enforce_policy)
     idx = ledger.choose(
         cfg.federated.feature_samples_per_device,
         queries_left=cfg.federated.rounds + 1 - ledger.queries,  # round 0 and every round
-        cap=None if cap is None else int(cap),
+        cap=cap,
         generator=randomness.generator(),
     )
+    if len(withheld) == len(data.task_names):  # nothing leaves: the pairs stay unreleased for later rounds
+        idx = idx[:0]
     if len(idx):
-        released = released_features(generator, data.images[idx], method_feature_dp(cfg.methods[-1], cfg), randomness)
-    else:  # every pair released as often as allowed: an empty reply, still a valid one
+        released = released_features(generator, data.images[idx], feature_dp, randomness)
+    else:  # every pair released as often as allowed, or every task withheld: an empty reply, still a valid one
         released = torch.zeros(0, len(data.task_names), *generator.feature_shape)
-    ledger.record(idx)
+    ledger.record(idx)  # a pair counts as released if any of its tasks' features left
     state.releases = ledger.state_dict()
     state.save(folder, durable=durable(context))
+    _log_gate(folder, int(config[proto.SERVER_ROUND]), decisions)
     tasks = {}
     for t, name in enumerate(data.task_names):
-        order = torch.randperm(len(idx), generator=randomness.generator())  # rows of two tasks do not line up
-        tasks[name] = (released[order, t], data.labels[idx[order], t])
-    reply = proto.FeaturesReply(device, ledger.max_releases, ledger.total_releases, tasks)
+        keep = idx[:0] if name in withheld else idx
+        order = torch.randperm(len(keep), generator=randomness.generator())  # rows of two tasks do not line up
+        tasks[name] = (released[: len(keep)][order, t], data.labels[keep[order], t])  # a withheld task: 0 rows
+    reply = proto.FeaturesReply(device, ledger.max_releases, ledger.total_releases, tasks, withheld)
     return Message(content=reply.to_record(), reply_to=msg)
+
+
+def _gate(cfg, context, generator, data, feature_dp, randomness) -> list[GateDecision]:
+    """The release gate's decisions under the weights received (none when the policy and config allow it off)."""
+    if not cfg.release_gate.enabled:  # only reaches here when the policy allows it (enforce_policy)
+        return []
+    gate = device_policy(context).gate(cfg.release_gate)
+    return release_gate(
+        generator, data.images, data.labels, data.task_names, feature_dp=feature_dp, cfg=gate, randomness=randomness
+    )
+
+
+def _log_gate(folder: Path, server_round: int, decisions: list[GateDecision]) -> None:
+    """The probe's figures stay on the device, in its own state folder (the owner's record; never sent)."""
+    with (folder / "release_gate.jsonl").open("a") as f:
+        for d in decisions:
+            row = {
+                "round": server_round,
+                "task": d.task,
+                "withheld": d.withheld,
+                "probes": [asdict(p) for p in d.probes],
+            }
+            f.write(json.dumps(row) + "\n")
 
 
 @app.evaluate()

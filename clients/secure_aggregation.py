@@ -12,7 +12,8 @@ per-session keys: a resumed server that asks for the same round again, securely 
 update back, so it is counted once.
 
 A device owner who wants no server to see their device's update alone sets node config
-``secure-aggregation=required``: this device then refuses plain train requests. SecAgg+ hides an update
+``secure-aggregation=required`` (or ``secure_aggregation = true`` in its privacy policy): this device
+then refuses plain train requests. SecAgg+ hides an update
 in the sum of the round's updates, so a server that samples two devices learns the other's update
 minus its own; node config ``secure-aggregation-min-devices=K`` makes the device refuse a round of
 fewer than K devices. It reads the count in the protocol's setup message and refuses in the stage that
@@ -30,6 +31,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower import secagg_records
 
+from .policy import device_policy
+
 REQUIRED = "secure-aggregation"  # node config; "required": plain train requests are refused
 MIN_DEVICES = "secure-aggregation-min-devices"  # node config: the fewest devices a secure round may have
 _ROUND = "metamorphosis.secagg-round"  # context state: the devices in the secure round under way
@@ -43,9 +46,11 @@ def secure_aggregation(msg: Message, context: Context, call_next) -> Message:
     if RECORD_KEY_CONFIGS in msg.content.config_records:
         _check_round_size(msg, context)
         return secaggplus_mod(msg, context, lambda m, c: _in_legacy_layout(m, c, call_next))
-    if msg.metadata.message_type == proto.TRAIN and str(context.node_config.get(REQUIRED, "")) == "required":
+    required = str(context.node_config.get(REQUIRED, "")) == "required" or device_policy(context).secure_aggregation
+    if msg.metadata.message_type == proto.TRAIN and required:
         raise SecureAggregationRequired(
-            f"this device's node config has {REQUIRED}='required' and the server sent a plain train request: "
+            f"this device requires secure aggregation (node config {REQUIRED}='required' or its privacy policy) "
+            "and the server sent a plain train request: "
             "set federated.secure_aggregation=true on the server"
         )
     return call_next(msg, context)

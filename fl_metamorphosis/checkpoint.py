@@ -125,6 +125,7 @@ def _fsync_dir(folder: Path) -> None:
 # --- what the files hold -------------------------------------------------------------------------------
 
 RUN_FILE = "round_{:03d}.ckpt"  # in a run folder's checkpoints/
+INITIAL_FILE = "initial.ckpt"  # beside them: the weights before round 1 (a "model" file), those of round 0's query
 
 
 @dataclass

@@ -241,6 +241,34 @@ class FeatureDPConfig(_Strict):
     )
 
 
+class ReleaseGateConfig(_Strict):
+    """The device's check before it releases (``privacy/release_gate.py``): under the weights it received,
+    a cross-validated probe reads each other task's label from a task's noised features on the device's
+    own pairs; a task whose features read another task above the baseline by more than ``margin``, with
+    ``confidence``, is withheld that round."""
+
+    enabled: bool = Field(True, description="probe before every release; off: release whatever the weights give")
+    margin: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="how far above the baseline (chance, or what the task's own label predicts) a probe may read "
+        "another task before the task is withheld",
+    )
+    confidence: float = Field(
+        0.9, gt=0.5, lt=1.0, description="one-sided confidence that the leak exceeds the margin before withholding"
+    )
+    probe_pairs: int = Field(2_000, ge=50, description="the device's pairs the probe uses (a secret sample)")
+    folds: int = Field(4, ge=2, le=20, description="cross-validation folds (split by pair)")
+    noise_copies: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="fresh-noise copies of each training-fold pair the probe learns from (the server holds many "
+        "rows; more copies make the probe a closer stand-in for an attacker with many rows)",
+    )
+
+
 class RandomnessConfig(_Strict):
     """Where the devices' privacy randomness (DP-SGD noise and sampling, feature noise, released pairs) comes from."""
 
@@ -515,6 +543,7 @@ class ExperimentConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     dp_sgd: DPSGDConfig = Field(default_factory=DPSGDConfig)
     feature_dp: FeatureDPConfig = Field(default_factory=FeatureDPConfig)
+    release_gate: ReleaseGateConfig = Field(default_factory=ReleaseGateConfig)
     randomness: RandomnessConfig = Field(default_factory=RandomnessConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)

@@ -15,7 +15,7 @@ import torch
 from flwr.app import Message
 
 from fl_metamorphosis.federated.updates import InvalidUpdate, validate_update
-from fl_metamorphosis.flower.messages import MessageError, TrainReply
+from fl_metamorphosis.flower.messages import MessageError, TrainReply, is_policy_refusal
 from fl_metamorphosis.privacy import ServerLedger
 
 REPLY_TIMEOUT_S = 3600.0  # how long a round waits for its replies (Flower answers a dead node's earlier)
@@ -28,6 +28,7 @@ class SortedReplies:
     contributing_devices: dict[int, int] = field(default_factory=dict)  # node -> device id, of the contributors
     declined: dict[int, str] = field(default_factory=dict)  # device -> reason
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> reason
+    refused: dict[int, str] = field(default_factory=dict)  # node id -> the device policy's refusal (fields, floors)
     # every well-formed reply (valid, declined, or rejected for its weights): the device's privacy report
     # and its message (None under secure aggregation, where the server never holds one device's update)
     reports: list[tuple[TrainReply, Message | None]] = field(default_factory=list)
@@ -68,7 +69,10 @@ def sort_replies(
     for msg in replies:
         node = sender(msg, destinations)
         if msg.has_error():
-            out.rejected[node] = f"device error: {msg.error.reason}"
+            if is_policy_refusal(msg.error.reason):
+                out.refused[node] = msg.error.reason
+            else:
+                out.rejected[node] = f"device error: {msg.error.reason}"
             continue
         try:
             reply = TrainReply.from_record(msg.content)

@@ -29,7 +29,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fl_metamorphosis.checkpoint import RunCheckpoint, capture_rng, latest_run, load_run, restore_rng, save_run
+from fl_metamorphosis.checkpoint import (
+    INITIAL_FILE,
+    RunCheckpoint,
+    capture_rng,
+    latest_run,
+    load_run,
+    restore_rng,
+    save_model,
+    save_run,
+)
 from fl_metamorphosis.config import ExperimentConfig, FeatureDPConfig
 from fl_metamorphosis.data import TrainTestSplit, load_dataset
 from fl_metamorphosis.federated.device import joint_state, split_state
@@ -69,6 +78,7 @@ class Federation:
     resumed_from: int | None = None  # the checkpoint's round, when this process resumed the run
     started: float = field(default_factory=time.perf_counter)
     cache: dict[str, Any] = field(default_factory=dict)  # the audit's attacker data and floors
+    round0: Releases | None = None  # round 0's query (before any training), reported in round 1's row
 
     @property
     def method(self) -> str:
@@ -109,6 +119,9 @@ def start(cfg: ExperimentConfig, out: Path, resume: bool) -> Federation:
             log.info("no complete round to resume from: starting at round 1 (devices keep their privacy state)")
         write_jsonl(out / "metrics.jsonl", [])
         write_jsonl(out / "audits.jsonl", [])
+        # the weights of round 0's feature query: the held-rows audit attacks those rows under them
+        save_model(out / "checkpoints" / INITIAL_FILE, fed.method, generator.state_dict(), heads.state_dict(),
+                   json.loads(cfg.model_dump_json()))  # fmt: skip
         return fed
     ckpt = load_run(last)
     generator.load_state_dict(ckpt.generator)
@@ -158,6 +171,7 @@ def check_replies(fed: Federation, replies: list[Message], sent: dict[str, int],
             checked.reject(msg, f"the server's ledger puts device {reply.device} past its budget {budget}")
     for node, reason in checked.rejected.items():
         log.warning(f"  round {rnd}: rejected reply of node {node}: {reason}")
+    stop_if_too_few(fed, rnd, len(sent), checked.refused, "train")
     return checked
 
 
@@ -176,7 +190,20 @@ def aggregate(fed: Federation, rnd: int, replies: SortedReplies) -> bool:
     return True
 
 
-def query_features(grid: Grid, fed: Federation, nodes: list[int], rnd: int) -> dict[str, tuple]:
+@dataclass
+class Releases:
+    """What one features query brought: each task's rows, and what the devices held back."""
+
+    per_task: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # features, labels
+    withheld: dict[str, list[int]] = field(default_factory=dict)  # task -> devices whose gate withheld it
+    reasons: dict[str, str] = field(default_factory=dict)  # task -> one device's reason (a fixed sentence)
+    refused: dict[int, str] = field(default_factory=dict)  # node -> the device policy's refusal
+
+    def rows(self, tasks: list[str]) -> dict[str, int]:
+        return {t: len(self.per_task[t][0]) if t in self.per_task else 0 for t in tasks}
+
+
+def query_features(grid: Grid, fed: Federation, nodes: list[int], rnd: int) -> Releases:
     """Released features of ``nodes``, per task, concatenated; each reply's counts go to the ledger."""
     content = RecordDict(
         {proto.ARRAYS: fed.arrays(), proto.CONFIG: proto.config_record(fed.cfg, **{proto.SERVER_ROUND: rnd})}
@@ -186,22 +213,55 @@ def query_features(grid: Grid, fed: Federation, nodes: list[int], rnd: int) -> d
         for node in nodes
     ]
     per_task: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    out = Releases()
     replies = list(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S))
     sent = destinations(messages)
     for reply in replies:
         node = sender(reply, sent)
         try:
             if reply.has_error():
+                if proto.is_policy_refusal(reply.error.reason):
+                    out.refused[node] = reply.error.reason
+                    continue
                 raise proto.MessageError(reply.error.reason)
             released = proto.FeaturesReply.from_record(reply.content, fed.tasks)
         except (proto.MessageError, KeyError, TypeError, ValueError) as err:
             log.warning(f"  features: node {node} failed: {err}")
             continue
         fed.ledger.record_releases(released.device, released.releases_max, released.num_examples)
+        for name, reason in released.withheld.items():
+            out.withheld.setdefault(name, []).append(released.device)
+            out.reasons.setdefault(name, reason)
         for name, (feats, labels) in released.tasks.items():
-            per_task.setdefault(name, ([], []))[0].append(feats)
-            per_task[name][1].append(labels)
-    return {t: (torch.cat(f), torch.cat(y)) for t, (f, y) in per_task.items() if f}
+            if len(feats):
+                per_task.setdefault(name, ([], []))[0].append(feats)
+                per_task[name][1].append(labels)
+    out.per_task = {t: (torch.cat(f), torch.cat(y)) for t, (f, y) in per_task.items() if f}
+    for name, devices in out.withheld.items():
+        log.info(f"  round {rnd}: release gate of {len(devices)} device(s) withheld {name}: {out.reasons[name]}")
+    stop_if_too_few(fed, rnd, len(nodes), out.refused, "features")
+    return out
+
+
+class TooFewDevices(RuntimeError):
+    """The devices' privacy policies refuse the run's config: too few devices are left to go on."""
+
+
+def stop_if_too_few(fed: Federation, rnd: int, asked: int, refused: dict[int, str], stage: str) -> None:
+    """Log each refusal; end the run with the devices' own words when the rest cannot make a round."""
+    for node, reason in refused.items():
+        log.warning(f"  round {rnd}: node {node} refused the {stage} request: {reason}")
+    left = asked - len(refused)
+    if refused and left < fed.cfg.federated.min_train_devices:
+        first = next(iter(refused.values())).split(proto.POLICY_REFUSED, 1)[-1]
+        message = (
+            f"round {rnd}: {len(refused)} of {asked} devices refused the {stage} request under their privacy "
+            f"policy, {left} left (< federated.min_train_devices={fed.cfg.federated.min_train_devices}). "
+            f"A device's words: {first}. Raise the config to the devices' floors, or have their owners change "
+            "their policy (docs/privacy.md)"
+        )
+        log.error(message)
+        raise TooFewDevices(message)
 
 
 def some_devices(grid: Grid, fed: Federation) -> list[int]:
@@ -211,10 +271,10 @@ def some_devices(grid: Grid, fed: Federation) -> list[int]:
     return sorted(random.sample(nodes, min(len(nodes), fed.cfg.federated.sampled_per_round())))
 
 
-def train_heads(fed: Federation, received: dict[str, tuple], rnd: int) -> None:
+def train_heads(fed: Federation, received: Releases, rnd: int) -> None:
     for t, name in enumerate(fed.tasks):
-        if name in received:  # head t sees task t's features only
-            feats, labels = received[name]
+        if name in received.per_task:  # head t sees task t's features only
+            feats, labels = received.per_task[name]
             cfg = fed.cfg
             train_head(
                 fed.heads[t], feats, labels.long(), cfg.federated.head_epochs, cfg.train.head_lr, cfg.train.seed + rnd
@@ -247,9 +307,11 @@ def checkpoint(fed: Federation, rnd: int) -> None:
 def report(fed: Federation, row: dict[str, Any]) -> None:
     JsonlWriter(fed.out / "metrics.jsonl").write(row)
     accs = "  ".join(f"{k.removeprefix('test_acc.')} {v:.3f}" for k, v in row.items() if k.startswith("test_acc."))
+    withheld = ", ".join(f"{t} by {n}" for t, n in row["withheld"].items() if n)
     log.info(
         f"[round {row['round']}/{fed.cfg.federated.rounds}] devices sampled {row['sampled']}, answered "
-        f"{row['answered']}, declined {row['declined']}, rejected {row['rejected']} | {accs} | epsilon max "
+        f"{row['answered']}, declined {row['declined']}, rejected {row['rejected']}, refused {row['refused']} | "
+        f"{accs} | withheld {withheld or 'none'} | epsilon max "
         f"{row['epsilon_max']:.2f} mean {row['epsilon_mean']:.2f} | releases per pair max "
         f"{row['releases_per_pair_max']} | {row['seconds']:.1f} s"
         + (
@@ -274,7 +336,8 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
     if aggregated:
         fed.ledger.mark_aggregated(replies.contributing_devices.values())
     answered = replies.contributors
-    train_heads(fed, query_features(grid, fed, answered or some_devices(grid, fed), rnd), rnd)
+    released = query_features(grid, fed, answered or some_devices(grid, fed), rnd)
+    train_heads(fed, released, rnd)
     accuracy = evaluate(fed, rnd)
     row = {
         "method": fed.method,
@@ -289,8 +352,19 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
         "epsilon_mean": fed.ledger.mean_epsilon,
         "releases_per_pair_max": fed.ledger.max_releases_per_pair,
         "feature_rows_received": fed.ledger.rows_received,
+        "released_rows": released.rows(fed.tasks),  # this round's, per task: what the held-rows audit weighs
+        "refused": len(replies.refused) + len(released.refused),
+        "withheld": {t: len(released.withheld.get(t, [])) for t in fed.tasks},  # devices whose gate withheld t
         "seconds": time.perf_counter() - t0,
     }
+    if rnd == 1 and fed.round0 is not None:
+        row["released_rows_round0"] = fed.round0.rows(fed.tasks)
+        row["withheld_round0"] = {t: len(fed.round0.withheld.get(t, [])) for t in fed.tasks}
+    if replies.refused or released.refused:
+        row["refusals"] = {str(n): r for n, r in {**replies.refused, **released.refused}.items()}
+    reasons = {t: released.reasons[t] for t in released.withheld}
+    if reasons:
+        row["withheld_reasons"] = reasons
     if isinstance(grid, FleetGrid):
         row.update(grid.end_round())
         row["fleet.elapsed_seconds"] = row["fleet.round_seconds"] + (
@@ -312,7 +386,8 @@ def run_federated(
     if cfg.federated.fleet.enabled:
         grid = FleetGrid(grid, cfg)
     if fed.round == 0:  # round 0: heads learn from the initial encoder's features before the first local round
-        train_heads(fed, query_features(grid, fed, some_devices(grid, fed), 0), 0)
+        fed.round0 = query_features(grid, fed, some_devices(grid, fed), 0)
+        train_heads(fed, fed.round0, 0)
     for rnd in range(fed.round + 1, cfg.federated.rounds + 1):
         run_round(grid, fed, rnd, audit)
     return final_report(grid, fed, audit)

@@ -2,7 +2,9 @@
 
 For tests and benchmarks: every message reaches the device as its own copy (as over the wire), each
 device has its own context and state folder, an exception in the ClientApp becomes an error reply (as
-in Flower's runtime), and ``tamper`` may change or drop (return None) a reply."""
+in Flower's runtime), and ``tamper`` may change or drop (return None) a reply. ``policy`` is the devices'
+privacy policy (written to a file their node config names); None: the project's defaults, as on a real
+device."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fl_metamorphosis.privacy.device_policy import DevicePolicy
+
 
 class InProcessGrid(Grid):
     def __init__(
@@ -24,11 +28,17 @@ class InProcessGrid(Grid):
         num_nodes: int,
         state_root: Path,
         tamper: Callable[[int, Message], Message | None] | None = None,
+        policy: DevicePolicy | None = None,
     ):
         self.client_app = client_app
         # Messages built outside a Flower runtime read the run's identity from here.
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
         self.tamper = tamper
+        policy_file = None
+        if policy is not None:
+            Path(state_root).mkdir(parents=True, exist_ok=True)
+            policy_file = Path(state_root) / "policy.json"
+            policy.save(policy_file)
         self.contexts = {
             node: Context(
                 run_id=1,
@@ -38,6 +48,7 @@ class InProcessGrid(Grid):
                     "partition-id": i,
                     "num-partitions": num_nodes,
                     "state-dir": str(Path(state_root) / str(i)),
+                    **({"policy-file": str(policy_file)} if policy_file else {}),
                 },
                 state=RecordDict(),
                 run_config={},

@@ -28,3 +28,14 @@ def tiny_cfg(tiny_overrides):
 @pytest.fixture(scope="session")
 def tiny_split(tiny_cfg):
     return load_dataset(tiny_cfg.data, tiny_cfg.train.seed)
+
+
+def operator_policy_file(folder, cfg) -> str:
+    """A policy file that is the operator's own config (what a simulated device uses): tests about other
+    behaviour than the policy run devices that accept exactly their config."""
+    from fl_metamorphosis.privacy.device_policy import DevicePolicy
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / "policy.json"
+    DevicePolicy.from_config(cfg).save(path)
+    return str(path)

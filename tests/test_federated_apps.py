@@ -1,10 +1,11 @@
 """ClientApp handlers and the ServerApp round loop, run in-process through a test Grid (no SuperLink)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, operator_policy_file
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -18,11 +19,14 @@ from fl_metamorphosis.flower.messages import config_record
 from fl_metamorphosis.flower.partition import device_datasets, device_sources, train_sources
 from fl_metamorphosis.metrics import read_jsonl
 from fl_metamorphosis.model import build_heads
+from fl_metamorphosis.privacy.device_policy import DevicePolicy
 from server import round_loop
 from server.round_loop import run_federated
 from simulations.inprocess_grid import InProcessGrid
 
-FED_TINY = [*TINY_OVERRIDES, 'methods=["metamorphosis"]']
+# the release gate is tested on its own (test_release_gate.py, test_lying_server.py): off here, so that what
+# these tests count does not depend on what a probe reads from the tiny model
+FED_TINY = [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "release_gate.enabled=false"]
 
 
 def _cfg(*extra):
@@ -46,8 +50,11 @@ def _train_message(cfg, rnd=1):
     return msg, gen
 
 
-def _context(state_dir):
-    node_config = {"partition-id": 0, "num-partitions": 3, "state-dir": str(state_dir)}
+def _context(state_dir, cfg=None):
+    """A device whose privacy policy is the operator's config (as in a simulation; the defaults' refusals
+    are tests/test_lying_server.py's subject)."""
+    policy = operator_policy_file(Path(state_dir).parent / f"{Path(state_dir).name}-owner", cfg or _cfg())
+    node_config = {"partition-id": 0, "num-partitions": 3, "state-dir": str(state_dir), "policy-file": policy}
     return Context(run_id=1, node_id=101, node_config=node_config, state=RecordDict(), run_config={})
 
 
@@ -103,13 +110,15 @@ def test_features_handler_never_releases_a_pair_past_its_cap_and_keeps_the_count
     assert reply.content["metrics"]["releases-total"] == 200
 
 
-def test_a_device_limit_in_its_node_config_bounds_the_servers_config(tmp_path):
+def test_a_device_limit_in_its_node_config_refuses_a_server_that_asks_for_more(tmp_path):
     cfg = _cfg("feature_dp.max_releases_per_pair=none")
-    context = _context(tmp_path)
+    context = _context(tmp_path, cfg)
     context.node_config["max-releases-per-pair"] = 1
     msg, _ = _train_message(cfg, 0)
     msg.metadata.__dict__["_message_type"] = "query.features"
-    assert len(client_app(msg, context).content["task.left"]["labels"].numpy()) == 67  # not 100: capped at 1
+    reason = client_app(msg, context).error.reason
+    assert "feature_dp.max_releases_per_pair: the server asked None" in reason and "at most 1" in reason
+    assert not (tmp_path / "privacy_state.ckpt").exists()  # nothing released, nothing counted
 
 
 def test_task_records_are_shuffled_apart(tmp_path):
@@ -118,7 +127,7 @@ def test_task_records_are_shuffled_apart(tmp_path):
     cfg = _cfg("feature_dp.max_releases_per_pair=none", "federated.feature_samples_per_device=200")
     msg, _ = _train_message(cfg, 0)
     msg.metadata.__dict__["_message_type"] = "query.features"
-    reply = client_app(msg, _context(tmp_path))
+    reply = client_app(msg, _context(tmp_path, cfg))
     data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
     left, right = (reply.content[f"task.{n}"]["labels"].numpy() for n in ("left", "right"))
     # all 200 pairs released: as multisets the labels are the device's, but the row order differs per task
@@ -130,8 +139,9 @@ def test_task_records_are_shuffled_apart(tmp_path):
 @pytest.fixture(scope="module")
 def federated_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fed")
-    grid = InProcessGrid(client_app, 3, out / "devices")
-    summary = run_federated(grid, _cfg("federated.audit_every=1"), out)
+    cfg = _cfg("federated.audit_every=1")
+    grid = InProcessGrid(client_app, 3, out / "devices", policy=DevicePolicy.from_config(cfg))
+    summary = run_federated(grid, cfg, out)
     return out, summary, grid
 
 
@@ -175,7 +185,9 @@ def test_round_loop_writes_rows_checkpoints_and_summary(federated_run):
 @pytest.mark.slow
 def test_an_uncapped_run_composes_every_release_and_runs_the_averaging_attacker(tmp_path):
     cfg = _cfg("feature_dp.max_releases_per_pair=none", "federated.feature_samples_per_device=150")
-    summary = run_federated(InProcessGrid(client_app, 3, tmp_path / "devices"), cfg, tmp_path)
+    summary = run_federated(
+        InProcessGrid(client_app, 3, tmp_path / "devices", policy=DevicePolicy.from_config(cfg)), cfg, tmp_path
+    )
     m = summary["methods"]["metamorphosis"]
     k = summary["history"][-1]["releases_per_pair_max"]
     assert k == 3  # 3 queries of 150 of 200 pairs, least released first: ceil(450 / 200)
@@ -209,7 +221,12 @@ def _poison(kind):
 @pytest.mark.parametrize("kind", ["nan", "missing"])
 def test_malformed_or_nan_update_is_rejected_and_the_round_goes_on(tmp_path, kind, caplog):
     cfg = _cfg("federated.rounds=1", "federated.min_train_devices=2")
-    run_federated(InProcessGrid(client_app, 3, tmp_path / "devices", tamper=_poison(kind)), cfg, tmp_path, audit=False)
+    run_federated(
+        InProcessGrid(client_app, 3, tmp_path / "devices", tamper=_poison(kind), policy=DevicePolicy.from_config(cfg)),
+        cfg,
+        tmp_path,
+        audit=False,
+    )
     (row,) = read_jsonl(tmp_path / "metrics.jsonl")
     assert (row["answered"], row["rejected"], row["aggregated"]) == (2, 1, True)
     assert "rejected reply of node 101" in caplog.text
@@ -218,7 +235,9 @@ def test_malformed_or_nan_update_is_rejected_and_the_round_goes_on(tmp_path, kin
 @pytest.mark.slow
 def test_too_few_valid_replies_are_not_aggregated(tmp_path):
     cfg = _cfg("federated.rounds=1", "federated.min_train_devices=3")
-    grid = InProcessGrid(client_app, 3, tmp_path / "devices", tamper=_poison("nan"))
+    grid = InProcessGrid(
+        client_app, 3, tmp_path / "devices", tamper=_poison("nan"), policy=DevicePolicy.from_config(cfg)
+    )
     summary = run_federated(grid, cfg, tmp_path, audit=False)
     (row,) = read_jsonl(tmp_path / "metrics.jsonl")
     assert row["aggregated"] is False
@@ -236,7 +255,12 @@ def test_over_budget_devices_decline_and_are_never_aggregated(tmp_path):
         "federated.device_epsilon_budget=4.0",
         "federated.local_epochs=2",
     )
-    run_federated(InProcessGrid(client_app, 3, tmp_path / "devices"), cfg, tmp_path, audit=False)
+    run_federated(
+        InProcessGrid(client_app, 3, tmp_path / "devices", policy=DevicePolicy.from_config(cfg)),
+        cfg,
+        tmp_path,
+        audit=False,
+    )
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert rows[0]["declined"] == 0 and rows[0]["epsilon_max"] <= 4.0
     assert rows[1]["declined"] == 3 and rows[1]["answered"] == 0 and rows[1]["aggregated"] is False
@@ -316,7 +340,9 @@ def test_a_run_that_crashes_in_round_3_resumes_to_the_uninterrupted_result(tmp_p
     monkeypatch.setenv("METAMORPHOSIS_SIMULATION", "1")
     cfg = _cfg("federated.rounds=4", "randomness.source=seeded", "federated.strategy.name=fedadam")
     whole = tmp_path / "whole"
-    run_federated(InProcessGrid(client_app, 3, whole / "devices"), cfg, whole, audit=False)
+    run_federated(
+        InProcessGrid(client_app, 3, whole / "devices", policy=DevicePolicy.from_config(cfg)), cfg, whole, audit=False
+    )
 
     crashed = tmp_path / "crashed"
     real_evaluate = round_loop.evaluate
@@ -328,11 +354,22 @@ def test_a_run_that_crashes_in_round_3_resumes_to_the_uninterrupted_result(tmp_p
 
     monkeypatch.setattr(round_loop, "evaluate", crash_in_round_3)
     with pytest.raises(RuntimeError, match="power cut"):
-        run_federated(InProcessGrid(client_app, 3, crashed / "devices"), cfg, crashed, audit=False)
+        run_federated(
+            InProcessGrid(client_app, 3, crashed / "devices", policy=DevicePolicy.from_config(cfg)),
+            cfg,
+            crashed,
+            audit=False,
+        )
     assert [r["round"] for r in read_jsonl(crashed / "metrics.jsonl")] == [1, 2]
     monkeypatch.setattr(round_loop, "evaluate", real_evaluate)
     # a new server process (new node ids, new grid) and the devices' state folders as they were left
-    run_federated(InProcessGrid(client_app, 3, crashed / "devices"), cfg, crashed, audit=False, resume=True)
+    run_federated(
+        InProcessGrid(client_app, 3, crashed / "devices", policy=DevicePolicy.from_config(cfg)),
+        cfg,
+        crashed,
+        audit=False,
+        resume=True,
+    )
 
     expected, got = read_jsonl(whole / "metrics.jsonl"), read_jsonl(crashed / "metrics.jsonl")
     assert [r["round"] for r in got] == [1, 2, 3, 4]

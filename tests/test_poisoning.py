@@ -12,6 +12,7 @@ from fl_metamorphosis.config import ConfigError, PoisoningConfig, build_config
 from fl_metamorphosis.data import MultiTaskDataset, TaskSpec
 from fl_metamorphosis.federated.poisoning import flip_labels, malicious_devices, poison_update
 from fl_metamorphosis.flower.messages import TrainReply
+from fl_metamorphosis.privacy.device_policy import DevicePolicy
 
 RECEIVED = {"generator.w": torch.tensor([1.0, 2.0, 3.0]), "heads.steps": torch.tensor([5])}
 TRAINED = {"generator.w": torch.tensor([1.5, 1.0, 3.0]), "heads.steps": torch.tensor([6])}
@@ -117,7 +118,10 @@ def _run(tmp_path, name, *extra):
     cfg = build_config(None, [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "randomness.source=seeded", *extra])
     out = tmp_path / name
     summary = run_federated(
-        InProcessGrid(client_app, cfg.federated.num_devices, out / "devices"), cfg, out, audit=False
+        InProcessGrid(client_app, cfg.federated.num_devices, out / "devices", policy=DevicePolicy.from_config(cfg)),
+        cfg,
+        out,
+        audit=False,
     )
     return cfg, summary
 

@@ -17,10 +17,11 @@ from fl_metamorphosis.config import ConfigError, build_config
 from fl_metamorphosis.federated.device import build_generator, joint_state
 from fl_metamorphosis.federated.device_state import DeviceState
 from fl_metamorphosis.flower import secagg_records
-from fl_metamorphosis.flower.messages import MessageError, TrainReply, config_record
+from fl_metamorphosis.flower.messages import PROTOCOL_VERSION, MessageError, TrainReply, config_record
 from fl_metamorphosis.flower.partition import device_datasets
 from fl_metamorphosis.metrics import read_jsonl
 from fl_metamorphosis.model import build_heads
+from fl_metamorphosis.privacy.device_policy import DevicePolicy
 from server import round_loop
 from server.round_loop import run_federated
 from server.secure_aggregation import secure_train
@@ -46,7 +47,8 @@ def test_secure_aggregate_equals_the_plain_aggregate_of_the_same_replies(tmp_pat
     """Each device trains once (a plain round); the secure round asks the same, so every device answers
     with the same update (the replay mod) and only the aggregation differs."""
     cfg = _cfg(f"federated.strategy.name={strategy}")
-    grid = InProcessGrid(client_app, 3, tmp_path / "devices")
+    plain_allowed = DevicePolicy.from_config(cfg).model_copy(update={"secure_aggregation": False})
+    grid = InProcessGrid(client_app, 3, tmp_path / "devices", policy=plain_allowed)
     fed = round_loop.start(cfg, tmp_path, resume=False)
     messages = round_loop.sample(grid, fed, 1)
     twin = copy.deepcopy(fed.strategy)  # FedAdam keeps the weights it sent and its moments
@@ -90,7 +92,12 @@ def test_secure_aggregate_equals_the_plain_aggregate_of_the_same_replies(tmp_pat
 @pytest.mark.slow
 def test_a_secure_federation_runs_and_its_epsilon_is_the_devices_own(tmp_path):
     cfg = _cfg("federated.strategy.name=fedprox")
-    summary = run_federated(InProcessGrid(client_app, 3, tmp_path / "devices"), cfg, tmp_path, audit=False)
+    summary = run_federated(
+        InProcessGrid(client_app, 3, tmp_path / "devices", policy=DevicePolicy.from_config(cfg)),
+        cfg,
+        tmp_path,
+        audit=False,
+    )
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [(r["answered"], r["aggregated"]) for r in rows] == [(3, True), (3, True)]
     for device, figures in summary["device_privacy"].items():
@@ -152,7 +159,7 @@ def test_a_device_sends_its_update_and_a_declining_device_sends_nothing_with_wei
 
 
 def test_a_malformed_secure_report_names_the_missing_field():
-    metrics = {"protocol": 1, **{k: 0 for k in TrainReply.FIELDS}}
+    metrics = {"protocol": PROTOCOL_VERSION, **{k: 0 for k in TrainReply.FIELDS}}
     with pytest.raises(MessageError, match="missing field 'secagg-clipped'"):
         secagg_records.train_report(FitRes(Status(Code.OK, ""), None, 0, metrics))
 
@@ -168,7 +175,7 @@ def test_a_secure_request_without_names_is_refused():
 
 def test_a_device_refuses_a_secure_round_smaller_than_its_minimum(tmp_path, caplog):
     cfg = _cfg()
-    grid = InProcessGrid(client_app, 3, tmp_path / "devices")
+    grid = InProcessGrid(client_app, 3, tmp_path / "devices", policy=DevicePolicy.from_config(cfg))
     grid.contexts[101].node_config["secure-aggregation-min-devices"] = 4
     fed = round_loop.start(cfg, tmp_path, resume=False)
     secure = secure_train(grid, fed, round_loop.sample(grid, fed, 1), 1)

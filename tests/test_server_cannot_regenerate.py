@@ -9,9 +9,11 @@ features as far from every clean feature as independent noise would.
 
 import math
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import operator_policy_file
 from flwr.app import Context, RecordDict
 from test_federated_apps import _cfg, _train_message
 
@@ -24,16 +26,19 @@ from fl_metamorphosis.privacy.randomness import randomness_for
 ALL_PAIRS = ["feature_dp.max_releases_per_pair=none", "federated.feature_samples_per_device=200"]
 
 
-def _context():
-    """A device of its own each call (a fresh state folder): no earlier reply to send again."""
-    node_config = {"partition-id": 0, "num-partitions": 3, "state-dir": tempfile.mkdtemp(prefix="device-")}
+def _context(cfg):
+    """A device of its own each call (a fresh state folder): no earlier reply to send again. Its policy is
+    the config (as in a simulation): what is tested here is the noise, not the policy."""
+    state = tempfile.mkdtemp(prefix="device-")
+    node_config = {"partition-id": 0, "num-partitions": 3, "state-dir": state}
+    node_config["policy-file"] = operator_policy_file(Path(state) / "owner", cfg)
     return Context(run_id=1, node_id=101, node_config=node_config, state=RecordDict(), run_config={})
 
 
 def _features(cfg, rnd=1):
     msg, generator = _train_message(cfg, rnd)
     msg.metadata.__dict__["_message_type"] = "query.features"
-    reply = client_app(msg, _context())
+    reply = client_app(msg, _context(cfg))
     return {n: torch.from_numpy(reply.content[f"task.{n}"]["features"].numpy()) for n in ("left", "right")}, generator
 
 
@@ -88,7 +93,7 @@ def test_the_server_cannot_regenerate_the_feature_noise(monkeypatch):
 
 def _train_weights(cfg, rnd=1):
     msg, _ = _train_message(cfg, rnd)
-    reply = client_app(msg, _context())
+    reply = client_app(msg, _context(cfg))
     return {k: torch.from_numpy(v.numpy()) for k, v in reply.content["arrays"].items()}
 
 

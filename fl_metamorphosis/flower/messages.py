@@ -4,6 +4,10 @@ The ClientApp builds its replies with ``to_record`` and the ServerApp reads them
 both sides share one definition. A reply carries ``PROTOCOL_VERSION``; one of another version, or with a
 missing or unexpected record or field, is rejected by ``from_record`` with a ``MessageError`` naming it.
 
+A features reply names the tasks the device's release gate withheld (``gate`` record, task -> reason);
+a withheld task's record is empty. A device whose privacy policy refuses a request answers with an error
+reply whose reason starts with ``POLICY_REFUSED`` and names each field, the value asked and the floor.
+
 Train replies keep the shape Flower's strategies aggregate: exactly one ArrayRecord (``arrays``) and one
 MetricRecord (``metrics``, weighted by ``num-examples``); a device that declines sends a ConfigRecord
 (``status``) with its reason instead of the arrays.
@@ -23,18 +27,25 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from ..config import ExperimentConfig
 from .arrays import decode
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: features replies name withheld tasks
 
 # message types (the ClientApp's handlers)
 TRAIN, FEATURES, EVALUATE = "train", "query.features", "evaluate"
 # record names
-ARRAYS, CONFIG, METRICS, STATUS, TASK_PREFIX = "arrays", "config", "metrics", "status", "task."
+ARRAYS, CONFIG, METRICS, STATUS, TASK_PREFIX, GATE = "arrays", "config", "metrics", "status", "task.", "gate"
+# how an error reply's reason starts when the device's privacy policy refused the request
+POLICY_REFUSED = "refused by the device's privacy policy: "
 # request config keys (``proximal-mu`` is Flower's FedProx key)
 EXPERIMENT, SERVER_ROUND, PROXIMAL_MU = "experiment", "server-round", "proximal-mu"
 
 
 class MessageError(ValueError):
     """A reply that does not follow the protocol; the message names the record or field."""
+
+
+def is_policy_refusal(reason: str) -> bool:
+    """Whether an error reply's reason is a device's policy refusal (not a crash or a lost device)."""
+    return POLICY_REFUSED in reason  # Flower's runtime may wrap the reason of an exception in its type
 
 
 def config_record(cfg: ExperimentConfig, **extra: int | float | str | bool) -> ConfigRecord:
@@ -180,12 +191,14 @@ class FeaturesReply:
     releases_max: int  # the most any one of the device's pairs has been released, this reply included
     releases_total: int
     tasks: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # name -> (features, labels)
+    withheld: dict[str, str] = field(default_factory=dict)  # task -> the release gate's reason (its record is empty)
 
     FIELDS = {"device", "num-examples", "releases-max", "releases-total"}
 
     @property
     def num_examples(self) -> int:
-        return len(next(iter(self.tasks.values()))[0]) if self.tasks else 0
+        """Rows of each released task (withheld tasks have none)."""
+        return max((len(f) for f, _ in self.tasks.values()), default=0)
 
     def to_record(self) -> RecordDict:
         metrics = {
@@ -195,7 +208,7 @@ class FeaturesReply:
             "releases-max": self.releases_max,
             "releases-total": self.releases_total,
         }
-        content = RecordDict({METRICS: MetricRecord(metrics)})
+        content = RecordDict({METRICS: MetricRecord(metrics), GATE: ConfigRecord(dict(self.withheld))})
         for name, (features, labels) in self.tasks.items():
             content[TASK_PREFIX + name] = ArrayRecord(
                 {"features": Array(_numpy(features)), "labels": Array(_numpy(labels))}
@@ -205,20 +218,25 @@ class FeaturesReply:
     @classmethod
     def from_record(cls, content: RecordDict, task_names: list[str]) -> FeaturesReply:
         m = _metrics("features reply", content, cls.FIELDS)
-        _check_records("features reply", content, {METRICS, *(TASK_PREFIX + t for t in task_names)})
+        _check_records("features reply", content, {METRICS, GATE, *(TASK_PREFIX + t for t in task_names)})
+        withheld = {str(k): str(v) for k, v in content[GATE].items()}
+        unknown = sorted(set(withheld) - set(task_names))
+        if unknown:
+            raise MessageError(f"features reply, record {GATE!r}: unknown task {unknown[0]!r}")
         tasks = {}
         for name in task_names:
             record = content[TASK_PREFIX + name]
             _check_fields(f"features reply, record {TASK_PREFIX + name!r}", set(record), {"features", "labels"})
             features = torch.from_numpy(decode(record["features"]))
             labels = torch.from_numpy(decode(record["labels"]))
-            if len(features) != int(m["num-examples"]) or len(labels) != len(features):
+            rows = 0 if name in withheld else int(m["num-examples"])
+            if len(features) != rows or len(labels) != len(features):
                 raise MessageError(
                     f"features reply, record {TASK_PREFIX + name!r}: {len(features)} features and {len(labels)} "
-                    f"labels, num-examples says {int(m['num-examples'])}"
+                    f"labels, expected {rows}" + (" (withheld by the release gate)" if name in withheld else "")
                 )
             tasks[name] = (features, labels)
-        return cls(int(m["device"]), int(m["releases-max"]), int(m["releases-total"]), tasks)
+        return cls(int(m["device"]), int(m["releases-max"]), int(m["releases-total"]), tasks, withheld)
 
 
 @dataclass

@@ -1,0 +1,154 @@
+"""The release gate: a device releases no task's features that its own probe can read another task from.
+
+The weights a device releases under are the server's: early in training they leak (the tasks' channels
+are not yet apart), and a lying server can send weights trained to leak. Before each release the device
+therefore attacks itself, on its own pairs and under the weights it received:
+
+* its pairs' task features are released as they would be (clip and noise, secret randomness), a few
+  fresh-noise copies of each, since the server holds many rows;
+* for every ordered pair of tasks (t, s), a cross-validated probe (standardised logistic regression,
+  folds split by pair) reads task s's label from task t's released feature;
+* its held-out accuracy is compared with the baseline: the better of chance (the most frequent s-label)
+  and what task t's own label predicts of s (for correlated tasks a feature that serves t can always be
+  read that far; the cross-task audit's label floor);
+* task t is withheld when a one-sided binomial test says, with ``confidence``, that the probe beats the
+  baseline by more than ``margin``.
+
+What the decision costs in privacy. The decision is a function of the device's private pairs, so it is a
+release too. The device sends only the decision: which tasks were withheld and a fixed sentence naming
+the pair, never the probe's numbers. The server learns at most one bit per task per query about the
+device's data taken as a whole, and no more than that from this mechanism over a run: 2 x 31 bits for the
+demo's two tasks and 31 queries. This is a bound on information, not a differential-privacy guarantee:
+the bit is deterministic given the data and the noise draws, and no epsilon is claimed for it. One pair
+moves the statistic by its own held-out prediction (1/n) and through the probe it helped train, while the
+feature noise and the secret folds move it by about sqrt(p(1-p)/n) between queries, so a server that
+wanted one pair's membership from the bit would have to place the device's whole-data statistic on the
+threshold to within about 1/n, blind. docs/privacy.md gives the measured detection power: how far above
+the baseline a leak must be for the gate to see it on a device's data.
+
+What the gate cannot see. A leak its probe cannot read: a non-linear one that the logistic probe misses
+but a stronger attacker with more rows finds, or one smaller than the margin plus the test's slack. The
+per-round audit (``audit/round_audit.py``) measures what got through, with the strongest attackers.
+Input reconstruction is not probed here (a decoder per release would cost a board more than the
+training round): the audit measures it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import binom
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from ..config import FeatureDPConfig, ReleaseGateConfig
+from .feature_noise import release
+from .randomness import Randomness
+
+
+@dataclass(frozen=True)
+class PairProbe:
+    """The device's own probe of one ordered pair of tasks (kept on the device; never sent)."""
+
+    source: str  # the task whose released feature the probe reads
+    target: str  # the task whose label it predicts
+    accuracy: float
+    baseline: float  # the better of chance and the source task's own label
+    p_value: float  # H0: accuracy <= baseline + margin
+    leaks: bool
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    task: str
+    withheld: bool
+    reason: str  # what the server is told: a fixed sentence, no figure computed from the device's data
+    probes: tuple[PairProbe, ...]
+
+
+@torch.no_grad()
+def _task_features(generator: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    generator.eval()
+    return torch.cat([generator(images[i : i + batch_size])[0] for i in range(0, len(images), batch_size)])
+
+
+def _probe_correct(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> int:
+    if len(np.unique(y_train)) < 2:  # one class only: the probe is the label-blind guess
+        return int((y_test == y_train[0]).sum())
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x_train, y_train)
+    return int((model.predict(x_test) == y_test).sum())
+
+
+def _baseline_correct(own_train: np.ndarray, other_train: np.ndarray, own_test: np.ndarray, other_test: np.ndarray):
+    """Held-out hits of the better label-blind guess: the most frequent label, or the most frequent label
+    given the source task's own label."""
+    majority = np.bincount(other_train).argmax()
+    table = np.zeros((int(max(own_train.max(), own_test.max())) + 1, int(other_train.max()) + 1))
+    np.add.at(table, (own_train, other_train), 1)
+    given_own = np.where(table.sum(1) > 0, table.argmax(1), majority)
+    return max(int((other_test == majority).sum()), int((given_own[own_test] == other_test).sum()))
+
+
+def release_gate(
+    generator: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    task_names: list[str],
+    *,
+    feature_dp: FeatureDPConfig,
+    cfg: ReleaseGateConfig,
+    randomness: Randomness,
+) -> list[GateDecision]:
+    """One decision per task: withhold it this round, or release it.
+
+    Args:
+        generator: the feature generator under the weights the device received (encoder + Cross-SEC).
+        images: the device's training pairs' images ``[N, C, H, W]``.
+        labels: their labels ``[N, T]``, one column per task.
+        task_names: the tasks, in the columns' order.
+        feature_dp: the release mechanism the device would apply (clip and noise).
+        cfg: the gate's margin, confidence, sample size, folds and noise copies.
+        randomness: the device's secret randomness (the probe's pairs, folds and noise).
+    """
+    n = min(len(images), cfg.probe_pairs)
+    chosen = torch.randperm(len(images), generator=randomness.generator())[:n]
+    feats = _task_features(generator, images[chosen])
+    # copy 0 is what the probe is scored on; the others are what it learns from
+    copies = [release(feats, feature_dp, randomness).flatten(2).numpy() for _ in range(cfg.noise_copies + 1)]
+    y = labels[chosen].numpy()
+    fold = (torch.randperm(n, generator=randomness.generator()) % cfg.folds).numpy()
+    decisions = []
+    for t, source in enumerate(task_names):
+        probes = []
+        for s, target in enumerate(task_names):
+            if s == t:
+                continue
+            correct = base = 0
+            for k in range(cfg.folds):
+                train, test = fold != k, fold == k
+                x_train = np.concatenate([c[train, t] for c in copies[1:]])
+                y_train = np.tile(y[train, s], cfg.noise_copies)
+                correct += _probe_correct(x_train, y_train, copies[0][test, t], y[test, s])
+                base += _baseline_correct(y[train, t], y[train, s], y[test, t], y[test, s])
+            baseline = base / n
+            threshold = min(1.0, baseline + cfg.margin)
+            p_value = float(binom.sf(correct - 1, n, threshold))  # P(X >= correct) if the leak were the margin
+            probes.append(PairProbe(source, target, correct / n, baseline, p_value, p_value < 1 - cfg.confidence))
+        leaking = [p.target for p in probes if p.leaks]
+        reason = (
+            f"release gate: {source}'s features read {', '.join(leaking)} above the baseline by more than the "
+            f"margin {cfg.margin} (confidence {cfg.confidence}) under the weights received"
+            if leaking
+            else ""
+        )
+        decisions.append(GateDecision(source, bool(leaking), reason, tuple(probes)))
+    return decisions
