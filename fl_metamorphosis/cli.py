@@ -95,11 +95,28 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="released training samples the attacker learns on (default: as many as the server saw, federated)",
     )
+    audit.add_argument(
+        "--held-rounds",
+        metavar="K|all",
+        help="a simulate run: attack every feature query's rows under its own round's weights instead (all, or K "
+        "rounds spread over the run and refined around the worst); writes held_rows.json, held_rows.md, "
+        "round_attacks.png",
+    )
     return p
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .audit.saved_run import write_audit
+    from .audit.saved_run import write_audit, write_held_rows_audit
+
+    if args.held_rounds is not None:
+        if args.held_rounds != "all" and not (args.held_rounds.isdigit() and int(args.held_rounds) > 0):
+            raise ConfigError(f"--held-rounds={args.held_rounds!r}: give 'all' or a positive number of rounds")
+        sample = None if args.held_rounds == "all" else int(args.held_rounds)
+        out = args.out or args.source / "audit"
+        console.print(f"[bold]auditing the rows held from every round of {args.source}[/bold] -> {out}")
+        write_held_rows_audit(args.source, out, sample)
+        print((out / "held_rows.md").read_text())
+        return 0
 
     if args.attacker_samples is not None and args.attacker_samples < 50:
         raise ConfigError(f"--attacker-samples={args.attacker_samples}: give at least 50")

@@ -321,6 +321,12 @@ class AuditConfig(_Strict):
         description="cap on the rows the k-NN and boosting attackers learn from (a random sample); the MLP and "
         "linear probes see every row within audit.max_steps",
     )
+    held_rounds: int | None = Field(
+        8,
+        ge=0,
+        description="federated runs: feature queries whose held rows are attacked under their own round's weights "
+        "(audit/round_audit.py): none = every one, k = k spread over the run and refined around the worst, 0 = off",
+    )
     ssim_kernel: int = Field(7, ge=3, description="odd SSIM window; <= the image's shorter side")
     dcor_samples: int = Field(1_000, ge=20)
 

@@ -12,11 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.serverapp import Grid
 
-from fl_metamorphosis.audit import AttackData, audit_model, label_only_floor
+from fl_metamorphosis.audit import AttackData, audit_held_rows, audit_model, held_rounds, label_only_floor
+from fl_metamorphosis.audit.round_audit import render_round_audit
 from fl_metamorphosis.federated.poisoning import malicious_devices
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower.partition import federated_training_pairs
 from fl_metamorphosis.metrics import plot_attacks, plot_reconstruction_grid, plot_rounds, render_report, write_json
+from fl_metamorphosis.metrics.report import render_release_sections
+from fl_metamorphosis.metrics.round_plots import plot_round_attacks
+from fl_metamorphosis.model import FeatureGenerator
 from fl_metamorphosis.training import TrainedModel
 from fl_metamorphosis.training.central import (
     SUMMARY_VERSION,
@@ -58,6 +62,58 @@ def interim_audit(fed: Federation, rnd: int) -> dict[str, Any]:
     model = TrainedModel(fed.method, fed.generator, fed.heads, fed.feature_dp)
     figures, _ = audit_model(model, data, fed.cfg.audit, floors, fed.cfg.train.seed, fed.ledger.max_releases_per_pair)
     return {"round": rnd, **{k: figures[k] for k in ("tasks", "cross_task_attack", "reconstruction")}}
+
+
+def release_summary(fed: Federation) -> dict[str, Any]:
+    """The release gate's decisions and the policy refusals, round by round (summary.json's
+    ``release_gate`` and ``policy_refusals``)."""
+    gate, rows = fed.cfg.release_gate, fed.rows
+    rounds = []
+    if rows and "released_rows_round0" in rows[0]:
+        first = rows[0]
+        rounds.append(
+            {"round": 0, "released_rows": first["released_rows_round0"], "withheld": first["withheld_round0"]}
+        )
+    for r in rows:
+        if "released_rows" in r:
+            entry = {"round": r["round"], "released_rows": r["released_rows"], "withheld": r["withheld"]}
+            rounds.append(entry | ({"reasons": r["withheld_reasons"]} if r.get("withheld_reasons") else {}))
+    withheld = {t: sum(e["withheld"].get(t, 0) for e in rounds) for t in fed.tasks}
+    return {
+        "release_gate": {
+            "enabled": gate.enabled,
+            "margin": gate.margin,
+            "confidence": gate.confidence,
+            "probe": f"cross-validated logistic regression, {gate.folds} folds, up to {gate.probe_pairs} pairs, "
+            f"{gate.noise_copies} noise copies per training pair",
+            "device_rounds_withheld": withheld,  # summed over rounds: devices that withheld the task
+            "rounds": rounds,
+        },
+        "policy_refusals": [
+            {"round": r["round"], "refused": r["refused"], "refusals": r.get("refusals", {})}
+            for r in rows
+            if r.get("refused")
+        ],
+    }
+
+
+def held_rows_audit(fed: Federation, data: AttackData) -> dict[str, Any] | None:
+    """Every round's releases under that round's weights (``audit/round_audit.py``), or None when
+    ``audit.held_rounds`` is 0."""
+    sample = fed.cfg.audit.held_rounds
+    if sample == 0:
+        return None
+    cfg, split = fed.cfg, fed.split
+    num_classes = [t.num_classes for t in split.test.tasks]
+
+    def fresh_generator() -> FeatureGenerator:
+        return FeatureGenerator(fed.method, split.test.image_shape, len(num_classes), cfg.model, num_classes)
+
+    rounds = held_rounds(fed.out)
+    log.info(f"auditing the rows held from {len(rounds)} feature queries, each under its own round's weights")
+    return audit_held_rows(
+        rounds, fresh_generator, fed.feature_dp, data, cfg.audit, cfg.train.seed, sample=sample, progress=log.info
+    )
 
 
 def evaluate_on_devices(grid: Grid, fed: Federation) -> dict[str, float]:
@@ -104,6 +160,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
             "dp_sgd": model.dp_sgd,
             "device_privacy": devices,
             "resumed_from_round": fed.resumed_from,
+            **release_summary(fed),
         }
         write_json(out / "summary.json", {**summary, "server_wall_seconds": time.perf_counter() - fed.started})
         return summary
@@ -112,6 +169,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
     data, floors = attack_data(fed)
     figures, recons = audit_model(model, data, cfg.audit, floors, cfg.train.seed, k)
     figures["attacker"]["server_saw_releases"] = ledger.rows_received
+    held = held_rows_audit(fed, data)
     summary = {
         "summary_version": SUMMARY_VERSION,
         "command": "simulate",
@@ -143,12 +201,18 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
         "server_wall_seconds": time.perf_counter() - fed.started,  # this process's part of the run
         "resumed_from_round": fed.resumed_from,
         "config": cfg.model_dump(),
-        "plots": ["rounds.png", "attacks.png", "reconstruction_grid.png"],
+        "plots": ["rounds.png", "attacks.png", "reconstruction_grid.png"] + (["round_attacks.png"] if held else []),
+        # the final model's audit is ``methods``; this one attacks every round's rows under its own weights
+        "held_rows_audit": held,
+        **release_summary(fed),
     }
     write_json(out / "summary.json", summary)
     plot_rounds(fed.rows, fed.tasks, out / "rounds.png")
     plot_attacks(summary["methods"], out / "attacks.png")
     grid_rows = {f"{fed.method}: {t}": r for t, r in recons.items()}
     plot_reconstruction_grid(data.evaluation.images, grid_rows, out / "reconstruction_grid.png")
-    (out / "report.md").write_text(render_report(summary))
+    if held:
+        plot_round_attacks(held, out / "round_attacks.png")
+    report = render_report(summary) + "\n".join(["", *(render_round_audit(held) if held else [])]) + "\n"
+    (out / "report.md").write_text(report + render_release_sections(summary))
     return summary

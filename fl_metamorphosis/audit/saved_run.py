@@ -187,3 +187,37 @@ def _run_summary(source: Path) -> dict[str, Any]:
         if candidate.exists():
             return json.loads(candidate.read_text())
     return {}
+
+
+def write_held_rows_audit(run_dir: Path, out: Path, sample: int | None) -> dict:
+    """``audit RUN --held-rounds``: every feature query's rows of a simulate run attacked under that round's
+    weights (``round_audit.py``), written as held_rows.json, round_attacks.png and held_rows.md in ``out``."""
+    from ..metrics import write_json
+    from ..metrics.round_plots import plot_round_attacks
+    from .round_audit import audit_held_rows, held_rounds, render_round_audit
+
+    last = latest_run(Path(run_dir) / "checkpoints")
+    if last is None:
+        raise ConfigError(f"{run_dir}: no checkpoints/round_NNN.ckpt: --held-rounds needs a simulate run folder")
+    method, config, _, _ = load_model(last)
+    cfg = ExperimentConfig.model_validate(config)
+    split = load_dataset(cfg.data, cfg.train.seed)
+    held = held_rounds(Path(run_dir))
+    # the attacker learns on at least as many rows as the server received over the run (as in the run's audit)
+    rows = max(cfg.audit.attacker_samples, int(_run_summary(Path(run_dir)).get("history", [{}])[-1].get(
+        "feature_rows_received", 0)))  # fmt: skip
+    data = AttackData.draw(split, cfg.audit, cfg.train.seed, rows)
+    num_classes = [t.num_classes for t in split.test.tasks]
+
+    def fresh() -> FeatureGenerator:
+        return FeatureGenerator(method, split.test.image_shape, len(num_classes), cfg.model, num_classes)
+
+    result = audit_held_rows(
+        held, fresh, method_feature_dp(method, cfg), data, cfg.audit, cfg.train.seed, sample=sample, progress=print
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "held_rows.json", result)
+    if result["rounds"]:
+        plot_round_attacks(result, out / "round_attacks.png")
+    (out / "held_rows.md").write_text("\n".join(render_round_audit(result)) + "\n")
+    return result

@@ -120,3 +120,36 @@ def render_report(summary: dict[str, Any]) -> str:
         + ".",
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_release_sections(summary: dict[str, Any]) -> str:
+    """The release gate's decisions and the devices' policy refusals, round by round (federated runs)."""
+    gate = summary.get("release_gate")
+    if not gate:
+        return ""
+    lines = ["", "## The release gate: what the devices withheld", ""]
+    if not gate["enabled"]:
+        lines.append("The gate was off (`release_gate.enabled = false`): every query's rows were released.")
+    else:
+        lines += [
+            f"Each device probed its own pairs under the weights it received ({gate['probe']}) and withheld a task "
+            f"whose features read another task above the baseline by more than {gate['margin']} with confidence "
+            f"{gate['confidence']}. Devices withholding each task, and the rows released, per feature query:",
+            "",
+            "| round | devices withholding | rows released |",
+            "|---|---|---|",
+        ]
+        for r in gate["rounds"]:
+            withheld = ", ".join(f"{t} {n}" for t, n in r["withheld"].items())
+            rows = ", ".join(f"{t} {n}" for t, n in r["released_rows"].items())
+            lines.append(f"| {r['round']} | {withheld} | {rows} |")
+        reasons = {t: why for r in gate["rounds"] for t, why in r.get("reasons", {}).items()}
+        lines += ["", *(f"- {t}: {why}" for t, why in reasons.items())]
+    refusals = summary.get("policy_refusals") or []
+    lines += ["", "## Policy refusals", ""]
+    if not refusals:
+        lines.append("No device refused a request: every config the server sent met the devices' policies.")
+    for r in refusals:
+        lines.append(f"- round {r['round']}: {r['refused']} refusal(s)")
+        lines += [f"  - node {node}: {why}" for node, why in r["refusals"].items()]
+    return "\n".join(lines) + "\n"
