@@ -17,11 +17,10 @@ from flwr.common.constant import ErrorCode
 
 from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.flower import messages as proto
-from fl_metamorphosis.privacy.device_policy import DevicePolicy
+from fl_metamorphosis.privacy.device_policy import POLICY_ENV, DevicePolicy
 
 SIMULATION_ENV = "METAMORPHOSIS_SIMULATION"  # set by the simulate launcher in the devices' environment
 POLICY_FILE = "policy-file"  # node config: the owner's privacy policy (TOML)
-POLICY_ENV = "METAMORPHOSIS_DEVICE_POLICY"  # the same, from the device's environment (a simulation's operator)
 
 
 def device_policy(context: Context) -> DevicePolicy:

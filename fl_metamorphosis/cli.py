@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         help="continue an interrupted run from its last complete round, with its own config",
     )
     sub.choices["simulate"].add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="the simulated devices' privacy policy (TOML; docs/privacy.md); default: the run's own config",
+    )
+    sub.choices["simulate"].add_argument(
         "--ray-address",
         metavar="HOST:PORT",
         help="run the devices on this running Ray cluster (its head's GCS port; docs/ray-cluster.md)",
@@ -162,6 +168,14 @@ def _simulate(args: argparse.Namespace) -> int:
         args.out, cfg = args.resume, resumed_config(args.resume, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
+    if args.policy is not None:
+        from .privacy.device_policy import POLICY_ENV, DevicePolicy, PolicyError
+
+        try:
+            DevicePolicy.load(args.policy)
+        except PolicyError as err:
+            raise ConfigError(f"--policy: {err}") from None
+        os.environ[POLICY_ENV] = str(args.policy.resolve())  # the devices' environment, not the server's config
     fed = cfg.federated
     console.print(
         f"[bold]{'resuming' if args.resume else 'simulating'} {fed.num_devices} devices, {fed.rounds} rounds, "

@@ -56,7 +56,12 @@ def add_parser(sub) -> None:
     device.add_argument("--name", default="device")
     device.add_argument("--runtime-port", type=int, default=9094, help="local-only port (one per SuperNode)")
     device.add_argument("--insecure", action="store_true", help="no TLS, no authentication: loopback tests ONLY")
-    owner = device.add_argument_group("the device owner's limits (bound whatever the server's config asks)")
+    owner = device.add_argument_group(
+        "the device owner's privacy policy: a request asking for less is refused (default: the project's defaults)"
+    )
+    owner.add_argument(
+        "--policy", type=Path, help="a policy file (TOML; fields in docs/privacy.md): the floors this device keeps"
+    )
     owner.add_argument("--epsilon-budget", type=float, help="the most DP-SGD epsilon this device spends")
     owner.add_argument("--max-releases-per-pair", type=int, help="the most times one pair's features are released")
     owner.add_argument(
@@ -90,6 +95,14 @@ def _owner_limits(args) -> dict[str, str | int | float]:
         limits[key] = value
     if args.require_secure_aggregation:
         limits["secure-aggregation"] = "required"
+    if args.policy is not None:
+        from .privacy.device_policy import DevicePolicy, PolicyError
+
+        try:
+            DevicePolicy.load(args.policy)  # a bad file is the owner's error now, not a refusal at every request
+        except PolicyError as err:
+            raise ConfigError(f"deploy device --policy: {err}") from None
+        limits["policy-file"] = str(args.policy.resolve())
     return limits
 
 

@@ -187,6 +187,7 @@ def audit_held_rows(
     rounds = sorted(rounds, key=lambda h: h.round)
     if not rounds:
         raise ValueError("no held rounds to audit: the run folder has no checkpoints")
+    first_round = rounds[0].round
     # a query whose every task was withheld left the server nothing to attack: it is listed, not audited
     nothing = [h.round for h in rounds if not any(h.rows.values())]
     rounds = [h for h in rounds if any(h.rows.values())]
@@ -244,7 +245,7 @@ def audit_held_rows(
     worst_pair = max(held_pairs, key=lambda k: worst_pairs[k]["accuracy"] - worst_pairs[k]["chance"])
     sources = sorted({h.rows_source for h in rounds})
     notes = []
-    if rounds[0].round != 0:
+    if first_round != 0:
         notes.append("round 0 not audited: its weights were not kept (no checkpoints/initial.ckpt: an older run)")
     return {
         "rounds": per_round,

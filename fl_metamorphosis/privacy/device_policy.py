@@ -34,6 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..config import ExperimentConfig, Method, ReleaseGateConfig
 from ..methods import method_spec
 
+POLICY_ENV = "METAMORPHOSIS_DEVICE_POLICY"  # a policy file named in the device's own environment
+
 
 class PolicyError(ValueError):
     """A policy file that cannot be read; the message names the file and the field."""
