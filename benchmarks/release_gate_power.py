@@ -4,8 +4,8 @@ For each chosen round of a finished ``simulate`` run, the weights the devices re
 (``checkpoints/``) are put in front of one device's own pairs (device 0 of the run's partition, 2,000
 pairs at the demo's defaults) and the release gate (``privacy/release_gate.py``) decides ``--trials``
 times, each with fresh secret randomness. Beside each decision rate stands the leak itself: the strongest
-attacker's accuracy on that round's releases, read from the run's held-rows audit (``audit RUN
---held-rounds all`` writes ``held_rows.json``; without it the benchmark computes the linear and MLP
+attacker's accuracy on that round's releases, read from the run's held-rows audit (its summary's, or
+``audit RUN --held-rounds all``'s ``held_rows.json``; without it the benchmark computes the linear and MLP
 attackers itself, a weaker stand-in, and says so). The table is the gate's detection power: the share of
 decisions that withhold a task against how far the attack on it beats chance. The gate's seconds per
 decision are timed in the same process (1 torch thread, as on a board).
@@ -42,10 +42,15 @@ def _weights(run: Path, rnd: int):
 
 
 def _attack_from_audit(run: Path, rnd: int) -> dict[str, dict] | None:
-    audit = run / "audit" / "held_rows.json"
-    if not audit.exists():
+    """The round's strongest attack from ``audit RUN --held-rounds`` or the run's own summary."""
+    audit, summary = run / "audit" / "held_rows.json", run / "summary.json"
+    if audit.exists():
+        result = json.loads(audit.read_text())
+    elif summary.exists() and json.loads(summary.read_text()).get("held_rows_audit"):
+        result = json.loads(summary.read_text())["held_rows_audit"]
+    else:
         return None
-    for r in json.loads(audit.read_text())["rounds"]:
+    for r in result["rounds"]:
         if r["round"] == rnd and not r["interpolated"]:
             return r["pairs"]
     return None

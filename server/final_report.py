@@ -84,7 +84,7 @@ def release_summary(fed: Federation) -> dict[str, Any]:
             "enabled": gate.enabled,
             "margin": gate.margin,
             "confidence": gate.confidence,
-            "probe": f"cross-validated logistic regression, {gate.folds} folds, up to {gate.probe_pairs} pairs, "
+            "probe": f"cross-validated ridge classifier, {gate.folds} folds, up to {gate.probe_pairs} pairs, "
             f"{gate.noise_copies} noise copies per training pair",
             "device_rounds_withheld": withheld,  # summed over rounds: devices that withheld the task
             "rounds": rounds,

@@ -6,8 +6,9 @@ therefore attacks itself, on its own pairs and under the weights it received:
 
 * its pairs' task features are released as they would be (clip and noise, secret randomness), a few
   fresh-noise copies of each, since the server holds many rows;
-* for every ordered pair of tasks (t, s), a cross-validated probe (standardised logistic regression,
-  folds split by pair) reads task s's label from task t's released feature;
+* for every ordered pair of tasks (t, s), a cross-validated linear probe (a standardised ridge
+  classifier: closed form, so a board can afford it every round; folds split by pair) reads task s's
+  label from task t's released feature;
 * its held-out accuracy is compared with the baseline: the better of chance (the most frequent s-label)
   and what task t's own label predicts of s (for correlated tasks a feature that serves t can always be
   read that far; the cross-task audit's label floor);
@@ -26,7 +27,7 @@ wanted one pair's membership from the bit would have to place the device's whole
 threshold to within about 1/n, blind. docs/privacy.md gives the measured detection power: how far above
 the baseline a leak must be for the gate to see it on a device's data.
 
-What the gate cannot see. A leak its probe cannot read: a non-linear one that the logistic probe misses
+What the gate cannot see. A leak its probe cannot read: a non-linear one that the linear probe misses
 but a stronger attacker with more rows finds, or one smaller than the margin plus the test's slack. The
 per-round audit (``audit/round_audit.py``) measures what got through, with the strongest attackers.
 Input reconstruction is not probed here (a decoder per release would cost a board more than the
@@ -35,14 +36,12 @@ training round): the audit measures it.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.stats import binom
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import RidgeClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
@@ -81,10 +80,7 @@ def _task_features(generator: nn.Module, images: torch.Tensor, batch_size: int =
 def _probe_correct(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> int:
     if len(np.unique(y_train)) < 2:  # one class only: the probe is the label-blind guess
         return int((y_test == y_train[0]).sum())
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(x_train, y_train)
+    model = make_pipeline(StandardScaler(), RidgeClassifier(alpha=1.0)).fit(x_train, y_train)
     return int((model.predict(x_test) == y_test).sum())
 
 
