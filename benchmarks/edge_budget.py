@@ -8,6 +8,8 @@ device of 10: 2,000 pairs, read from its own folder of ``deploy prepare-data`` a
 * seconds per handler (the first train message in a cold process, as a device pays it; a second, warm,
   is the reference for the secure round, which runs later in the same process);
 * peak resident memory (``ru_maxrss``);
+* what the release gate adds to a features message: the message again, warm, to fresh devices with the
+  gate (twice; the faster is shown) and without it;
 * bytes received (the global weights and the experiment config) and sent (the update, the released
   features), counted as the records' array bytes plus config values (bytes and strings by length,
   numbers 8 bytes each);
@@ -93,6 +95,24 @@ for kind, rnd in (("train", 1), (proto.FEATURES, 1), ("train", 1)):
                  "bytes_sent": size(reply.content)}
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+# what the release gate costs: the features message again, warm, to fresh devices with and without it
+# (without: an owner's policy that allows the gate off)
+from fl_metamorphosis.privacy.device_policy import DevicePolicy
+no_gate = cfg.model_copy(update={"release_gate": cfg.release_gate.model_copy(update={"enabled": False})})
+policy = Path(tempfile.mkdtemp()) / "policy.json"
+DevicePolicy.from_config(no_gate).save(policy)
+for label, c, extra in (("features_gate", cfg, {}), ("features_no_gate", no_gate, {"policy-file": str(policy)}),
+                        ("features_gate_again", cfg, {})):
+    ctx = Context(run_id=1, node_id=1, node_config={**context.node_config, "state-dir": tempfile.mkdtemp(), **extra},
+                  state=RecordDict(), run_config={})
+    content = RecordDict({proto.ARRAYS: ArrayRecord(joint_state(gen, heads)),
+                          proto.CONFIG: proto.config_record(c, **{proto.SERVER_ROUND: 1})})
+    msg = Message(content=content, message_type=proto.FEATURES, dst_node_id=1, group_id="1")
+    msg.metadata.__dict__["_message_id"] = label
+    t0 = time.perf_counter()
+    assert not app(msg, ctx).has_error()
+    out[label] = time.perf_counter() - t0
+
 # a secure round: every device of a round of N, the server in this process; device 0's messages counted
 from fl_metamorphosis.config import build_config as _cfg
 from server import round_loop
@@ -161,6 +181,11 @@ def main() -> None:
             f"{r['threads']:>7} {r['train']['seconds']:>8.2f} {r['query.features']['seconds']:>10.2f} "
             f"{r['peak_rss_mb']:>8.0f} {recv:>13.1f} {sent:>13.1f} {r['process_seconds']:>9.1f}"
         )
+    print("\nthe release gate (privacy/release_gate.py): a features message, warm, with and without it")
+    print("{:>7} {:>12} {:>12} {:>10}".format("threads", "gate s", "no gate s", "gate adds"))
+    for r in rows:
+        gate = min(r["features_gate"], r["features_gate_again"])
+        print(f"{r['threads']:>7} {gate:>12.2f} {r['features_no_gate']:>12.2f} {gate - r['features_no_gate']:>9.2f}s")
     secure = [r for r in rows if "secure" in r]
     if secure:
         print(

@@ -360,8 +360,12 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
     if rnd == 1 and fed.round0 is not None:
         row["released_rows_round0"] = fed.round0.rows(fed.tasks)
         row["withheld_round0"] = {t: len(fed.round0.withheld.get(t, [])) for t in fed.tasks}
-    if replies.refused or released.refused:
-        row["refusals"] = {str(n): r for n, r in {**replies.refused, **released.refused}.items()}
+    refusals = {str(n): r for n, r in {**replies.refused, **released.refused}.items()}
+    if rnd == 1 and fed.round0 is not None and fed.round0.refused:  # round 0's query has no row of its own
+        refusals |= {f"{n} (round 0)": r for n, r in fed.round0.refused.items()}
+        row["refused"] += len(fed.round0.refused)
+    if refusals:
+        row["refusals"] = refusals
     reasons = {t: released.reasons[t] for t in released.withheld}
     if reasons:
         row["withheld_reasons"] = reasons

@@ -166,9 +166,9 @@ def _independent_attack(cfg, generator, task: str) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_weights_trained_to_leak_are_withheld_by_the_gate(tmp_path):
-    cfg = build_config(None, [*HONEST, "data.train_pairs=3000", "data.test_pairs=1000", 'audit.attackers=["linear"]'])
+    cfg = build_config(None, [*HONEST, "data.train_pairs=1500", "data.test_pairs=600", 'audit.attackers=["linear"]'])
     data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
-    generator = _leaky_generator(cfg, data)
+    generator = _leaky_generator(cfg, data, epochs=6)
     accuracy, chance = _independent_attack(cfg, generator, "left")
     assert accuracy > chance + 0.3  # the lie is real: these weights give the other digit away
     reply = _features_reply(cfg, generator, tmp_path)
@@ -183,7 +183,7 @@ def test_weights_trained_to_leak_are_withheld_by_the_gate(tmp_path):
 @pytest.mark.slow
 def test_round_zeros_random_weights_release_nothing_a_probe_reads(tmp_path):
     cfg = build_config(
-        None, [*HONEST, "data.train_pairs=3000", "data.test_pairs=2000", 'audit.attackers=["linear", "mlp"]']
+        None, [*HONEST, "data.train_pairs=1500", "data.test_pairs=1500", 'audit.attackers=["linear", "mlp"]']
     )
     data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
     torch.manual_seed(0)
@@ -199,3 +199,35 @@ def test_round_zeros_random_weights_release_nothing_a_probe_reads(tmp_path):
         # released: an attacker with the weights reads it within the gate's margin plus the test's slack
         assert rows > 0 and accuracy <= chance + cfg.release_gate.margin + 0.05, (task, accuracy, chance)
     assert np.isfinite(reply.content["metrics"]["releases-total"])
+
+
+def _federation(tmp_path, cfg, policy):
+    from server.round_loop import run_federated
+    from simulations.inprocess_grid import InProcessGrid
+
+    grid = InProcessGrid(client_app, 3, tmp_path / "devices", policy=policy)
+    return grid, lambda: run_federated(grid, cfg, tmp_path / "run", audit=False)
+
+
+def test_the_server_counts_a_devices_refusal_per_round_and_goes_on_with_the_rest(tmp_path):
+    from fl_metamorphosis.metrics import read_jsonl
+
+    cfg = build_config(None, [*HONEST, "federated.rounds=1", "release_gate.enabled=false"])
+    grid, run = _federation(tmp_path, cfg, DevicePolicy.from_config(cfg))
+    strict = tmp_path / "strict.toml"
+    strict.write_text("min_feature_noise = 0.5\nrelease_gate = false\n")
+    grid.contexts[103].node_config["policy-file"] = str(strict)  # one owner asks for more noise
+    run()
+    (row,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert row["refused"] == 2 and row["answered"] == 2  # round 0's features request and round 1's train request
+    assert "feature_dp.noise_std: the server asked 0.25" in row["refusals"]["103"]
+    assert "103 (round 0)" in row["refusals"]
+
+
+def test_a_run_whose_devices_all_refuse_ends_with_their_words(tmp_path):
+    from server.round_loop import TooFewDevices
+
+    cfg = build_config(None, [*HONEST, "federated.rounds=1", "feature_dp.noise_std=0.1"])
+    _, run = _federation(tmp_path, cfg, None)  # the project's defaults: noise at least 0.25
+    with pytest.raises(TooFewDevices, match=r"3 of 3 devices refused .* feature_dp.noise_std: the server asked 0.1"):
+        run()
