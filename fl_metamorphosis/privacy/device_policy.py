@@ -89,7 +89,7 @@ class DevicePolicy(BaseModel):
         """A simulation's policy: exactly what its operator's config asks for."""
         fdp, gate = cfg.feature_dp, cfg.release_gate
         return cls(
-            feature_dp=fdp.enabled,
+            feature_dp=fdp.enabled and method_spec(cfg.methods[-1]).feature_noise,
             min_feature_noise=fdp.noise_std,
             max_clip_norm=fdp.clip_norm,
             mechanisms=[fdp.mechanism],
@@ -160,7 +160,8 @@ class DevicePolicy(BaseModel):
         fdp, method = cfg.feature_dp, cfg.methods[-1]
         below(method in self.methods, "methods", method, f"one of {self.methods}")
         releases_noise = fdp.enabled and method_spec(method).feature_noise
-        below(releases_noise or not self.feature_dp, "feature_dp.enabled", fdp.enabled, "true")
+        asked = fdp.enabled if not fdp.enabled else f"True, but method {method!r} releases its features un-noised"
+        below(releases_noise or not self.feature_dp, "feature_dp.enabled", asked, "noised features")
         if releases_noise:
             below(fdp.noise_std >= self.min_feature_noise, "feature_dp.noise_std", fdp.noise_std,
                   f"at least {self.min_feature_noise}")  # fmt: skip
