@@ -3,12 +3,13 @@
 For each chosen round of a finished ``simulate`` run, the weights the devices received that round
 (``checkpoints/``) are put in front of one device's own pairs (device 0 of the run's partition, 2,000
 pairs at the demo's defaults) and the release gate (``privacy/release_gate.py``) decides ``--trials``
-times, each with fresh secret randomness. Beside each decision rate stands the leak itself: the strongest
-attacker's accuracy on that round's releases, read from the run's held-rows audit (its summary's, or
-``audit RUN --held-rounds all``'s ``held_rows.json``; without it the benchmark computes the linear and MLP
-attackers itself, a weaker stand-in, and says so). The table is the gate's detection power: the share of
-decisions that withhold a task against how far the attack on it beats chance. The gate's seconds per
-decision are timed in the same process (1 torch thread, as on a board).
+times, each with fresh secret randomness, at the configured noise only (its noise steps are left out:
+"withheld" here means "failed at the configured noise"). Beside each decision rate stands the leak
+itself: the strongest attacker's accuracy on that round's releases, read from the run's held-rows audit
+(its summary's, or ``audit RUN --held-rounds all``'s ``held_rows.json``; without it the benchmark
+computes the linear and MLP attackers itself, a weaker stand-in, and says so). The table is the gate's
+detection power: the share of decisions that fail a task against how far the attack on it beats chance.
+The gate's seconds per decision are timed in the same process (1 torch thread, as on a board).
 
 Run: .venv/bin/python benchmarks/release_gate_power.py runs/demo --rounds 1 2 3 5 8 10 12 15 20 30 --trials 5
 """
@@ -98,7 +99,7 @@ def main() -> None:
                 data.labels,
                 data.task_names,
                 feature_dp=method_feature_dp(method, cfg),
-                cfg=cfg.release_gate,
+                cfg=cfg.release_gate.model_copy(update={"noise_steps": [1.0]}),  # power at the configured noise
                 randomness=Randomness.secret(),
             )
             seconds.append(time.perf_counter() - t0)

@@ -271,10 +271,16 @@ def features(msg: Message, context: Context) -> Message:
     )
     if len(withheld) == len(data.task_names):  # nothing leaves: the pairs stay unreleased for later rounds
         idx = idx[:0]
-    if len(idx):
-        released = released_features(generator, data.images[idx], feature_dp, randomness)
-    else:  # every pair released as often as allowed, or every task withheld: an empty reply, still a valid one
-        released = torch.zeros(0, len(data.task_names), *generator.feature_shape)
+    noise = {t: 1.0 for t in data.task_names if t not in withheld}  # the configured noise, gate or no gate
+    noise |= {d.task: d.noise_multiplier for d in decisions if not d.withheld}
+    released = torch.zeros(len(idx), len(data.task_names), *generator.feature_shape)
+    if len(idx):  # each task at the noise its gate passed at (every pair released as often as allowed: none)
+        for step in sorted(set(noise.values()) or {1.0}):
+            noised = feature_dp.model_copy(update={"noise_std": feature_dp.noise_std * step})
+            rows = released_features(generator, data.images[idx], noised, randomness)
+            for t, name in enumerate(data.task_names):
+                if noise.get(name, 1.0) == step:
+                    released[:, t] = rows[:, t]
     ledger.record(idx)  # a pair counts as released if any of its tasks' features left
     state.releases = ledger.state_dict()
     state.save(folder, durable=durable(context))
@@ -284,7 +290,7 @@ def features(msg: Message, context: Context) -> Message:
         keep = idx[:0] if name in withheld else idx
         order = torch.randperm(len(keep), generator=randomness.generator())  # rows of two tasks do not line up
         tasks[name] = (released[: len(keep)][order, t], data.labels[keep[order], t])  # a withheld task: 0 rows
-    reply = proto.FeaturesReply(device, ledger.max_releases, ledger.total_releases, tasks, withheld)
+    reply = proto.FeaturesReply(device, ledger.max_releases, ledger.total_releases, tasks, withheld, noise)
     return Message(content=reply.to_record(), reply_to=msg)
 
 
@@ -306,6 +312,7 @@ def _log_gate(folder: Path, server_round: int, decisions: list[GateDecision]) ->
                 "round": server_round,
                 "task": d.task,
                 "withheld": d.withheld,
+                "noise_multiplier": d.noise_multiplier,
                 "probes": [asdict(p) for p in d.probes],
             }
             f.write(json.dumps(row) + "\n")

@@ -267,6 +267,21 @@ class ReleaseGateConfig(_Strict):
         description="fresh-noise copies of each training-fold pair the probe learns from (the server holds many "
         "rows; more copies make the probe a closer stand-in for an attacker with many rows)",
     )
+    noise_steps: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0, 4.0],
+        min_length=1,
+        max_length=4,
+        description="multiples of feature_dp.noise_std the gate tries in turn: a task whose features leak at one "
+        "is probed again at the next, released at the first that passes, withheld if none does (a head keeps "
+        "learning from noisier rows rather than none); [1.0]: withhold at once",
+    )
+
+    @field_validator("noise_steps")
+    @classmethod
+    def _steps_raise_the_noise(cls, steps: list[float]) -> list[float]:
+        if steps[0] < 1.0 or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"release_gate.noise_steps={steps} must ascend strictly from at least 1.0, e.g. [1, 2, 4]")
+        return steps
 
 
 class RandomnessConfig(_Strict):

@@ -198,6 +198,11 @@ class Releases:
     withheld: dict[str, list[int]] = field(default_factory=dict)  # task -> devices whose gate withheld it
     reasons: dict[str, str] = field(default_factory=dict)  # task -> one device's reason (a fixed sentence)
     refused: dict[int, str] = field(default_factory=dict)  # node -> the device policy's refusal
+    noise: dict[str, list[float]] = field(default_factory=dict)  # task -> each releasing device's noise step
+
+    def least_noise(self) -> dict[str, float]:
+        """Per released task, the lowest noise step any device released it at (what the audit attacks)."""
+        return {t: min(steps) for t, steps in self.noise.items() if steps}
 
     def rows(self, tasks: list[str]) -> dict[str, int]:
         return {t: len(self.per_task[t][0]) if t in self.per_task else 0 for t in tasks}
@@ -234,6 +239,7 @@ def query_features(grid: Grid, fed: Federation, nodes: list[int], rnd: int) -> R
             out.reasons.setdefault(name, reason)
         for name, (feats, labels) in released.tasks.items():
             if len(feats):
+                out.noise.setdefault(name, []).append(released.noise.get(name, 1.0))
                 per_task.setdefault(name, ([], []))[0].append(feats)
                 per_task[name][1].append(labels)
     out.per_task = {t: (torch.cat(f), torch.cat(y)) for t, (f, y) in per_task.items() if f}
@@ -353,12 +359,14 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
         "releases_per_pair_max": fed.ledger.max_releases_per_pair,
         "feature_rows_received": fed.ledger.rows_received,
         "released_rows": released.rows(fed.tasks),  # this round's, per task: what the held-rows audit weighs
+        "released_noise": released.least_noise(),  # per task, the lowest noise step released at (times noise_std)
         "refused": len(replies.refused) + len(released.refused),
         "withheld": {t: len(released.withheld.get(t, [])) for t in fed.tasks},  # devices whose gate withheld t
         "seconds": time.perf_counter() - t0,
     }
     if rnd == 1 and fed.round0 is not None:
         row["released_rows_round0"] = fed.round0.rows(fed.tasks)
+        row["released_noise_round0"] = fed.round0.least_noise()
         row["withheld_round0"] = {t: len(fed.round0.withheld.get(t, [])) for t in fed.tasks}
     refusals = {str(n): r for n, r in {**replies.refused, **released.refused}.items()}
     if rnd == 1 and fed.round0 is not None and fed.round0.refused:  # round 0's query has no row of its own

@@ -83,3 +83,19 @@ def test_a_reply_of_another_protocol_version_is_rejected():
     record["metrics"] = MetricRecord({**record["metrics"], "protocol": PROTOCOL_VERSION + 1})
     with pytest.raises(MessageError, match=f"protocol version {PROTOCOL_VERSION + 1}"):
         TrainReply.from_record(record)
+
+
+def test_a_features_reply_names_withheld_tasks_and_each_released_tasks_noise():
+    tasks = {
+        "left": (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)),
+        "right": (torch.randn(5, 4), torch.arange(5)),
+    }
+    reply = FeaturesReply(1, 1, 5, tasks, withheld={"left": "release gate: ..."}, noise={"right": 2.0})
+    back = FeaturesReply.from_record(reply.to_record(), ["left", "right"])
+    assert back.withheld == {"left": "release gate: ..."} and back.noise == {"right": 2.0} and back.num_examples == 5
+    for bad in ({"right": 0.5}, {"right": float("nan")}, {"middle": 2.0}):
+        with pytest.raises(MessageError, match="record 'noise'"):
+            FeaturesReply.from_record(FeaturesReply(1, 1, 5, tasks, {"left": "x"}, bad).to_record(), ["left", "right"])
+    with pytest.raises(MessageError, match="withheld by the release gate"):  # a withheld task must carry no rows
+        full = {**tasks, "left": (torch.randn(5, 4), torch.arange(5))}
+        FeaturesReply.from_record(FeaturesReply(1, 1, 5, full, {"right": "x"}).to_record(), ["left", "right"])

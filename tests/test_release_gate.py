@@ -32,6 +32,7 @@ def _features(labels: torch.Tensor, leak: float, seed: int = 0) -> torch.Tensor:
 
 
 def _gate(labels, table, **cfg):
+    cfg.setdefault("noise_steps", [1.0])  # the probe at the configured noise only, unless a test raises it
     images = torch.arange(len(labels), dtype=torch.float32).view(-1, 1, 1, 1)
     return release_gate(
         Lookup(table),
@@ -85,3 +86,24 @@ def test_correlated_tasks_are_judged_against_what_the_own_label_predicts():
     decisions = _gate(labels, table)
     assert all(p.baseline > 0.95 for d in decisions for p in d.probes)
     assert not any(d.withheld for d in decisions)
+
+
+def test_a_leak_that_more_noise_hides_is_released_at_the_first_step_that_passes():
+    labels = _independent_labels()
+    table = _features(labels, leak=0.04)  # read at the configured noise (above), not under 4x the noise
+    decisions = _gate(labels, table, margin=0.0, noise_steps=[1.0, 4.0, 16.0])
+    assert all(not d.withheld and d.noise_multiplier in (4.0, 16.0) for d in decisions)
+    assert all(not p.leaks for d in decisions for p in d.probes)  # the probes at the step released
+
+
+def test_a_leak_no_step_hides_is_withheld_naming_every_step():
+    labels = _independent_labels()
+    decisions = _gate(labels, _features(labels, leak=0.5), noise_steps=[1.0, 1.5])
+    assert all(d.withheld and d.noise_multiplier is None for d in decisions)
+    assert "at every noise step [1.0, 1.5]" in decisions[0].reason
+
+
+def test_clean_features_are_released_at_the_configured_noise():
+    labels = _independent_labels()
+    decisions = _gate(labels, _features(labels, leak=0.0), noise_steps=[1.0, 2.0, 4.0])
+    assert [d.noise_multiplier for d in decisions] == [1.0, 1.0]

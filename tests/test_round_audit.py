@@ -175,3 +175,17 @@ def test_d_plot_and_report_name_the_worst_round(leaky_round_2, setup, tmp_path):
     partial = audit_held_rows(_rounds(leaky, blind, set(), 3)[1:], build, feature_dp, data, cfg.audit, 0)
     assert partial["audited_rounds"] == [1, 2] and any("round 0" in n for n in partial["notes"])
     assert any(line.startswith("Note: round 0 not audited") for line in render_round_audit(partial))
+
+
+def test_rows_released_at_a_raised_noise_are_attacked_at_that_noise(setup):
+    cfg, data, build, leaky, blind, _ = setup
+    feature_dp = cfg.feature_dp.model_copy(update={"noise_std": 0.05})  # the leaky encoder reads clearly at 0.05
+    rows = {"left": 100, "right": 100}
+    plain = audit_held_rows([HeldRound(0, leaky, rows)], build, feature_dp, data, cfg.audit, 0)
+    raised = audit_held_rows(
+        [HeldRound(0, leaky, rows, noise={"left": 16.0, "right": 1.0})], build, feature_dp, data, cfg.audit, 0
+    )
+    at = {k: v["accuracy"] for k, v in plain["rounds"][0]["pairs"].items()}
+    noisy = {k: v["accuracy"] for k, v in raised["rounds"][0]["pairs"].items()}
+    assert noisy["left->right"] < at["left->right"] - 0.1  # left's rows carried 16x the noise: less to read
+    assert noisy["right->left"] == pytest.approx(at["right->left"], abs=0.08)  # right's were as configured

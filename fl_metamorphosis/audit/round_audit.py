@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ class HeldRound:
     generator: dict[str, torch.Tensor]  # state_dict under which this round's feature query ran
     rows: dict[str, int]  # task -> rows of that task received in this round
     rows_source: str = "released_rows"  # where ``rows`` came from (the server's count or a fallback)
+    noise: dict[str, float] = field(default_factory=dict)  # task -> the lowest noise step it was released at
 
 
 # --- reading a run folder --------------------------------------------------------------------------------
@@ -94,7 +95,8 @@ def held_rounds(run_dir: Path) -> list[HeldRound]:
             rows, source = {t: int(n) for t, n in row["released_rows"].items()}, "released_rows"
         else:
             rows, source = _fallback_rows(rnd, row, rows_by_round, round0, 0 in generators)
-        held.append(HeldRound(rnd, generators[rnd], rows, source))
+        noise = first.get("released_noise_round0", {}) if rnd == 0 else row.get("released_noise", {})
+        held.append(HeldRound(rnd, generators[rnd], rows, source, {t: float(m) for t, m in noise.items()}))
     return held
 
 
@@ -136,8 +138,17 @@ def _audit_round(
     generator.load_state_dict(held.generator)
     # distinct seeds per round and split: each release carries its own noise, as the devices' did
     base = seed + 10_000 * (held.round + 1)
-    att = released_features(generator, data.attacker.images, feature_dp, base + 101)
-    ev = released_features(generator, data.evaluation.images, feature_dp, base + 202)
+    att = ev = None
+    # each task at the lowest noise step any device released it at this round (the release gate raises a
+    # leaking task's noise): the rows released at a higher step are attacked as if this noisy, an upper bound
+    for k, step in enumerate(sorted(set(held.noise.values()) | {1.0})):
+        noised = feature_dp.model_copy(update={"noise_std": feature_dp.noise_std * step})
+        a = released_features(generator, data.attacker.images, noised, base + 101 + 1000 * k)
+        e = released_features(generator, data.evaluation.images, noised, base + 202 + 1000 * k)
+        att, ev = (a, e) if att is None else (att, ev)
+        for t, name in enumerate(data.attacker.task_names):
+            if held.noise.get(name, 1.0) == step:
+                att[:, t], ev[:, t] = a[:, t], e[:, t]
     cross = cross_task_attacks(
         att.numpy(),
         data.attacker.labels.numpy(),

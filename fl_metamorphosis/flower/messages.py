@@ -4,9 +4,11 @@ The ClientApp builds its replies with ``to_record`` and the ServerApp reads them
 both sides share one definition. A reply carries ``PROTOCOL_VERSION``; one of another version, or with a
 missing or unexpected record or field, is rejected by ``from_record`` with a ``MessageError`` naming it.
 
-A features reply names the tasks the device's release gate withheld (``gate`` record, task -> reason);
-a withheld task's record is empty. A device whose privacy policy refuses a request answers with an error
-reply whose reason starts with ``POLICY_REFUSED`` and names each field, the value asked and the floor.
+A features reply names the tasks the device's release gate withheld (``gate`` record, task -> reason;
+a withheld task's record is empty) and the noise each released task carries (``noise`` record, task ->
+multiple of the configured feature noise, at least 1). A device whose privacy policy refuses a request
+answers with an error reply whose reason starts with ``POLICY_REFUSED`` and names each field, the value
+asked and the floor.
 
 Train replies keep the shape Flower's strategies aggregate: exactly one ArrayRecord (``arrays``) and one
 MetricRecord (``metrics``, weighted by ``num-examples``); a device that declines sends a ConfigRecord
@@ -32,7 +34,15 @@ PROTOCOL_VERSION = 2  # 2: features replies name withheld tasks
 # message types (the ClientApp's handlers)
 TRAIN, FEATURES, EVALUATE = "train", "query.features", "evaluate"
 # record names
-ARRAYS, CONFIG, METRICS, STATUS, TASK_PREFIX, GATE = "arrays", "config", "metrics", "status", "task.", "gate"
+ARRAYS, CONFIG, METRICS, STATUS, TASK_PREFIX, GATE, NOISE = (
+    "arrays",
+    "config",
+    "metrics",
+    "status",
+    "task.",
+    "gate",
+    "noise",
+)
 # how an error reply's reason starts when the device's privacy policy refused the request
 POLICY_REFUSED = "refused by the device's privacy policy: "
 # request config keys (``proximal-mu`` is Flower's FedProx key)
@@ -192,6 +202,7 @@ class FeaturesReply:
     releases_total: int
     tasks: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # name -> (features, labels)
     withheld: dict[str, str] = field(default_factory=dict)  # task -> the release gate's reason (its record is empty)
+    noise: dict[str, float] = field(default_factory=dict)  # released task -> its noise, times feature_dp.noise_std
 
     FIELDS = {"device", "num-examples", "releases-max", "releases-total"}
 
@@ -208,7 +219,13 @@ class FeaturesReply:
             "releases-max": self.releases_max,
             "releases-total": self.releases_total,
         }
-        content = RecordDict({METRICS: MetricRecord(metrics), GATE: ConfigRecord(dict(self.withheld))})
+        content = RecordDict(
+            {
+                METRICS: MetricRecord(metrics),
+                GATE: ConfigRecord(dict(self.withheld)),
+                NOISE: ConfigRecord({t: float(m) for t, m in self.noise.items()}),
+            }
+        )
         for name, (features, labels) in self.tasks.items():
             content[TASK_PREFIX + name] = ArrayRecord(
                 {"features": Array(_numpy(features)), "labels": Array(_numpy(labels))}
@@ -218,11 +235,15 @@ class FeaturesReply:
     @classmethod
     def from_record(cls, content: RecordDict, task_names: list[str]) -> FeaturesReply:
         m = _metrics("features reply", content, cls.FIELDS)
-        _check_records("features reply", content, {METRICS, GATE, *(TASK_PREFIX + t for t in task_names)})
+        _check_records("features reply", content, {METRICS, GATE, NOISE, *(TASK_PREFIX + t for t in task_names)})
         withheld = {str(k): str(v) for k, v in content[GATE].items()}
-        unknown = sorted(set(withheld) - set(task_names))
-        if unknown:
-            raise MessageError(f"features reply, record {GATE!r}: unknown task {unknown[0]!r}")
+        noise = {str(k): float(v) for k, v in content[NOISE].items()}
+        for record, names in ((GATE, withheld), (NOISE, noise)):
+            unknown = sorted(set(names) - set(task_names))
+            if unknown:
+                raise MessageError(f"features reply, record {record!r}: unknown task {unknown[0]!r}")
+        if any(not m >= 1.0 for m in noise.values()):  # also NaN
+            raise MessageError(f"features reply, record {NOISE!r}: a noise multiple below 1: {noise}")
         tasks = {}
         for name in task_names:
             record = content[TASK_PREFIX + name]
@@ -236,7 +257,7 @@ class FeaturesReply:
                     f"labels, expected {rows}" + (" (withheld by the release gate)" if name in withheld else "")
                 )
             tasks[name] = (features, labels)
-        return cls(int(m["device"]), int(m["releases-max"]), int(m["releases-total"]), tasks, withheld)
+        return cls(int(m["device"]), int(m["releases-max"]), int(m["releases-total"]), tasks, withheld, noise)
 
 
 @dataclass

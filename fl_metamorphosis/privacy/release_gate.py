@@ -12,13 +12,19 @@ therefore attacks itself, on its own pairs and under the weights it received:
 * its held-out accuracy is compared with the baseline: the better of chance (the most frequent s-label)
   and what task t's own label predicts of s (for correlated tasks a feature that serves t can always be
   read that far; the cross-task audit's label floor);
-* task t is withheld when a one-sided binomial test says, with ``confidence``, that the probe beats the
-  baseline by more than ``margin``.
+* task t fails when a one-sided binomial test says, with ``confidence``, that the probe beats the
+  baseline by more than ``margin``;
+* a task that fails is probed again with its noise raised to the next of ``noise_steps`` (multiples of
+  the configured noise, never below it), and released at the first step that passes; a task that fails
+  at every step is withheld. Withholding outright would starve the task's head on the server (it learns
+  only from released rows), and a head that never learns leaves the encoder training that task against a
+  random head, so the task keeps leaking and keeps being withheld; noisier rows still teach the head.
 
 What the decision costs in privacy. The decision is a function of the device's private pairs, so it is a
-release too. The device sends only the decision: which tasks were withheld and a fixed sentence naming
-the pair, never the probe's numbers. The server learns at most one bit per task per query about the
-device's data taken as a whole, and no more than that from this mechanism over a run: 2 x 31 bits for the
+release too. The device sends only the decision: for each task the noise step it was released at, or
+that it was withheld with a fixed sentence naming the pair, never the probe's numbers. The server learns
+at most log2(steps + 1) bits per task per query about the device's data taken as a whole (2 bits with
+the default three steps), and no more than that from this mechanism over a run: 2 x 2 x 31 bits for the
 demo's two tasks and 31 queries. This is a bound on information, not a differential-privacy guarantee:
 the bit is deterministic given the data and the noise draws, and no epsilon is claimed for it. One pair
 moves the statistic by its own held-out prediction (1/n) and through the probe it helped train, while the
@@ -68,7 +74,8 @@ class GateDecision:
     task: str
     withheld: bool
     reason: str  # what the server is told: a fixed sentence, no figure computed from the device's data
-    probes: tuple[PairProbe, ...]
+    probes: tuple[PairProbe, ...]  # at the last noise step tried
+    noise_multiplier: float | None = None  # the step it is released at (times feature_dp.noise_std); None: withheld
 
 
 @torch.no_grad()
@@ -104,7 +111,7 @@ def release_gate(
     cfg: ReleaseGateConfig,
     randomness: Randomness,
 ) -> list[GateDecision]:
-    """One decision per task: withhold it this round, or release it.
+    """One decision per task: release it at a noise step, or withhold it this round.
 
     Args:
         generator: the feature generator under the weights the device received (encoder + Cross-SEC).
@@ -112,39 +119,49 @@ def release_gate(
         labels: their labels ``[N, T]``, one column per task.
         task_names: the tasks, in the columns' order.
         feature_dp: the release mechanism the device would apply (clip and noise).
-        cfg: the gate's margin, confidence, sample size, folds and noise copies.
+        cfg: the gate's margin, confidence, sample size, folds, noise copies and noise steps.
         randomness: the device's secret randomness (the probe's pairs, folds and noise).
     """
     n = min(len(images), cfg.probe_pairs)
     chosen = torch.randperm(len(images), generator=randomness.generator())[:n]
     feats = _task_features(generator, images[chosen])
-    # copy 0 is what the probe is scored on; the others are what it learns from
-    copies = [release(feats, feature_dp, randomness).flatten(2).numpy() for _ in range(cfg.noise_copies + 1)]
     y = labels[chosen].numpy()
     fold = (torch.randperm(n, generator=randomness.generator()) % cfg.folds).numpy()
-    decisions = []
-    for t, source in enumerate(task_names):
-        probes = []
-        for s, target in enumerate(task_names):
-            if s == t:
-                continue
-            correct = base = 0
-            for k in range(cfg.folds):
-                train, test = fold != k, fold == k
-                x_train = np.concatenate([c[train, t] for c in copies[1:]])
-                y_train = np.tile(y[train, s], cfg.noise_copies)
-                correct += _probe_correct(x_train, y_train, copies[0][test, t], y[test, s])
-                base += _baseline_correct(y[train, t], y[train, s], y[test, t], y[test, s])
-            baseline = base / n
-            threshold = min(1.0, baseline + cfg.margin)
-            p_value = float(binom.sf(correct - 1, n, threshold))  # P(X >= correct) if the leak were the margin
-            probes.append(PairProbe(source, target, correct / n, baseline, p_value, p_value < 1 - cfg.confidence))
-        leaking = [p.target for p in probes if p.leaks]
-        reason = (
-            f"release gate: {source}'s features read {', '.join(leaking)} above the baseline by more than the "
-            f"margin {cfg.margin} (confidence {cfg.confidence}) under the weights received"
-            if leaking
-            else ""
-        )
-        decisions.append(GateDecision(source, bool(leaking), reason, tuple(probes)))
-    return decisions
+    steps = cfg.noise_steps if feature_dp.enabled else cfg.noise_steps[:1]  # no noise to raise without feature DP
+    pending, decided = list(range(len(task_names))), {}
+    for step in steps:
+        noised = feature_dp.model_copy(update={"noise_std": feature_dp.noise_std * step})
+        # copy 0 is what the probe is scored on; the others are what it learns from
+        copies = [release(feats, noised, randomness).flatten(2).numpy() for _ in range(cfg.noise_copies + 1)]
+        for t in list(pending):
+            probes = tuple(_probe(copies, y, fold, t, s, task_names, cfg) for s in range(len(task_names)) if s != t)
+            if not any(p.leaks for p in probes):
+                decided[t] = GateDecision(task_names[t], False, "", probes, step)
+                pending.remove(t)
+            elif step == steps[-1]:
+                leaking = ", ".join(p.target for p in probes if p.leaks)
+                reason = (
+                    f"release gate: {task_names[t]}'s features read {leaking} above the baseline by more than the "
+                    f"margin {cfg.margin} (confidence {cfg.confidence}) under the weights received, at every noise "
+                    f"step {steps}"
+                )
+                decided[t] = GateDecision(task_names[t], True, reason, probes)
+        if not pending:
+            break
+    return [decided[t] for t in range(len(task_names))]
+
+
+def _probe(copies, y, fold, t: int, s: int, task_names: list[str], cfg: ReleaseGateConfig) -> PairProbe:
+    """Task t's released features against task s's label, cross-validated by pair, with its test."""
+    n = len(y)
+    correct = base = 0
+    for k in range(cfg.folds):
+        train, test = fold != k, fold == k
+        x_train = np.concatenate([c[train, t] for c in copies[1:]])
+        y_train = np.tile(y[train, s], cfg.noise_copies)
+        correct += _probe_correct(x_train, y_train, copies[0][test, t], y[test, s])
+        base += _baseline_correct(y[train, t], y[train, s], y[test, t], y[test, s])
+    baseline = base / n
+    threshold = min(1.0, baseline + cfg.margin)
+    p_value = float(binom.sf(correct - 1, n, threshold))  # P(X >= correct) if the leak were the margin
+    return PairProbe(task_names[t], task_names[s], correct / n, baseline, p_value, p_value < 1 - cfg.confidence)
