@@ -170,6 +170,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
     figures, recons = audit_model(model, data, cfg.audit, floors, cfg.train.seed, k)
     figures["attacker"]["server_saw_releases"] = ledger.rows_received
     held = held_rows_audit(fed, data)
+    plotted = bool(held and held["rounds"])  # nothing to plot when every query withheld every task
     summary = {
         "summary_version": SUMMARY_VERSION,
         "command": "simulate",
@@ -201,7 +202,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
         "server_wall_seconds": time.perf_counter() - fed.started,  # this process's part of the run
         "resumed_from_round": fed.resumed_from,
         "config": cfg.model_dump(),
-        "plots": ["rounds.png", "attacks.png", "reconstruction_grid.png"] + (["round_attacks.png"] if held else []),
+        "plots": ["rounds.png", "attacks.png", "reconstruction_grid.png"] + (["round_attacks.png"] if plotted else []),
         # the final model's audit is ``methods``; this one attacks every round's rows under its own weights
         "held_rows_audit": held,
         **release_summary(fed),
@@ -211,7 +212,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
     plot_attacks(summary["methods"], out / "attacks.png")
     grid_rows = {f"{fed.method}: {t}": r for t, r in recons.items()}
     plot_reconstruction_grid(data.evaluation.images, grid_rows, out / "reconstruction_grid.png")
-    if held:
+    if plotted:
         plot_round_attacks(held, out / "round_attacks.png")
     report = render_report(summary) + "\n".join(["", *(render_round_audit(held) if held else [])]) + "\n"
     (out / "report.md").write_text(report + render_release_sections(summary))
