@@ -42,7 +42,11 @@ def test_simulate_three_devices_two_rounds_writes_the_run_folder(tmp_path):
     assert all(d["rounds_trained"] == 2 for d in devices.values())
     for name in ("report.md", "rounds.png", "attacks.png", "reconstruction_grid.png", "flower.log"):
         assert (out / name).stat().st_size > 0
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_001.ckpt", "round_002.ckpt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "initial.ckpt",
+        "round_001.ckpt",
+        "round_002.ckpt",
+    ]
     assert processes_of((out / ".flwr").resolve()) == []  # SuperLink, simulation and Ray all stopped
 
 
