@@ -72,11 +72,21 @@ def release_summary(fed: Federation) -> dict[str, Any]:
     if rows and "released_rows_round0" in rows[0]:
         first = rows[0]
         rounds.append(
-            {"round": 0, "released_rows": first["released_rows_round0"], "withheld": first["withheld_round0"]}
+            {
+                "round": 0,
+                "released_rows": first["released_rows_round0"],
+                "released_noise": first.get("released_noise_round0", {}),
+                "withheld": first["withheld_round0"],
+            }
         )
     for r in rows:
         if "released_rows" in r:
-            entry = {"round": r["round"], "released_rows": r["released_rows"], "withheld": r["withheld"]}
+            entry = {
+                "round": r["round"],
+                "released_rows": r["released_rows"],
+                "released_noise": r.get("released_noise", {}),
+                "withheld": r["withheld"],
+            }
             rounds.append(entry | ({"reasons": r["withheld_reasons"]} if r.get("withheld_reasons") else {}))
     withheld = {t: sum(e["withheld"].get(t, 0) for e in rounds) for t in fed.tasks}
     return {

@@ -134,15 +134,17 @@ def render_release_sections(summary: dict[str, Any]) -> str:
         lines += [
             f"Each device probed its own pairs under the weights it received ({gate['probe']}) and withheld a task "
             f"whose features read another task above the baseline by more than {gate['margin']} with confidence "
-            f"{gate['confidence']}. Devices withholding each task, and the rows released, per feature query:",
+            f"{gate['confidence']} at every noise step. Devices withholding each task, the rows released and the "
+            "lowest noise step (times feature_dp.noise_std) each task was released at, per feature query:",
             "",
-            "| round | devices withholding | rows released |",
-            "|---|---|---|",
+            "| round | devices withholding | rows released | lowest noise step released at |",
+            "|---|---|---|---|",
         ]
         for r in gate["rounds"]:
             withheld = ", ".join(f"{t} {n}" for t, n in r["withheld"].items())
             rows = ", ".join(f"{t} {n}" for t, n in r["released_rows"].items())
-            lines.append(f"| {r['round']} | {withheld} | {rows} |")
+            noise = ", ".join(f"{t} {m:g}x" for t, m in r.get("released_noise", {}).items()) or "-"
+            lines.append(f"| {r['round']} | {withheld} | {rows} | {noise} |")
         reasons = {t: why for r in gate["rounds"] for t, why in r.get("reasons", {}).items()}
         lines += ["", *(f"- {t}: {why}" for t, why in reasons.items())]
     refusals = summary.get("policy_refusals") or []
