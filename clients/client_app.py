@@ -185,7 +185,7 @@ def _attack(cfg: ExperimentConfig, device: int) -> PoisoningConfig | None:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = msg.content[proto.CONFIG]
-    cfg = proto.experiment_from(config)
+    cfg = device_policy(context).stricter(proto.experiment_from(config))  # never weaker than the owner's
     device, data, _ = _local_data(cfg, context)
     attack = _attack(cfg, device)
     if attack is not None and attack.attack == "label_flip":
@@ -205,7 +205,7 @@ def train(msg: Message, context: Context) -> Message:
         head_w,
         state.history,
         state.noise_multiplier,
-        cfg.federated.device_epsilon_budget,  # at most the policy's (enforce_policy)
+        cfg.federated.device_epsilon_budget,  # the stricter of the policy's and the message's
         cfg.federated.local_epochs,
         randomness,
         proximal_mu=float(config.get(proto.PROXIMAL_MU, 0.0)),
@@ -247,7 +247,7 @@ def features(msg: Message, context: Context) -> Message:
     The pairs are chosen by the release ledger (least released first, none past the cap); the ledger is
     saved to the device's state folder before the reply leaves."""
     config = msg.content[proto.CONFIG]
-    cfg = proto.experiment_from(config)
+    cfg = device_policy(context).stricter(proto.experiment_from(config))  # never weaker than the owner's
     device, data, _ = _local_data(cfg, context)
     attack = _attack(cfg, device)
     if attack is not None and attack.attack == "label_flip":
@@ -262,7 +262,7 @@ def features(msg: Message, context: Context) -> Message:
     feature_dp = method_feature_dp(cfg.methods[-1], cfg)
     decisions = _gate(cfg, context, generator, data, feature_dp, randomness)
     withheld = {d.task: d.reason for d in decisions if d.withheld}
-    cap = cfg.feature_dp.max_releases_per_pair  # at most the policy's (enforce_policy)
+    cap = cfg.feature_dp.max_releases_per_pair  # the stricter of the policy's and the message's
     idx = ledger.choose(
         cfg.federated.feature_samples_per_device,
         queries_left=cfg.federated.rounds + 1 - ledger.queries,  # round 0 and every round
@@ -298,9 +298,14 @@ def _gate(cfg, context, generator, data, feature_dp, randomness) -> list[GateDec
     """The release gate's decisions under the weights received (none when the policy and config allow it off)."""
     if not cfg.release_gate.enabled:  # only reaches here when the policy allows it (enforce_policy)
         return []
-    gate = device_policy(context).gate(cfg.release_gate)
     return release_gate(
-        generator, data.images, data.labels, data.task_names, feature_dp=feature_dp, cfg=gate, randomness=randomness
+        generator,
+        data.images,
+        data.labels,
+        data.task_names,
+        feature_dp=feature_dp,
+        cfg=cfg.release_gate,  # the policy's probe size at least (DevicePolicy.stricter)
+        randomness=randomness,
     )
 
 
@@ -321,7 +326,7 @@ def _log_gate(folder: Path, server_round: int, decisions: list[GateDecision]) ->
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content[proto.CONFIG]
-    cfg = proto.experiment_from(config)
+    cfg = device_policy(context).stricter(proto.experiment_from(config))  # never weaker than the owner's
     device, _, test = _local_data(cfg, context)
     randomness = _randomness(cfg, device, int(config.get(proto.SERVER_ROUND, 0)), _EVALUATE)
     generator, heads = _global_model(cfg, msg, test)

@@ -149,6 +149,32 @@ class DevicePolicy(BaseModel):
             }
         )
 
+    def stricter(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """``cfg`` with every numeric privacy setting at the stricter of the message and this policy: what the
+        device computes with. A message that asks for less is refused before (``refusals``); this is the
+        handler's own guarantee, whatever reached it."""
+        fdp, dp, fed = cfg.feature_dp, cfg.dp_sgd, cfg.federated
+        cap, most = fdp.max_releases_per_pair, self.max_releases_per_pair
+        feature_dp = fdp.model_copy(
+            update={
+                "enabled": fdp.enabled or self.feature_dp,
+                "noise_std": max(fdp.noise_std, self.min_feature_noise),
+                "clip_norm": min(fdp.clip_norm, self.max_clip_norm),
+                "delta": min(fdp.delta, self.delta),
+                "max_releases_per_pair": cap if most is None else min(cap or most, most),
+            }
+        )
+        return cfg.model_copy(
+            update={
+                "feature_dp": feature_dp,
+                "dp_sgd": dp.model_copy(update={"delta": min(dp.delta, self.delta)}),
+                "federated": fed.model_copy(
+                    update={"device_epsilon_budget": min(fed.device_epsilon_budget, self.epsilon_budget)}
+                ),
+                "release_gate": self.gate(cfg.release_gate),
+            }
+        )
+
     def refusals(self, cfg: ExperimentConfig) -> list[Refusal]:
         """Every field of ``cfg`` that asks for less protection than this policy; empty: compute as sent."""
         out: list[Refusal] = []
