@@ -46,6 +46,7 @@ from flwr.clientapp import ClientApp
 
 from fl_metamorphosis.config import ExperimentConfig, PoisoningConfig
 from fl_metamorphosis.data.device_folder import read_device_folder
+from fl_metamorphosis.data.reference import reference_pairs
 from fl_metamorphosis.federated import train_locally
 from fl_metamorphosis.federated.device import build_generator, privacy_plan, split_state
 from fl_metamorphosis.federated.device_state import DeviceState, ReplyMemo
@@ -298,6 +299,7 @@ def _gate(cfg, context, generator, data, feature_dp, randomness) -> list[GateDec
     """The release gate's decisions under the weights received (none when the policy and config allow it off)."""
     if not cfg.release_gate.enabled:  # only reaches here when the policy allows it (enforce_policy)
         return []
+    reference = reference_pairs(cfg.data, cfg.train.seed, data) if cfg.release_gate.reference else None
     return release_gate(
         generator,
         data.images,
@@ -306,6 +308,7 @@ def _gate(cfg, context, generator, data, feature_dp, randomness) -> list[GateDec
         feature_dp=feature_dp,
         cfg=cfg.release_gate,  # the policy's probe size at least (DevicePolicy.stricter)
         randomness=randomness,
+        reference=None if reference is None else (reference.images, reference.labels),
     )
 
 

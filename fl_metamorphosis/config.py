@@ -244,8 +244,9 @@ class FeatureDPConfig(_Strict):
 class ReleaseGateConfig(_Strict):
     """The device's check before it releases (``privacy/release_gate.py``): under the weights it received,
     a cross-validated probe reads each other task's label from a task's noised features on the device's
-    own pairs; a task whose features read another task above the baseline by more than ``margin``, with
-    ``confidence``, is withheld that round."""
+    own pairs and on public reference pairs; a task whose features read another task above the baseline by
+    more than ``margin``, with ``confidence``, on either is probed again at a higher noise step, and
+    withheld that round if none passes."""
 
     enabled: bool = Field(True, description="probe before every release; off: release whatever the weights give")
     margin: float = Field(
@@ -266,6 +267,12 @@ class ReleaseGateConfig(_Strict):
         le=16,
         description="fresh-noise copies of each training-fold pair the probe learns from (the server holds many "
         "rows; more copies make the probe a closer stand-in for an attacker with many rows)",
+    )
+    reference: bool = Field(
+        True,
+        description="also probe public reference pairs released under the same weights (the dataset's test split, "
+        "where the device can build it: the embedded digits and the synthetic set anywhere, files where they are on "
+        "the device); a device whose own labels are skewed cannot see a leak on its own pairs alone",
     )
     noise_steps: list[float] = Field(
         default_factory=lambda: [1.0, 2.0, 4.0],

@@ -45,6 +45,7 @@ LIES = [
     ("release_gate.enabled=false", "release_gate.enabled", "False"),
     ("release_gate.margin=0.5", "release_gate.margin", "0.5"),
     ("release_gate.confidence=0.9999", "release_gate.confidence", "0.9999"),
+    ("release_gate.reference=false", "release_gate.reference", "False"),
 ]
 
 

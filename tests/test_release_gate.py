@@ -3,7 +3,9 @@
 import torch
 from torch import nn
 
-from fl_metamorphosis.config import FeatureDPConfig, ReleaseGateConfig
+from fl_metamorphosis.config import DataConfig, FeatureDPConfig, ReleaseGateConfig
+from fl_metamorphosis.data import load_dataset
+from fl_metamorphosis.data.reference import reference_pairs
 from fl_metamorphosis.privacy.randomness import Randomness
 from fl_metamorphosis.privacy.release_gate import release_gate
 
@@ -31,9 +33,13 @@ def _features(labels: torch.Tensor, leak: float, seed: int = 0) -> torch.Tensor:
     return 0.5 * own + leak * other
 
 
-def _gate(labels, table, **cfg):
+def _images(rows: range) -> torch.Tensor:
+    return torch.tensor(list(rows), dtype=torch.float32).view(-1, 1, 1, 1)
+
+
+def _gate(labels, table, reference=None, **cfg):
     cfg.setdefault("noise_steps", [1.0])  # the probe at the configured noise only, unless a test raises it
-    images = torch.arange(len(labels), dtype=torch.float32).view(-1, 1, 1, 1)
+    images = _images(range(len(labels)))
     return release_gate(
         Lookup(table),
         images,
@@ -42,6 +48,7 @@ def _gate(labels, table, **cfg):
         feature_dp=FeatureDPConfig(noise_std=0.1),
         cfg=ReleaseGateConfig(**cfg),
         randomness=Randomness.seeded(7),
+        reference=reference,
     )
 
 
@@ -107,3 +114,32 @@ def test_clean_features_are_released_at_the_configured_noise():
     labels = _independent_labels()
     decisions = _gate(labels, _features(labels, leak=0.0), noise_steps=[1.0, 2.0, 4.0])
     assert [d.noise_multiplier for d in decisions] == [1.0, 1.0]
+
+
+def test_a_leak_on_classes_the_device_does_not_hold_is_caught_on_the_public_reference():
+    # the device holds classes 0-4 of each task; its features carry the other task's label only for
+    # classes 5-9, as a model can leak where a skewed device has no data to see it
+    g = torch.Generator().manual_seed(5)
+    own = torch.randint(0, K // 2, (N, 2), generator=g)
+    public = torch.randint(0, K, (N, 2), generator=g)
+    labels = torch.cat([own, public])
+    codes = torch.nn.functional.normalize(torch.randn(2, K, D, generator=g), dim=-1)
+    seen = (labels >= K // 2).float()[:, [1, 0], None]  # the other task's label is carried only if 5-9
+    table = torch.stack(
+        [0.5 * codes[t][labels[:, t]] + 0.5 * seen[:, t] * codes[1 - t][labels[:, 1 - t]] for t in range(2)], 1
+    )
+    alone = _gate(own, table)
+    assert not any(d.withheld for d in alone)  # its own pairs show nothing
+    both = _gate(own, table, reference=(_images(range(N, 2 * N)), public))
+    assert all(d.withheld for d in both)
+    assert {p.pairs for d in both for p in d.probes if p.leaks} == {"reference"}
+
+
+def test_the_reference_is_the_datasets_test_split_where_the_device_can_build_it(tmp_path):
+    digits = DataConfig(train_pairs=200, test_pairs=300)
+    own = load_dataset(digits, 0).train
+    reference = reference_pairs(digits, 0, own)
+    assert reference is not None and len(reference) == 300 and reference.image_shape == own.image_shape
+    assert reference_pairs(DataConfig(name="synthetic", train_pairs=50, test_pairs=50), 0, own) is None  # not alike
+    missing = DataConfig(name="mnist_pairs", root=tmp_path / "absent")
+    assert reference_pairs(missing, 0, own) is None  # files the device does not have

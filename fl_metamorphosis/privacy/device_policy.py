@@ -83,6 +83,9 @@ class DevicePolicy(BaseModel):
     )
     gate_probe_pairs: int = Field(2_000, ge=50, description="the gate probes at least this many pairs (or all)")
     gate_noise_copies: int = Field(2, ge=1, description="the gate learns from at least this many noise copies")
+    gate_reference: bool = Field(
+        True, description="the gate also probes public reference pairs (release_gate.reference; data/reference.py)"
+    )
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> DevicePolicy:
@@ -104,6 +107,7 @@ class DevicePolicy(BaseModel):
             max_gate_confidence=gate.confidence,
             gate_probe_pairs=gate.probe_pairs,
             gate_noise_copies=gate.noise_copies,
+            gate_reference=gate.reference,
         )
 
     @classmethod
@@ -146,6 +150,7 @@ class DevicePolicy(BaseModel):
             update={
                 "probe_pairs": max(asked.probe_pairs, self.gate_probe_pairs),
                 "noise_copies": max(asked.noise_copies, self.gate_noise_copies),
+                "reference": asked.reference or self.gate_reference,
             }
         )
 
@@ -212,4 +217,5 @@ class DevicePolicy(BaseModel):
                   f"at most {self.max_gate_margin}")  # fmt: skip
             below(gate.confidence <= self.max_gate_confidence, "release_gate.confidence", gate.confidence,
                   f"at most {self.max_gate_confidence}")  # fmt: skip
+            below(gate.reference or not self.gate_reference, "release_gate.reference", gate.reference, "true")
         return out

@@ -14,6 +14,12 @@ therefore attacks itself, on its own pairs and under the weights it received:
   read that far; the cross-task audit's label floor);
 * task t fails when a one-sided binomial test says, with ``confidence``, that the probe beats the
   baseline by more than ``margin``;
+* the same probes run on public reference pairs (the dataset's test split, ``data/reference.py``) released
+  under the same weights, and task t fails if either set reads another task. A device whose labels are
+  skewed sees few classes and a high chance level on its own pairs, and cannot see there what an attacker
+  who learns from every device's releases reads (measured: docs/privacy.md, Dirichlet 0.3); the
+  reference holds every class. The own-pairs probe stays, since the server knows the reference and could
+  craft weights that behave on exactly those images;
 * a task that fails is probed again with its noise raised to the next of ``noise_steps`` (multiples of
   the configured noise, never below it), and released at the first step that passes; a task that fails
   at every step is withheld. Withholding outright would starve the task's head on the server (it learns
@@ -67,6 +73,7 @@ class PairProbe:
     baseline: float  # the better of chance and the source task's own label
     p_value: float  # H0: accuracy <= baseline + margin
     leaks: bool
+    pairs: str = "own"  # which pairs it probed: the device's own, or the public reference
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,23 @@ def _baseline_correct(own_train: np.ndarray, other_train: np.ndarray, own_test: 
     return max(int((other_test == majority).sum()), int((given_own[own_test] == other_test).sum()))
 
 
+@dataclass(frozen=True)
+class _ProbeSet:
+    """Pairs the gate probes (the device's own, or public reference pairs), their features and folds."""
+
+    name: str  # "own" or "reference"
+    features: torch.Tensor  # the task features before release [n, T, ...]
+    labels: np.ndarray  # [n, T]
+    fold: np.ndarray  # [n], the secret cross-validation fold of each pair
+
+    @classmethod
+    def draw(cls, name, generator, images, labels, cfg: ReleaseGateConfig, randomness: Randomness) -> _ProbeSet:
+        n = min(len(images), cfg.probe_pairs)
+        chosen = torch.randperm(len(images), generator=randomness.generator())[:n]
+        fold = (torch.randperm(n, generator=randomness.generator()) % cfg.folds).numpy()
+        return cls(name, _task_features(generator, images[chosen]), labels[chosen].numpy(), fold)
+
+
 def release_gate(
     generator: nn.Module,
     images: torch.Tensor,
@@ -110,6 +134,7 @@ def release_gate(
     feature_dp: FeatureDPConfig,
     cfg: ReleaseGateConfig,
     randomness: Randomness,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[GateDecision]:
     """One decision per task: release it at a noise step, or withhold it this round.
 
@@ -121,25 +146,31 @@ def release_gate(
         feature_dp: the release mechanism the device would apply (clip and noise).
         cfg: the gate's margin, confidence, sample size, folds, noise copies and noise steps.
         randomness: the device's secret randomness (the probe's pairs, folds and noise).
+        reference: public reference pairs ``(images, labels)`` probed as well (``data/reference.py``): a
+            task passes a step only if neither its own pairs nor the reference read another task.
     """
-    n = min(len(images), cfg.probe_pairs)
-    chosen = torch.randperm(len(images), generator=randomness.generator())[:n]
-    feats = _task_features(generator, images[chosen])
-    y = labels[chosen].numpy()
-    fold = (torch.randperm(n, generator=randomness.generator()) % cfg.folds).numpy()
+    sets = [_ProbeSet.draw("own", generator, images, labels, cfg, randomness)]
+    if reference is not None:
+        sets.append(_ProbeSet.draw("reference", generator, *reference, cfg, randomness))
     steps = cfg.noise_steps if feature_dp.enabled else cfg.noise_steps[:1]  # no noise to raise without feature DP
     pending, decided = list(range(len(task_names))), {}
     for step in steps:
         noised = feature_dp.model_copy(update={"noise_std": feature_dp.noise_std * step})
         # copy 0 is what the probe is scored on; the others are what it learns from
-        copies = [release(feats, noised, randomness).flatten(2).numpy() for _ in range(cfg.noise_copies + 1)]
+        copies = [[release(p.features, noised, randomness).flatten(2).numpy() for _ in range(cfg.noise_copies + 1)]
+                  for p in sets]  # fmt: skip
         for t in list(pending):
-            probes = tuple(_probe(copies, y, fold, t, s, task_names, cfg) for s in range(len(task_names)) if s != t)
+            probes = tuple(
+                _probe(c, p, t, s, task_names, cfg)
+                for p, c in zip(sets, copies, strict=True)
+                for s in range(len(task_names))
+                if s != t
+            )
             if not any(p.leaks for p in probes):
                 decided[t] = GateDecision(task_names[t], False, "", probes, step)
                 pending.remove(t)
             elif step == steps[-1]:
-                leaking = ", ".join(p.target for p in probes if p.leaks)
+                leaking = ", ".join(sorted({p.target for p in probes if p.leaks}))
                 reason = (
                     f"release gate: {task_names[t]}'s features read {leaking} above the baseline by more than the "
                     f"margin {cfg.margin} (confidence {cfg.confidence}) under the weights received, at every noise "
@@ -151,9 +182,9 @@ def release_gate(
     return [decided[t] for t in range(len(task_names))]
 
 
-def _probe(copies, y, fold, t: int, s: int, task_names: list[str], cfg: ReleaseGateConfig) -> PairProbe:
+def _probe(copies, pairs: _ProbeSet, t: int, s: int, task_names: list[str], cfg: ReleaseGateConfig) -> PairProbe:
     """Task t's released features against task s's label, cross-validated by pair, with its test."""
-    n = len(y)
+    y, fold, n = pairs.labels, pairs.fold, len(pairs.labels)
     correct = base = 0
     for k in range(cfg.folds):
         train, test = fold != k, fold == k
@@ -164,4 +195,5 @@ def _probe(copies, y, fold, t: int, s: int, task_names: list[str], cfg: ReleaseG
     baseline = base / n
     threshold = min(1.0, baseline + cfg.margin)
     p_value = float(binom.sf(correct - 1, n, threshold))  # P(X >= correct) if the leak were the margin
-    return PairProbe(task_names[t], task_names[s], correct / n, baseline, p_value, p_value < 1 - cfg.confidence)
+    leaks = p_value < 1 - cfg.confidence
+    return PairProbe(task_names[t], task_names[s], correct / n, baseline, p_value, leaks, pairs.name)
