@@ -478,6 +478,12 @@ class FederatedConfig(_Strict):
     )
     device_epsilon_budget: float = Field(8.0, gt=0.0, description="cumulative DP-SGD epsilon a device may spend")
     feature_samples_per_device: int = Field(400, ge=1, description="released features per device per round")
+    max_device_examples: int = Field(
+        100_000,
+        ge=1,
+        description="a train reply claiming more training examples is rejected (num-examples is FedAvg's weight: "
+        "one device's claim would otherwise outweigh every other update)",
+    )
     head_epochs: int = Field(5, ge=0, description="server epochs over each round's released features")
     device_heads: Literal["frozen", "dp_trained"] = Field(
         "frozen",

@@ -130,15 +130,27 @@ def evaluate_on_devices(grid: Grid, fed: Federation) -> dict[str, float]:
     """The final model on the devices' own held-out pairs, weighted by their size."""
     rounds = fed.cfg.federated.rounds
     messages = fed.strategy.configure_evaluate(rounds, fed.arrays(), proto.config_record(fed.cfg), grid)
-    replies = []
+    replies, seen = [], set()
     for reply in grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S):
+        node = reply.metadata.src_node_id
         try:
             if reply.has_error():
                 raise proto.MessageError(reply.error.reason)
-            proto.EvaluateReply.from_record(reply.content, fed.tasks)
+            if node in seen:
+                raise proto.MessageError("a second reply (the first one stands)")
+            seen.add(node)
+            evaluated = proto.EvaluateReply.from_record(reply.content, fed.tasks)
+            if evaluated.num_examples > fed.cfg.federated.max_device_examples:  # the weight of its accuracy
+                raise proto.MessageError(
+                    f"num-examples {evaluated.num_examples} above federated.max_device_examples="
+                    f"{fed.cfg.federated.max_device_examples}"
+                )
+            wrong_device = fed.binding.claim(node, evaluated.device)
+            if wrong_device is not None:
+                raise proto.MessageError(wrong_device)
             replies.append(reply)
         except (proto.MessageError, KeyError, TypeError, ValueError) as err:
-            log.warning(f"  evaluate: node {reply.metadata.src_node_id} failed: {err}")
+            log.warning(f"  evaluate: rejected reply of node {node}: {err}")
     local = fed.strategy.aggregate_evaluate(rounds, replies) if replies else None
     return {k.removeprefix("accuracy."): float(v) for k, v in (local or {}).items() if k.startswith("accuracy.")}
 

@@ -3,7 +3,9 @@
 Each reply is read as the protocol's ``TrainReply`` (``fl_metamorphosis/flower/messages.py``): a reply of
 another protocol version, or with a missing or extra record or field, is rejected with the reason. A
 well-formed reply's weights are then checked against the global model's names, shapes, dtypes and for
-NaN/Inf. Nothing here raises: one bad device never stops a round.
+NaN/Inf. A node speaks for one device (``DeviceBinding``): a reply claiming another node's device, or a
+second reply of one node in a round, is rejected, so no device's spending, releases or FedAvg weight can
+be booked to another. Nothing here raises: one bad device never stops a round.
 """
 
 from __future__ import annotations
@@ -40,6 +42,24 @@ class SortedReplies:
         self.rejected[msg.metadata.src_node_id] = reason
 
 
+@dataclass
+class DeviceBinding:
+    """Which device each node speaks for, fixed by its first well-formed reply of the run."""
+
+    device_of: dict[int, int] = field(default_factory=dict)  # node -> device
+    node_of: dict[int, int] = field(default_factory=dict)  # device -> node
+
+    def claim(self, node: int, device: int) -> str | None:
+        """None if ``node`` may speak for ``device`` (binding it on first use), else the reason it may not."""
+        bound, other = self.device_of.get(node), self.node_of.get(device)
+        if bound is not None and bound != device:
+            return f"claims device {device}, but node {node} is device {bound}"
+        if other is not None and other != node:
+            return f"claims device {device}, which is node {other}"
+        self.device_of[node], self.node_of[device] = device, node
+        return None
+
+
 def record_report(ledger: ServerLedger, report: TrainReply) -> str | None:
     """A train reply's privacy report into the server's ledger (what ``ServerLedger.record_train`` returns:
     a message when the device's count is below the server's). Whether its update is aggregated is
@@ -62,12 +82,23 @@ def sender(msg: Message, destinations: Mapping[str, int]) -> int:
 
 
 def sort_replies(
-    replies: Iterable[Message], reference: Mapping[str, torch.Tensor], destinations: Mapping[str, int]
+    replies: Iterable[Message],
+    reference: Mapping[str, torch.Tensor],
+    destinations: Mapping[str, int],
+    *,
+    binding: DeviceBinding,
+    max_examples: int,
 ) -> SortedReplies:
-    """``destinations``: message id -> node id of the messages sent this round."""
+    """``destinations``: message id -> node id of the messages sent this round; ``binding``: the run's
+    nodes and devices; ``max_examples``: the largest ``num-examples`` accepted (FedAvg's weight)."""
     out = SortedReplies()
+    seen: set[int] = set()
     for msg in replies:
         node = sender(msg, destinations)
+        if node in seen:
+            out.rejected[node] = "a second reply in one round (the first one stands)"
+            continue
+        seen.add(node)
         if msg.has_error():
             if is_policy_refusal(msg.error.reason):
                 out.refused[node] = msg.error.reason
@@ -79,13 +110,19 @@ def sort_replies(
         except (MessageError, KeyError, TypeError, ValueError) as err:
             out.rejected[node] = str(err)
             continue
+        wrong_device = binding.claim(node, reply.device)
+        if wrong_device is not None:
+            out.rejected[node] = wrong_device  # not booked: the ledger is the claimed device's
+            continue
         out.reports.append((reply, msg))
         if reply.declined is not None:
             out.declined[reply.device] = reply.declined
             continue
         try:
-            if reply.num_examples <= 0:
-                raise InvalidUpdate("num-examples must be positive")
+            if not 0 < reply.num_examples <= max_examples:
+                raise InvalidUpdate(
+                    f"num-examples {reply.num_examples} outside [1, federated.max_device_examples={max_examples}]"
+                )
             validate_update(reply.weights or {}, reference)
         except InvalidUpdate as err:
             out.rejected[node] = str(err)

@@ -53,7 +53,7 @@ from fl_metamorphosis.training import method_feature_dp
 
 from .final_report import final_report, interim_audit
 from .fleet_grid import FleetGrid
-from .replies import REPLY_TIMEOUT_S, SortedReplies, record_report, sender, sort_replies
+from .replies import REPLY_TIMEOUT_S, DeviceBinding, SortedReplies, record_report, sender, sort_replies
 from .secure_aggregation import secure_train
 from .strategies import build_strategy
 from .strategy_state import load_strategy_state, strategy_state
@@ -79,6 +79,7 @@ class Federation:
     started: float = field(default_factory=time.perf_counter)
     cache: dict[str, Any] = field(default_factory=dict)  # the audit's attacker data and floors
     round0: Releases | None = None  # round 0's query (before any training), reported in round 1's row
+    binding: DeviceBinding = field(default_factory=DeviceBinding)  # which device each node speaks for
 
     @property
     def method(self) -> str:
@@ -159,7 +160,13 @@ def check_replies(fed: Federation, replies: list[Message], sent: dict[str, int],
     """Protocol and tensor checks, then the ledger: every well-formed report is counted (the update left
     the device whether or not it is aggregated), and an update the server's count puts past the budget
     is not aggregated."""
-    checked = sort_replies(replies, joint_state(fed.generator, fed.heads), sent)
+    checked = sort_replies(
+        replies,
+        joint_state(fed.generator, fed.heads),
+        sent,
+        binding=fed.binding,
+        max_examples=fed.cfg.federated.max_device_examples,
+    )
     budget = fed.cfg.federated.device_epsilon_budget
     aggregatable = {id(m) for m in checked.valid}  # a set: a list lookup per report is quadratic in devices
     for reply, msg in checked.reports:
@@ -220,18 +227,25 @@ def query_features(grid: Grid, fed: Federation, nodes: list[int], rnd: int) -> R
     per_task: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     out = Releases()
     replies = list(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S))
-    sent = destinations(messages)
+    sent, seen = destinations(messages), set()
+    expected = release_shape(fed)
     for reply in replies:
         node = sender(reply, sent)
         try:
+            if node in seen:
+                raise proto.MessageError("a second reply in one round (the first one stands)")
+            seen.add(node)
             if reply.has_error():
                 if proto.is_policy_refusal(reply.error.reason):
                     out.refused[node] = reply.error.reason
                     continue
                 raise proto.MessageError(reply.error.reason)
-            released = proto.FeaturesReply.from_record(reply.content, fed.tasks)
+            released = proto.FeaturesReply.from_record(reply.content, fed.tasks).check(expected)
+            wrong_device = fed.binding.claim(node, released.device)
+            if wrong_device is not None:
+                raise proto.MessageError(wrong_device)
         except (proto.MessageError, KeyError, TypeError, ValueError) as err:
-            log.warning(f"  features: node {node} failed: {err}")
+            log.warning(f"  round {rnd}: rejected features reply of node {node}: {err}")
             continue
         fed.ledger.record_releases(released.device, released.releases_max, released.num_examples)
         for name, reason in released.withheld.items():
@@ -247,6 +261,15 @@ def query_features(grid: Grid, fed: Federation, nodes: list[int], rnd: int) -> R
         log.info(f"  round {rnd}: release gate of {len(devices)} device(s) withheld {name}: {out.reasons[name]}")
     stop_if_too_few(fed, rnd, len(nodes), out.refused, "features")
     return out
+
+
+def release_shape(fed: Federation) -> proto.ReleaseShape:
+    """What each features reply must fit: the server's own feature shape, classes and request size."""
+    return proto.ReleaseShape(
+        tuple(fed.generator.feature_shape),
+        {t.name: t.num_classes for t in fed.split.test.tasks},
+        fed.cfg.federated.feature_samples_per_device,
+    )
 
 
 class TooFewDevices(RuntimeError):

@@ -10,6 +10,11 @@ multiple of the configured feature noise, at least 1). A device whose privacy po
 answers with an error reply whose reason starts with ``POLICY_REFUSED`` and names each field, the value
 asked and the floor.
 
+Every value is checked too, before the server uses it (a device may lie or be broken): ``from_record``
+rejects what no honest device sends (a NaN, a negative count, a sample rate outside (0, 1], an accuracy
+outside [0, 1]); ``FeaturesReply.check`` what only the server knows (the feature shape, each task's
+classes, the rows it asked for). A NaN noise multiplier would make the accountant loop forever.
+
 Train replies keep the shape Flower's strategies aggregate: exactly one ArrayRecord (``arrays``) and one
 MetricRecord (``metrics``, weighted by ``num-examples``); a device that declines sends a ConfigRecord
 (``status``) with its reason instead of the arrays.
@@ -18,6 +23,7 @@ MetricRecord (``metrics``, weighted by ``num-examples``); a device that declines
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +100,15 @@ def _check_fields(what: str, found: set[str], expected: set[str]) -> None:
         raise MessageError(
             f"{what}: unexpected field {extra[0]!r}" + (f" (and {len(extra) - 1} more)" * (len(extra) > 1))
         )
+
+
+def _require(what: str, ok: bool, name: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise MessageError(f"{what}: field {name!r} is {value!r}, it must be {rule}")
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
 
 
 def _check_records(what: str, content: RecordDict, expected: set[str]) -> None:
@@ -192,7 +207,22 @@ class TrainReply:
             grouped=bool(int(m["grouped"])),
             declined=declined,
             weights=weights,
-        )
+        ).check()
+
+    def check(self) -> TrainReply:
+        """Values no honest device sends: they would hang the accountant or skew the ledger and FedAvg."""
+        what = "train reply"
+        _require(what, self.device >= 0, "device", self.device, "at least 0")
+        _require(what, self.num_examples >= 0, "num-examples", self.num_examples, "at least 0")
+        _require(what, _finite(self.train_loss), "train-loss", self.train_loss, "finite")
+        _require(what, self.epsilon >= 0, "epsilon", self.epsilon, "at least 0 (infinite without DP-SGD), not NaN")
+        _require(what, _finite(self.noise_multiplier) and self.noise_multiplier >= 0, "noise-multiplier",
+                 self.noise_multiplier, "finite and at least 0")  # fmt: skip
+        _require(what, 0 < self.sample_rate <= 1, "sample-rate", self.sample_rate, "in (0, 1]")
+        _require(what, self.steps >= 0, "steps", self.steps, "at least 0")
+        _require(what, 0 <= self.round_steps <= self.steps, "round-steps", self.round_steps,
+                 f"in [0, steps={self.steps}]")  # fmt: skip
+        return self
 
 
 @dataclass
@@ -257,7 +287,41 @@ class FeaturesReply:
                     f"labels, expected {rows}" + (" (withheld by the release gate)" if name in withheld else "")
                 )
             tasks[name] = (features, labels)
-        return cls(int(m["device"]), int(m["releases-max"]), int(m["releases-total"]), tasks, withheld, noise)
+        reply = cls(int(m["device"]), int(m["releases-max"]), int(m["releases-total"]), tasks, withheld, noise)
+        what = "features reply"
+        _require(what, reply.device >= 0, "device", reply.device, "at least 0")
+        _require(what, reply.releases_max >= 0, "releases-max", reply.releases_max, "at least 0")
+        _require(what, reply.releases_total >= reply.releases_max, "releases-total", reply.releases_total,
+                 f"at least releases-max={reply.releases_max}")  # fmt: skip
+        return reply
+
+    def check(self, expected: ReleaseShape) -> FeaturesReply:
+        """Against what the server asked for and its own model: rows, feature shape and dtype, finite values,
+        labels in each task's range. Head training would crash, or silently turn non-finite, on any of them."""
+        for name, (features, labels) in self.tasks.items():
+            what = f"features reply, record {TASK_PREFIX + name!r}"
+            rows = len(features)
+            _require(what, rows <= expected.max_rows, "rows", rows, f"at most the {expected.max_rows} asked for")
+            shape = tuple(features.shape[1:])
+            _require(what, shape == expected.feature_shape, "features.shape", shape,
+                     f"{expected.feature_shape} per row (the server's model)")  # fmt: skip
+            _require(what, features.dtype == torch.float32, "features.dtype", str(features.dtype), "float32")
+            _require(what, bool(torch.isfinite(features).all()), "features", "non-finite values", "finite")
+            _require(what, labels.dim() == 1 and not labels.is_floating_point(), "labels",
+                     f"{labels.dtype} of shape {tuple(labels.shape)}", "one integer label per row")  # fmt: skip
+            classes = expected.num_classes[name]
+            ok = rows == 0 or (int(labels.min()) >= 0 and int(labels.max()) < classes)
+            _require(what, ok, "labels", "out of range", f"in [0, {classes})")
+        return self
+
+
+@dataclass(frozen=True)
+class ReleaseShape:
+    """What a features reply must fit, from the server's own model and request."""
+
+    feature_shape: tuple[int, ...]
+    num_classes: dict[str, int]  # task -> classes
+    max_rows: int  # rows asked of one device (federated.feature_samples_per_device)
 
 
 @dataclass
@@ -276,7 +340,13 @@ class EvaluateReply:
         expected = {"device", "num-examples", *(f"accuracy.{t}" for t in task_names)}
         m = _metrics("evaluate reply", content, expected)
         _check_records("evaluate reply", content, {METRICS})
-        return cls(int(m["device"]), int(m["num-examples"]), {t: float(m[f"accuracy.{t}"]) for t in task_names})
+        reply = cls(int(m["device"]), int(m["num-examples"]), {t: float(m[f"accuracy.{t}"]) for t in task_names})
+        what = "evaluate reply"
+        _require(what, reply.device >= 0, "device", reply.device, "at least 0")
+        _require(what, reply.num_examples >= 0, "num-examples", reply.num_examples, "at least 0")
+        for task, accuracy in reply.accuracy.items():
+            _require(what, 0 <= accuracy <= 1, f"accuracy.{task}", accuracy, "in [0, 1]")
+        return reply
 
 
 def to_payload(content: RecordDict) -> dict[str, Any]:
