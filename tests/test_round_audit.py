@@ -7,6 +7,7 @@ import torch
 from conftest import TINY_OVERRIDES
 
 from fl_metamorphosis.audit import AttackData, HeldRound, audit_held_rows, held_rounds, render_round_audit
+from fl_metamorphosis.audit.round_audit import _neighbours
 from fl_metamorphosis.checkpoint import RunCheckpoint, save_model, save_run
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.data import load_dataset
@@ -189,3 +190,12 @@ def test_rows_released_at_a_raised_noise_are_attacked_at_that_noise(setup):
     noisy = {k: v["accuracy"] for k, v in raised["rounds"][0]["pairs"].items()}
     assert noisy["left->right"] < at["left->right"] - 0.1  # left's rows carried 16x the noise: less to read
     assert noisy["right->left"] == pytest.approx(at["right->left"], abs=0.08)  # right's were as configured
+
+
+def test_an_unaudited_round_is_not_bracketed_by_a_round_that_held_none_of_the_attacked_tasks_rows():
+    # round 5 (audited) withheld the left task: its left->right figure attacks a release nobody made
+    rows = {3: {"left": 100, "right": 100}, 5: {"left": 0, "right": 100}, 6: {"left": 100, "right": 100}}
+    rounds = [HeldRound(r, {}, rows.get(r, {"left": 100, "right": 100})) for r in range(9)]
+    audited = {p: {} for p in (0, 3, 5, 8)}
+    assert sorted(_neighbours(6, "left->right", audited, rounds)) == [3, 8]  # round 5 skipped
+    assert sorted(_neighbours(6, "right->left", audited, rounds)) == [5, 8]  # it held right rows: it counts

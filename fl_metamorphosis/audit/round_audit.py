@@ -185,8 +185,9 @@ def audit_held_rows(
     ``sample=None`` audits every round; ``sample=k`` audits k rounds spread over the run (always the first
     two and the last), then refines: while the worst audited round has an unaudited neighbour, that
     neighbour is audited, so the reported worst round is a local maximum between audited rounds. A round
-    not audited takes, per pair, the larger accuracy of its nearest audited rounds on either side
-    (``"interpolated": true``; each pair names the round it was taken from, ``"from_round"``).
+    not audited takes, per pair t->s, the larger accuracy of its nearest audited rounds on either side that
+    held rows of task t (``"interpolated": true``; each pair names the round it was taken from,
+    ``"from_round"``).
 
     Headline per ordered pair t->s: the mean accuracy over rounds weighted by the rows of task t held from
     each (the rows the t->s attack applies to). Its 95 % interval is conservative: every round is scored on
@@ -240,11 +241,11 @@ def audit_held_rows(
         if pos in audited:
             pairs = audited[pos]
         else:
-            left = max(p for p in audited if p < pos)  # positions 0 and n-1 are always audited
-            right = min(p for p in audited if p > pos)
             pairs = {}
-            for pair in audited[left]:
-                src = max((left, right), key=lambda p, pair=pair: audited[p][pair]["accuracy"])
+            for pair in audited[min(audited)]:
+                src = max(
+                    _neighbours(pos, pair, audited, rounds), key=lambda p, pair=pair: audited[p][pair]["accuracy"]
+                )
                 pairs[pair] = {**audited[src][pair], "from_round": rounds[src].round}
         per_round.append(
             {"round": held.round, "interpolated": pos not in audited, "rows": dict(held.rows), "pairs": pairs}
@@ -276,6 +277,17 @@ def audit_held_rows(
         "notes": notes,
         "attacker": ATTACKER,
     }
+
+
+def _neighbours(pos: int, pair: str, audited: dict[int, dict], rounds: list[HeldRound]) -> list[int]:
+    """The nearest audited rounds on either side of ``pos`` that held rows of the pair's attacked task (a
+    round that held none of them was attacked at a release nobody made); the plain nearest ones if none did
+    (positions 0 and n-1 are always audited)."""
+    task = pair.split("->")[0]
+    held = [p for p in audited if rounds[p].rows.get(task)]
+    sides = [max((p for p in held if p < pos), default=None), min((p for p in held if p > pos), default=None)]
+    found = [p for p in sides if p is not None]
+    return found or [max(p for p in audited if p < pos), min(p for p in audited if p > pos)]
 
 
 def _headline(per_round: list[dict], pair: str, m: int) -> dict:
