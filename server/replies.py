@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 import torch
 from flwr.app import Message
 
+from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.federated.updates import InvalidUpdate, validate_update
 from fl_metamorphosis.flower.messages import MessageError, TrainReply, is_policy_refusal
 from fl_metamorphosis.privacy import ServerLedger
+from fl_metamorphosis.privacy.accounting import pair_plan
 
 REPLY_TIMEOUT_S = 3600.0  # how long a round waits for its replies (Flower answers a dead node's earlier)
 
@@ -60,7 +62,18 @@ class DeviceBinding:
         return None
 
 
-def record_report(ledger: ServerLedger, report: TrainReply) -> str | None:
+def server_plan(cfg: ExperimentConfig, report: TrainReply) -> tuple[float, float, int] | None:
+    """(sigma, q, steps this round) that the server's own config gives a pair-level device of the reply's
+    size (at most ``federated.max_device_examples``); None where the server cannot know them: DP-SGD off,
+    groups of pairs (their sampling depends on the device's data), a device that did not train."""
+    if not cfg.dp_sgd.enabled or report.grouped or report.declined is not None or report.num_examples <= 0:
+        return None
+    plan = pair_plan(cfg.dp_sgd, cfg.train.batch_size, min(report.num_examples, cfg.federated.max_device_examples))
+    sigma = plan.noise_multiplier(cfg.federated.rounds * cfg.federated.local_epochs)  # as the device calibrates
+    return sigma, plan.sample_rate, cfg.federated.local_epochs * plan.steps_per_epoch
+
+
+def record_report(ledger: ServerLedger, report: TrainReply, cfg: ExperimentConfig) -> str | None:
     """A train reply's privacy report into the server's ledger (what ``ServerLedger.record_train`` returns:
     a message when the device's count is below the server's). Whether its update is aggregated is
     known only after the round's aggregation: ``ServerLedger.mark_aggregated``."""
@@ -72,6 +85,7 @@ def record_report(ledger: ServerLedger, report: TrainReply) -> str | None:
         steps=report.steps,
         round_steps=report.round_steps,
         grouped=report.grouped,
+        planned=server_plan(cfg, report),
     )
 
 

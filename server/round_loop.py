@@ -171,7 +171,7 @@ def check_replies(fed: Federation, replies: list[Message], sent: dict[str, int],
     aggregatable = {id(m) for m in checked.valid}  # a set: a list lookup per report is quadratic in devices
     for reply, msg in checked.reports:
         valid = id(msg) in aggregatable
-        lost = record_report(fed.ledger, reply)
+        lost = record_report(fed.ledger, reply, fed.cfg)
         if lost:
             log.warning(f"  round {rnd}: device {reply.device} {lost}")
         if valid and fed.ledger.epsilon(reply.device) > budget * (1 + 1e-9):

@@ -145,9 +145,14 @@ def _record_reports(fed: Federation, results: list[tuple[ClientProxy, FitRes]], 
             out.rejected[node] = str(err)
             usable = False
             continue
+        wrong_device = fed.binding.claim(node, report.device)
+        if wrong_device is not None:  # booked to no one: the ledger is the claimed device's
+            out.rejected[node] = wrong_device
+            usable = False
+            continue
         out.reports.append((report, None))
         contributes = report.declined is None
-        lost = record_report(fed.ledger, report)
+        lost = record_report(fed.ledger, report, fed.cfg)
         if lost:
             log.warning(f"  round {rnd}: device {report.device} {lost}")
         if not contributes:

@@ -18,6 +18,7 @@ from ..config import ExperimentConfig
 from ..data import MultiTaskDataset
 from ..model import FeatureGenerator, build_heads
 from ..privacy import DevicePrivacyPlan, StepHistory, make_private, make_private_groups, release
+from ..privacy.accounting import pair_plan
 from ..privacy.group_dp_sgd import GroupLoader
 from ..privacy.randomness import Randomness
 from ..training.trainer import method_feature_dp, method_objective, run_epoch, run_group_epoch
@@ -28,8 +29,7 @@ def privacy_plan(cfg: ExperimentConfig, data: MultiTaskDataset) -> DevicePrivacy
         group = cfg.dp_sgd.group_size
         loader = GroupLoader(data, group, max(1, cfg.train.batch_size // group), key=cfg.train.seed)
         return DevicePrivacyPlan(True, loader.sample_rate, len(loader), cfg.dp_sgd)
-    batches = max(1, len(data) // min(cfg.train.batch_size, len(data)))
-    return DevicePrivacyPlan(False, 1 / batches, batches, cfg.dp_sgd)
+    return pair_plan(cfg.dp_sgd, cfg.train.batch_size, len(data))
 
 
 @dataclass

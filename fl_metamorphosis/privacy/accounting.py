@@ -93,7 +93,10 @@ class StepHistory:
 def _opacus_epsilon(entries: tuple[Step, ...], delta: float, accountant: str) -> float:
     # Cached: one RDP evaluation is costly next to a message (benchmarks/gc_freeze.py), devices read it
     # several times a message, and every device of an IID federation holds the same history each round.
-    return float(StepHistory(entries).to_accountant(accountant).get_epsilon(delta))
+    try:
+        return float(StepHistory(entries).to_accountant(accountant).get_epsilon(delta))
+    except (ArithmeticError, ValueError):  # a sigma so small the RDP orders overflow: no bound at all
+        return math.inf
 
 
 @functools.lru_cache(maxsize=4096)
@@ -101,13 +104,16 @@ def _dp_accounting_epsilon(entries: tuple[Step, ...], delta: float) -> float:
     import dp_accounting  # the server's independent check; a device never needs it (and its import is slow)
 
     accountant = dp_accounting.rdp.RdpAccountant()
-    for sigma, q, steps in entries:
-        accountant.compose(
-            dp_accounting.SelfComposedDpEvent(
-                dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
+    try:
+        for sigma, q, steps in entries:
+            accountant.compose(
+                dp_accounting.SelfComposedDpEvent(
+                    dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
+                )
             )
-        )
-    return float(accountant.get_epsilon(delta))
+        return float(accountant.get_epsilon(delta))
+    except (ArithmeticError, ValueError):
+        return math.inf
 
 
 def reference_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
@@ -183,6 +189,14 @@ class DevicePrivacyPlan:
         return calibrate_noise_multiplier(self.cfg, self.sample_rate, epochs)
 
 
+def pair_plan(cfg: DPSGDConfig, batch_size: int, num_examples: int) -> DevicePrivacyPlan:
+    """The pair-level plan of a device holding ``num_examples`` pairs: Poisson sampling at one batch's share
+    of them, that many batches an epoch. The device trains by it; the server computes it from its own
+    config to check what a device reports (``ServerLedger.record_train``'s ``planned``)."""
+    batches = max(1, num_examples // min(batch_size, num_examples))
+    return DevicePrivacyPlan(False, 1 / batches, batches, cfg)
+
+
 @dataclass
 class DeviceRecord:
     """What the server knows of one device's DP-SGD."""
@@ -190,6 +204,7 @@ class DeviceRecord:
     reported_epsilon: float = 0.0  # the device's own (Opacus) figure, last reply
     reported_steps: int = 0  # cumulative steps the device says it has taken
     counted: StepHistory = field(default_factory=StepHistory)  # the steps the server saw it take
+    planned: StepHistory = field(default_factory=StepHistory)  # the same rounds at the server's own sigma and q
     grouped: bool = False
     rounds_trained: int = 0  # rounds whose update was aggregated
     releases_max: int = 0  # the most releases of one of its pairs (its own count)
@@ -215,12 +230,27 @@ class ServerLedger:
         steps: int,
         round_steps: int,
         grouped: bool,
+        planned: tuple[float, float, int] | None = None,
     ) -> str | None:
         """A train reply, counted whether or not its update is aggregated (it left the device). Returns a
         message when the device's own count is below the server's (its state was lost): the server's
-        larger figure then stands for it."""
+        larger figure then stands for it.
+
+        ``planned``: (sigma, q, steps) of this round as the server's own config gives them for a device of
+        the reply's size, where the server can compute them. The device's epsilon is then the larger of
+        its claims' and the plan's, so a reply claiming a huge sigma or a tiny q books no less than the
+        plan."""
         rec = self.devices.setdefault(device, DeviceRecord())
         rec.counted = rec.counted.extended(noise_multiplier, sample_rate, round_steps)
+        if planned is not None:
+            rec.planned = rec.planned.extended(*planned)
+            claimed = (noise_multiplier, sample_rate, round_steps)
+            if any(not math.isclose(a, b, rel_tol=1e-6) for a, b in zip(claimed, planned, strict=True)):
+                self.disagreements[device] = (
+                    f"claims sigma {noise_multiplier:.4g}, q {sample_rate:.4g}, {round_steps} steps this round; the "
+                    f"server's config gives sigma {planned[0]:.4g}, q {planned[1]:.4g}, {planned[2]} steps for its "
+                    "size: the larger epsilon stands"
+                )
         rec.reported_epsilon, rec.reported_steps, rec.grouped = epsilon, steps, grouped
         if steps < rec.counted.steps:
             self.disagreements[device] = (
@@ -242,10 +272,12 @@ class ServerLedger:
             self.devices[device].rounds_trained += 1
 
     def epsilon(self, device: int) -> float:
-        """The larger of the device's reported epsilon and the server's own count's."""
+        """The largest of the device's reported epsilon, the server's count of its claimed steps, and the
+        same rounds at the server's own plan."""
         rec = self.devices[device]
         counted = rec.counted.epsilon(self.delta, self.accountant, grouped=rec.grouped)
-        return max(rec.reported_epsilon, counted)
+        planned = rec.planned.epsilon(self.delta, self.accountant, grouped=rec.grouped)
+        return max(rec.reported_epsilon, counted, planned)
 
     @property
     def max_epsilon(self) -> float:
@@ -301,6 +333,7 @@ class ServerLedger:
                     "reported_epsilon": r.reported_epsilon,
                     "reported_steps": r.reported_steps,
                     "counted": r.counted.as_list(),
+                    "planned": r.planned.as_list(),
                     "grouped": r.grouped,
                     "rounds_trained": r.rounds_trained,
                     "releases_max": r.releases_max,
@@ -318,6 +351,7 @@ class ServerLedger:
                 reported_epsilon=float(r["reported_epsilon"]),
                 reported_steps=int(r["reported_steps"]),
                 counted=StepHistory.of(r["counted"]),
+                planned=StepHistory.of(r.get("planned", [])),  # checkpoints before the plan existed
                 grouped=bool(r["grouped"]),
                 rounds_trained=int(r["rounds_trained"]),
                 releases_max=int(r["releases_max"]),
