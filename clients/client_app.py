@@ -299,7 +299,9 @@ def _gate(cfg, context, generator, data, feature_dp, randomness) -> list[GateDec
     """The release gate's decisions under the weights received (none when the policy and config allow it off)."""
     if not cfg.release_gate.enabled:  # only reaches here when the policy allows it (enforce_policy)
         return []
-    reference = reference_pairs(cfg.data, cfg.train.seed, data) if cfg.release_gate.reference else None
+    reference = None
+    if cfg.release_gate.reference:  # which public pairs: the device's secret draw, not the server's seed
+        reference = reference_pairs(cfg.data, cfg.train.seed, data, randomness.generator())
     return release_gate(
         generator,
         data.images,

@@ -138,8 +138,11 @@ def test_a_leak_on_classes_the_device_does_not_hold_is_caught_on_the_public_refe
 def test_the_reference_is_the_datasets_test_split_where_the_device_can_build_it(tmp_path):
     digits = DataConfig(train_pairs=200, test_pairs=300)
     own = load_dataset(digits, 0).train
-    reference = reference_pairs(digits, 0, own)
+    reference = reference_pairs(digits, 0, own, torch.Generator().manual_seed(1))
     assert reference is not None and len(reference) == 300 and reference.image_shape == own.image_shape
-    assert reference_pairs(DataConfig(name="synthetic", train_pairs=50, test_pairs=50), 0, own) is None  # not alike
+    again = reference_pairs(digits, 0, own, torch.Generator().manual_seed(2))
+    assert not torch.equal(reference.images, again.images)  # the pairs are the device's draw, not the seed's
+    synthetic = DataConfig(name="synthetic", train_pairs=50, test_pairs=50)
+    assert reference_pairs(synthetic, 0, own, torch.Generator()) is None  # not alike
     missing = DataConfig(name="mnist_pairs", root=tmp_path / "absent")
-    assert reference_pairs(missing, 0, own) is None  # files the device does not have
+    assert reference_pairs(missing, 0, own, torch.Generator()) is None  # files the device does not have

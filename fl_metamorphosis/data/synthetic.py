@@ -54,7 +54,12 @@ def make_factors(n: int, rng: np.random.Generator, tasks: list[str], correlation
 
 
 def load_synthetic(
-    train: int, test: int, tasks: list[str], size: int = 16, correlation: float = 0.0, seed: int = 0
+    train: int,
+    test: int,
+    tasks: list[str],
+    size: int = 16,
+    correlation: float = 0.0,
+    seed: int | np.random.Generator = 0,
 ) -> TrainTestSplit:
     unknown = [t for t in tasks if t not in FACTORS]
     if unknown or len(set(tasks)) != len(tasks):
