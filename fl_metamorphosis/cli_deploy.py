@@ -14,8 +14,14 @@ from pathlib import Path
 from rich.console import Console
 
 from .config import ConfigError, load_config
+from .deployment import CONTROL_PORT
 
 console = Console(stderr=True)
+
+
+def _say(line: str) -> None:
+    """A status line with paths in it: printed as it is (no markup, no wrapping)."""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def add_parser(sub) -> None:
@@ -23,19 +29,40 @@ def add_parser(sub) -> None:
     cmds = deploy.add_subparsers(dest="deploy_command", required=True)
 
     certs = cmds.add_parser("certs", help="a CA and the SuperLink's TLS certificate (with cryptography)")
-    certs.add_argument("--out", type=Path, required=True)
+    certs.add_argument("--out", type=Path, required=True, help="the folder `deploy server --certs` reads")
     certs.add_argument("--host", action="append", default=[], help="an IP or DNS name devices use (repeatable)")
+    certs.add_argument(
+        "--ca-dir",
+        type=Path,
+        help="the CA's folder, kept away from the server (default: OUT-ca; an existing CA there is reused)",
+    )
+    certs.add_argument("--force", action="store_true", help="replace an existing server certificate and key")
 
-    server = cmds.add_parser("server", help="a SuperLink: TLS, device authentication, persistent state")
+    server = cmds.add_parser(
+        "server",
+        help="a SuperLink on loopback behind the Fleet gateway: TLS, device authentication, persistent state",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     server.add_argument("--certs", type=Path, help="the folder of `deploy certs`")
-    server.add_argument("--host", default="0.0.0.0")
-    server.add_argument("--port", type=int, default=8000, help="the one port to open on the server (HTTPS)")
+    server.add_argument(
+        "--host", help="the address devices connect to (default: 0.0.0.0; with --insecure, 127.0.0.1 and only that)"
+    )
+    server.add_argument(
+        "--port", type=int, default=8000, help="the one port to open on the server: the Fleet gateway (HTTPS)"
+    )
+    server.add_argument(
+        "--control-port",
+        type=int,
+        default=CONTROL_PORT,
+        help="the SuperLink's own port, on 127.0.0.1 only (the operator's commands on this machine)",
+    )
     server.add_argument("--state", type=Path, required=True, help="the SuperLink's state folder (kept)")
-    server.add_argument("--insecure", action="store_true", help="no TLS, no authentication: loopback tests ONLY")
+    server.add_argument("--insecure", action="store_true", help="no TLS, no authentication, loopback only: tests ONLY")
 
     key = cmds.add_parser("device-key", help="on the board: its key pair (the private key never leaves it)")
     key.add_argument("--out", type=Path, required=True)
-    key.add_argument("--name", default="device")
+    key.add_argument("--name", default="device", help="file name of the key pair (default: device)")
+    key.add_argument("--force", action="store_true", help="replace an existing key pair (it may be registered)")
 
     register = cmds.add_parser("register", help="on the server: let a device's public key join")
     register.add_argument("public_key", type=Path)
@@ -106,8 +133,9 @@ def _owner_limits(args) -> dict[str, str | int | float]:
     return limits
 
 
-def _foreground(proc, state: Path, what: str) -> int:
-    """Wait on a SuperLink or SuperNode; Ctrl-C or SIGTERM stops it and what it started."""
+def _foreground(procs: list, state: Path, what: str) -> int:
+    """Wait on a server's or a device's processes; Ctrl-C or SIGTERM stops them and what they started.
+    One exiting stops the others: a SuperLink without its gateway, or the reverse, serves no one."""
     from simulations import deploy
 
     def _stop(signum, frame):
@@ -115,15 +143,22 @@ def _foreground(proc, state: Path, what: str) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     try:
-        while proc.poll() is None:
+        while all(proc.poll() is None for proc in procs):
             time.sleep(0.5)
-        console.print(f"[red]{what} exited with code {proc.returncode}[/red]: see its log in {state}")
+        code = next(proc.returncode for proc in procs if proc.poll() is not None)
+        _error(f"{what} exited with code {code}: see its logs in {state}")
         return 1
     except KeyboardInterrupt:
         console.print(f"stopping the {what}")
         return 0
     finally:
-        deploy.stop_tree(proc, state)
+        for proc in procs:
+            deploy.stop_tree(proc, state)
+
+
+def _error(message: str) -> None:
+    """A line the user reads: never parsed as markup (paths hold ``[``), never wrapped."""
+    console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 def run_deploy(args: argparse.Namespace) -> int:
@@ -134,24 +169,28 @@ def run_deploy(args: argparse.Namespace) -> int:
         case "certs":
             if not args.host:
                 raise ConfigError("deploy certs: give --host for every IP or name the devices use (e.g. 192.168.1.10)")
-            files = make_certificates(args.out, args.host)
-            console.print(f"CA certificate (copy to every device): {files.ca_cert}")
-            console.print(f"SuperLink certificate for {', '.join(args.host)} and loopback: {files.server_cert}")
-            console.print(f"private keys (0600; keep {files.ca_key.name} offline): {files.ca_key}, {files.server_key}")
+            files = make_certificates(args.out, args.host, ca_dir=args.ca_dir, force=args.force)
+            _say(f"CA certificate (copy to every device): {files.ca_cert}")
+            _say(f"SuperLink certificate for {', '.join(args.host)} and loopback: {files.server_cert}")
+            _say(f"the server's private key (0600): {files.server_key}")
+            _say(f"the CA's private key (0600): {files.ca_key}: keep its folder off the server, offline")
         case "server":
+            host = args.host or ("127.0.0.1" if args.insecure else "0.0.0.0")
+            deploy.check_server_addresses(args.certs, host, args.insecure)
             if args.insecure:
-                console.print(f"[yellow]{deploy.INSECURE_WARNING}[/yellow]")
-            elif args.certs is None:
-                raise ConfigError("deploy server: give --certs (the folder of `deploy certs`), or --insecure for tests")
-            proc = deploy.start_server(None if args.insecure else args.certs, args.host, args.port, args.state)
-            console.print(
-                f"SuperLink on {args.host}:{args.port} (log: {args.state / 'superlink.log'}); Ctrl-C stops it"
+                console.print(deploy.INSECURE_WARNING, style="yellow", markup=False)
+            procs = deploy.start_server(args.certs, host, args.port, args.state, control_port=args.control_port)
+            _say(
+                f"devices connect to {host}:{args.port}"
+                + (" (no TLS)" if args.insecure else f" (Fleet API only; log {args.state / 'gateway.log'})")
             )
-            return _foreground(proc, args.state, "SuperLink")
+            _say(f"SuperLink on 127.0.0.1:{args.port if args.insecure else args.control_port} only "
+                 f"(log {args.state / 'superlink.log'}); Ctrl-C stops both")  # fmt: skip
+            return _foreground(procs, args.state, "server")
         case "device-key":
-            private, public = make_device_key(args.out, args.name)
-            console.print(f"private key (0600, stays on this device): {private}")
-            console.print(f"public key (give it to the operator for `deploy register`): {public}")
+            private, public = make_device_key(args.out, args.name, force=args.force)
+            _say(f"private key (0600, stays on this device): {private}")
+            _say(f"public key (give it to the operator for `deploy register`): {public}")
         case "register":
             node_id = deploy.register(args.public_key, args.name, args.state)
             console.print(f"registered {args.name} as node {node_id}")
@@ -175,8 +214,8 @@ def run_deploy(args: argparse.Namespace) -> int:
                 _owner_limits(args),
             )
             proc = deploy.start_device(cmd, args.state)
-            console.print(f"device {args.name} -> {args.superlink} (log: {args.state / 'supernode.log'})")
-            return _foreground(proc, args.state, "SuperNode")
+            _say(f"device {args.name} -> {args.superlink} (log: {args.state / 'supernode.log'})")
+            return _foreground([proc], args.state, "SuperNode")
         case "prepare-data":
             folders = deploy.prepare_data(load_config(args.config, args.overrides), args.devices, args.out)
             console.print(f"{len(folders)} device folders in {args.out}: copy device-N/ onto board N")

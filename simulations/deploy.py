@@ -17,15 +17,19 @@ in ../shared/NOTES-deployment.md; most public docs describe older ports):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
 from fl_metamorphosis.data.device_folder import read_partition_id, write_device_folder
+from fl_metamorphosis.deployment import CONTROL_PORT
 
 from .simulate import APP_DIR, SimulationFailed, run_flower, stop_processes
 
@@ -67,8 +71,25 @@ def write_connection(state: Path, address: str, root_cert: Path | None) -> Path:
     return home / "config.toml"
 
 
-def server_command(certs: Path | None, host: str, port: int, state: Path) -> list[str]:
-    cmd = ["flower-superlink", "--host", host, "--port", str(port)]
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def check_server_addresses(certs: Path | None, host: str, insecure: bool) -> None:
+    """``--insecure`` (no TLS, no device authentication) is for loopback only, and never beside ``--certs``."""
+    if insecure and certs is not None:
+        raise ConfigError("deploy server: --insecure and --certs conflict; give one: --certs (TLS) or --insecure")
+    if insecure and host not in LOOPBACK:
+        raise ConfigError(
+            f"deploy server --insecure --host {host}: an insecure server listens on loopback only; "
+            "use --host 127.0.0.1, or give --certs for devices on the network"
+        )
+    if not insecure and certs is None:
+        raise ConfigError("deploy server: give --certs (the folder of `deploy certs`), or --insecure on loopback")
+
+
+def server_command(certs: Path | None, port: int, state: Path) -> list[str]:
+    """The SuperLink, on 127.0.0.1 only: every API it serves on ``port`` is reachable from this machine alone."""
+    cmd = ["flower-superlink", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--database", str(Path(state).resolve() / "superlink.db"), "--disable-runtime-dependency-installation"]
     if certs is None:
         return [*cmd, "--insecure"]
@@ -76,24 +97,60 @@ def server_command(certs: Path | None, host: str, port: int, state: Path) -> lis
     for name in ("ca.crt", "server.pem", "server.key"):
         if not (certs / name).exists():
             raise ConfigError(f"--certs {certs}: no {name} there; create them with `metamorphosis deploy certs`")
+    if (certs / "ca.key").exists():
+        raise ConfigError(
+            f"--certs {certs}: the CA's private key ca.key is in the folder the server reads; move it to an "
+            "offline folder (`deploy certs` keeps it in OUT-ca)"
+        )
     tls = ["--ssl-ca-certfile", certs / "ca.crt", "--ssl-certfile", certs / "server.pem"]
     return [*cmd, *map(str, tls), "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth"]
 
 
-def start_server(certs: Path | None, host: str, port: int, state: Path, log: Path | None = None) -> subprocess.Popen:
-    """Start the SuperLink (and write its connection entry); the caller waits on or stops the process."""
+def gateway_command(certs: Path, host: str, port: int, control_port: int) -> list[str]:
+    """The Fleet gateway (``fl_metamorphosis/deployment/fleet_gateway.py``) on the devices' address."""
+    return [sys.executable, "-m", "fl_metamorphosis.deployment.fleet_gateway", "--host", host, "--port", str(port),
+            "--upstream-port", str(control_port), "--certs", str(Path(certs).resolve())]  # fmt: skip
+
+
+def _log(path: Path):
+    """A log the process appends to: a restart adds to what the last run wrote, never erases it."""
+    return open(path, "a")  # noqa: SIM115 - the process owns it for its lifetime
+
+
+def start_server(
+    certs: Path | None, host: str, port: int, state: Path, *, control_port: int = CONTROL_PORT
+) -> list[subprocess.Popen]:
+    """Start the SuperLink on 127.0.0.1:``control_port`` and, with ``certs``, the Fleet gateway on
+    ``host:port`` (the one port devices reach); write the operator's connection entry. Without ``certs``
+    (``--insecure``) the SuperLink itself listens on 127.0.0.1:``port``, and nothing faces the network."""
+    check_server_addresses(certs, host, certs is None)
     state = Path(state).resolve()
     state.mkdir(parents=True, exist_ok=True)
-    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # the operator's CLI connects on loopback
-    write_connection(state, f"{local}:{port}", None if certs is None else Path(certs) / "ca.crt")
-    out = open(log or state / "superlink.log", "w")  # noqa: SIM115 - the process owns it for its lifetime
-    return subprocess.Popen(
-        server_command(certs, host, port, state),
-        env=deployment_env(flower_home(state)),
-        cwd=state,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    local_port = port if certs is None else control_port
+    write_connection(state, f"127.0.0.1:{local_port}", None if certs is None else Path(certs) / "ca.crt")
+    env = deployment_env(flower_home(state))
+    procs = [subprocess.Popen(server_command(certs, local_port, state), env=env, cwd=state,
+                              stdout=_log(state / "superlink.log"), stderr=subprocess.STDOUT)]  # fmt: skip
+    if certs is not None:
+        procs.append(subprocess.Popen(gateway_command(certs, host, port, control_port), env=env, cwd=state,
+                                      stdout=_log(state / "gateway.log"), stderr=subprocess.STDOUT))  # fmt: skip
+    for proc, (where, what) in zip(procs, ((local_port, "superlink.log"), (port, "gateway.log")), strict=False):
+        _wait_listening(proc, "127.0.0.1" if host in ("0.0.0.0", "::") or proc is procs[0] else host, where,
+                        state / what)  # fmt: skip
+    return procs
+
+
+def _wait_listening(proc: subprocess.Popen, host: str, port: int, log: Path, timeout_s: float = 120.0) -> None:
+    """Return once ``host:port`` accepts connections; a process that exits first is an error with its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text()[-1500:] if log.exists() else ""
+            raise SimulationFailed(f"{log.stem} exited with code {proc.returncode} before listening on {port}:\n{tail}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        time.sleep(0.25)
+    raise SimulationFailed(f"{log.stem} did not listen on {host}:{port} within {timeout_s:.0f} s: see {log}")
 
 
 def _flwr(args: list[str], state: Path) -> subprocess.CompletedProcess:
@@ -173,9 +230,12 @@ def device_command(
 def start_device(cmd: list[str], state: Path, log: Path | None = None) -> subprocess.Popen:
     state = Path(state).resolve()
     state.mkdir(parents=True, exist_ok=True)
-    out = open(log or state / "supernode.log", "w")  # noqa: SIM115 - the process owns it for its lifetime
     return subprocess.Popen(
-        cmd, env=deployment_env(flower_home(state)), cwd=state, stdout=out, stderr=subprocess.STDOUT
+        cmd,
+        env=deployment_env(flower_home(state)),
+        cwd=state,
+        stdout=_log(log or state / "supernode.log"),
+        stderr=subprocess.STDOUT,
     )
 
 

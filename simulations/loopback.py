@@ -63,15 +63,21 @@ class LoopbackFederation:
     def server_state(self) -> Path:
         return self.root / "server"
 
+    control_port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"  # where the Fleet gateway listens (another address for the intruder test)
+
     def start_server(self) -> None:
-        proc = deploy.start_server(self.root / "certs", "127.0.0.1", self.port, self.server_state)
-        self.procs["server"] = (proc, self.server_state)
-        wait_for(lambda: "Uvicorn running" in log_text(self.server_state, "superlink.log"), "the SuperLink")
+        """The SuperLink on 127.0.0.1:``control_port`` and the Fleet gateway on ``host:port``; both stop with
+        ``stop("server")`` (they share the server's FLWR_HOME)."""
+        superlink, *_ = deploy.start_server(
+            self.root / "certs", self.host, self.port, self.server_state, control_port=self.control_port
+        )
+        self.procs["server"] = (superlink, self.server_state)
 
     def start_device(self, d: int) -> None:
         device = self.devices[d]
         cmd = deploy.device_command(
-            f"127.0.0.1:{self.port}", self.certs.ca_cert, device.key, device.data, device.state, 1, device.name,
+            f"{self.host}:{self.port}", self.certs.ca_cert, device.key, device.data, device.state, 1, device.name,
             free_port(),
         )  # fmt: skip
         self.procs[device.name] = (deploy.start_device(cmd, device.state), device.state)
@@ -87,10 +93,13 @@ class LoopbackFederation:
 
 
 @contextlib.contextmanager
-def loopback_federation(root: Path, cfg: ExperimentConfig, devices: int = 3) -> Iterator[LoopbackFederation]:
-    """A running SuperLink with ``devices`` registered, online SuperNodes; all stopped on exit."""
+def loopback_federation(
+    root: Path, cfg: ExperimentConfig, devices: int = 3, host: str = "127.0.0.1"
+) -> Iterator[LoopbackFederation]:
+    """A running SuperLink with ``devices`` registered, online SuperNodes; all stopped on exit. ``host`` is
+    the address of the Fleet gateway, which the devices connect to."""
     root = Path(root)
-    fed = LoopbackFederation(root, cfg, make_certificates(root / "certs", ["127.0.0.1"]))
+    fed = LoopbackFederation(root, cfg, make_certificates(root / "certs", [host]), host=host)
     folders = deploy.prepare_data(cfg, devices, root / "data")
     try:
         fed.start_server()
