@@ -9,6 +9,12 @@ digest, a checkpoint can never run code (a file crafted with a matching digest i
 The digest detects truncation and accidental or naive tampering; it is not a signature (whoever can
 write the file can recompute it). ``weights_only`` is what keeps a hostile file from running code.
 
+Nor can a hostile file make the reader allocate more than the file's own size. ``torch.save`` writes a zip
+whose entries are stored uncompressed, but ``torch.load`` also inflates deflated entries, so a crafted 100 kB
+payload could declare a 100 MB tensor (or gigabytes). Before ``torch.load`` sees the payload, its zip directory
+is read and every entry must be stored uncompressed, so the payload's entries add up to no more than the
+payload itself: what is loaded is bounded by what was read from disk.
+
 Writes are atomic: the bytes go to a temporary file in the same folder, are flushed to disk, and
 replace the target with one ``os.replace``; a kill at any moment leaves the previous file intact.
 ``durable=False`` skips the two ``fsync`` calls: the write is still atomic and survives the writer's
@@ -25,6 +31,7 @@ import os
 import pickle
 import random
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +105,7 @@ def read_checkpoint(path: Path, kind: str | tuple[str, ...]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: truncated or padded: {len(body)} payload bytes, the header says {length}")
     if hashlib.sha256(body).hexdigest() != digest:
         raise CheckpointError(f"{path}: its content does not match its SHA-256 digest: corrupted or tampered with")
+    _check_expansion(path, body)
     try:
         payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
@@ -108,6 +116,30 @@ def read_checkpoint(path: Path, kind: str | tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: its payload is a {type(payload).__name__}, not a dict")
     return payload
+
+
+def _check_expansion(path: Path, body: bytes) -> None:
+    """Refuse a payload that would load into more memory than it takes on disk: anything but torch's zip of
+    uncompressed entries (what ``write_checkpoint`` writes), checked from the zip directory before any entry
+    is read. The sizes ``torch.load`` allocates are those this directory declares (it checks them as it
+    reads), so a payload that passes cannot expand."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as err:
+        raise CheckpointError(
+            f"{path}: refused: its payload is not the zip archive torch.save writes ({err}); re-run the "
+            "experiment that wrote it"
+        ) from None
+    compressed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    declared = sum(e.file_size for e in entries)
+    if compressed or declared > len(body):
+        raise CheckpointError(
+            f"{path}: refused: its payload declares {declared:,} bytes once unpacked from {len(body):,} on disk"
+            + (f" ({len(compressed)} compressed entries, e.g. {compressed[0]!r})" if compressed else "")
+            + "; write_checkpoint stores every entry uncompressed, so this file was not written by it and could "
+            "expand in memory (a compression bomb): re-run the experiment that wrote it"
+        )
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -44,6 +44,12 @@ class _Strict(BaseModel):
 DatasetName = Literal["digits", "synthetic", "mnist_pairs", "folder", "celeba", "utkface"]
 FILE_DATASETS = ("folder", "celeba", "utkface")  # images on disk, decoded once into a cache
 DEFAULT_TASKS = {"celeba": ["Male", "Smiling"], "utkface": ["age", "race"]}
+# 40 megapixels: above any phone's default photo and most cameras', far below what exhausts a device's memory
+# (one RGB copy of it is 120 MB); a bigger image must be downscaled or the cap raised.
+MAX_IMAGE_PIXELS = 40_000_000
+# Pillow's own default limit (PIL.Image.MAX_IMAGE_PIXELS, ~89.5 MP): above it Pillow itself warns when opening and,
+# at twice it, refuses; capping the setting here keeps every decision about an image's size ours.
+PILLOW_PIXEL_LIMIT = 89_478_485
 
 
 class DataConfig(_Strict):
@@ -105,6 +111,19 @@ class DataConfig(_Strict):
     )
     cache_dir: Path | None = Field(
         None, description="where decoded images are cached (default $XDG_CACHE_HOME or ~/.cache, /fl-metamorphosis)"
+    )
+    allow_paths_outside_root: bool = Field(
+        False,
+        description="folder, celeba, utkface: read images whose listed path leads outside data.root (celeba: "
+        "outside its images folder) through '..', an absolute path or a symlink; off, such a row is refused, "
+        "so a label file or folder from elsewhere cannot make a run read other files on this machine",
+    )
+    max_image_pixels: int = Field(
+        MAX_IMAGE_PIXELS,
+        ge=1,
+        le=PILLOW_PIXEL_LIMIT,
+        description="files: an image declaring more pixels (width x height) is refused before it is decoded, "
+        "so a small file that decodes to gigabytes (a decompression bomb) cannot exhaust memory",
     )
 
     @field_validator("root", "cache_dir")

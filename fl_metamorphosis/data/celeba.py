@@ -5,6 +5,10 @@ Tasks are attribute names with classes "no"/"yes"; the official partition gives 
 intact: a malformed line, or a count on line 1 that does not match the rows, raises :class:`DatasetFileError`
 naming the file and line even with ``skip_bad``, since a half-read dataset would bias every experiment built on
 it without anyone noticing. Only rows whose image is missing are dropped when the caller asks, and then counted.
+An image name that leads out of the images folder (``../x.jpg``, an absolute path, a symlink out of it) is
+refused unless the caller allows it (``allow_outside_root``): an edited text file could otherwise have the run
+read and train on any image on the machine. The images folder itself may be a symlink (a big dataset often
+lives on another disk); it is what names are confined to.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from pathlib import Path
 
 from .labelled_files import (
     IMAGE_SUFFIXES,
+    OUTSIDE_ROOT_FIX,
     DatasetFileError,
     LabelledFiles,
     check_root,
     check_tasks,
     drop_missing,
     finish,
+    outside_root,
     warn_skipped,
 )
 from .multitask import TaskSpec
@@ -108,12 +114,27 @@ def _lookup(mapping: dict[str, str], image: str, path: Path) -> str:
         raise DatasetFileError(f"{path}: no row for image {image!r}; expected one row per image") from None
 
 
-def read_celeba(root: Path, tasks: list[str], *, skip_bad: bool = False) -> LabelledFiles:
+def _refuse_outside(images: Path, attr_path: Path, files: list[Path], rows: list[tuple[str, list[str]]]) -> None:
+    """Raise naming the first image whose name leads outside the images folder."""
+    escaping = outside_root(images, files)
+    if escaping:
+        i, target = escaping[0]
+        more = f" (and {len(escaping) - 1} more)" if len(escaping) > 1 else ""
+        raise DatasetFileError(
+            f"{attr_path}: image {rows[i][0]!r} leads to {str(target)!r}, outside the images folder "
+            f"{str(images)!r}{more}; {OUTSIDE_ROOT_FIX}"
+        )
+
+
+def read_celeba(
+    root: Path, tasks: list[str], *, skip_bad: bool = False, allow_outside_root: bool = False
+) -> LabelledFiles:
     """CelebA in its authors' layout; tasks are attribute names (e.g. "Male", "Smiling"), classes "no"/"yes".
 
     The official partition gives the split (0 train, 1 val, 2 test); ``identity_CelebA.txt``, when present,
     gives the person id. With ``skip_bad``, rows whose image is missing are dropped and counted; the text
-    files themselves must be intact either way (they are the published dataset, not user input).
+    files themselves must be intact either way (they are the published dataset, not user input). An image name
+    leading outside the images folder raises unless ``allow_outside_root``.
     """
     root = check_root(root, _CELEBA_LAYOUT)
     images = _celeba_images_dir(root)
@@ -128,6 +149,8 @@ def read_celeba(root: Path, tasks: list[str], *, skip_bad: bool = False) -> Labe
 
     columns = [names.index(task) for task in tasks]
     files = [images / image for image, _ in rows]
+    if not allow_outside_root:
+        _refuse_outside(images, attr_path, files, rows)
     files, kept, missing = drop_missing(files, rows, skip_bad, _CELEBA_LAYOUT)
     warn_skipped(missing, len(rows), str(attr_path))
     return finish(

@@ -4,11 +4,17 @@
 in [0, 1], one label column per task; read with ``allow_pickle=False``, so the file holds arrays only)
 and ``dataset.json`` (its partition id, the tasks, the counts). The ClientApp reads the folder named by
 its node config (``data-dir``) instead of building a simulated partition.
+
+The folder is copied onto a board by hand, so it is checked like any file from elsewhere: ``pairs.npz`` must be
+the uncompressed zip ``np.savez`` writes (a deflated member could unpack to far more memory than the board has,
+and is refused before any array is read), and a split with no pairs is refused by name rather than failing
+later in training or evaluation.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -62,21 +68,47 @@ def _meta(folder: Path) -> dict:
         ) from None
 
 
+def _check_unpacked_size(path: Path) -> None:
+    """Refuse an archive whose members would unpack to more than the file itself (compressed or overlapping
+    members): ``np.savez`` stores its arrays uncompressed, so such a file was not written by prepare-data."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        raise DeviceDataError(f"{path}: unreadable or not the zip np.savez writes ({err})") from None
+    declared, on_disk = sum(e.file_size for e in entries), path.stat().st_size
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or declared > on_disk:
+        raise DeviceDataError(
+            f"{path}: refused: its arrays declare {declared:,} bytes once unpacked from {on_disk:,} on disk "
+            "(compressed members); `metamorphosis deploy prepare-data` stores them uncompressed: copy the "
+            "device's folder it wrote again"
+        )
+
+
+def _split(folder: Path, arrays: dict[str, np.ndarray], split: str, tasks: list[TaskSpec]) -> MultiTaskDataset:
+    """One split's pairs; an empty one is refused here, before the dataset's label checks fail on it."""
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    if len(images) == 0:
+        raise DeviceDataError(
+            f"{folder / PAIRS}: holds no {split} pairs; re-run `metamorphosis deploy prepare-data` with more "
+            "data.train_pairs / data.test_pairs or fewer devices, and copy the device's folder again"
+        )
+    return MultiTaskDataset(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()), tasks)
+
+
 def read_device_folder(folder: Path) -> tuple[MultiTaskDataset, MultiTaskDataset]:
     """The device's (train, test) pairs, or ``DeviceDataError`` naming the file and what is wrong."""
     folder = Path(folder)
     meta = _meta(folder)
+    if (folder / PAIRS).is_file():  # absent: the np.load below names it
+        _check_unpacked_size(folder / PAIRS)
     try:
         tasks = [TaskSpec(str(t["name"]), int(t["num_classes"])) for t in meta["tasks"]]
-        with np.load(folder / PAIRS, allow_pickle=False) as arrays:
-            parts = [
-                MultiTaskDataset(
-                    torch.from_numpy(arrays[f"{split}_images"].copy()),
-                    torch.from_numpy(arrays[f"{split}_labels"].copy()),
-                    tasks,
-                )
-                for split in ("train", "test")
-            ]
-    except (OSError, KeyError, ValueError) as err:
+        with np.load(folder / PAIRS, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        train, test = (_split(folder, arrays, split, tasks) for split in ("train", "test"))
+    except DeviceDataError:
+        raise  # already names the file and the fix
+    except (OSError, KeyError, ValueError, MemoryError) as err:  # MemoryError: an array header declaring exabytes
         raise DeviceDataError(f"{folder / PAIRS}: unreadable or not of the expected layout ({err})") from None
-    return parts[0], parts[1]
+    return train, test

@@ -60,10 +60,22 @@ def read_labels(cfg: DataConfig) -> LabelledFiles:
             split_column=cfg.split_column,
             identity_column=cfg.identity_column,
             skip_bad=cfg.skip_bad_files,
+            allow_outside_root=cfg.allow_paths_outside_root,
         )
     if cfg.name == "celeba":
-        return read_celeba(cfg.root, cfg.task_names() or [], skip_bad=cfg.skip_bad_files)
-    return read_utkface(cfg.root, cfg.task_names() or [], age_buckets=cfg.age_buckets, skip_bad=cfg.skip_bad_files)
+        return read_celeba(
+            cfg.root,
+            cfg.task_names() or [],
+            skip_bad=cfg.skip_bad_files,
+            allow_outside_root=cfg.allow_paths_outside_root,
+        )
+    return read_utkface(
+        cfg.root,
+        cfg.task_names() or [],
+        age_buckets=cfg.age_buckets,
+        skip_bad=cfg.skip_bad_files,
+        allow_outside_root=cfg.allow_paths_outside_root,
+    )
 
 
 def _held_out(n: int, identity: np.ndarray | None, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -87,7 +99,12 @@ def _file_rows(data_json: str, seed: int) -> FileRows:
     cfg = DataConfig.model_validate_json(data_json)
     files = read_labels(cfg)
     images, kept = decode_images(
-        files, size=cfg.side(), colour=cfg.colour, cache_dir=cfg.cache_folder(), skip_bad=cfg.skip_bad_files
+        files,
+        size=cfg.side(),
+        colour=cfg.colour,
+        cache_dir=cfg.cache_folder(),
+        skip_bad=cfg.skip_bad_files,
+        max_pixels=cfg.max_image_pixels,
     )
     labels, split = files.labels[kept], files.split[kept]
     identity = None if files.identity is None else files.identity[kept]

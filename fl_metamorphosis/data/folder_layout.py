@@ -4,7 +4,9 @@ Any strings are classes, numbered over the whole file so that train and test row
 only lists files and labels and never opens an image, so it is cheap to re-run on every start. A malformed row
 or a missing image raises :class:`DatasetFileError` naming the line or path, because a dataset that is silently
 shrunk would bias every experiment built on it; rows are dropped only when the caller asks (``skip_bad=True``),
-and then counted.
+and then counted. A row whose path leads out of the folder (``..``, an absolute path, a symlink) is refused even
+with ``skip_bad``: it is not a damaged row but one that would read a file the user never put in the dataset, so
+only ``allow_outside_root`` lets it through.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .labelled_files import (
+    OUTSIDE_ROOT_FIX,
     DatasetFileError,
     LabelledFiles,
     check_root,
     check_tasks,
     drop_missing,
     finish,
+    outside_root,
     warn_skipped,
 )
 from .multitask import TaskSpec
@@ -92,12 +96,14 @@ def read_folder(
     split_column: str = "split",
     identity_column: str = "identity",
     skip_bad: bool = False,
+    allow_outside_root: bool = False,
 ) -> LabelledFiles:
     """A folder of images labelled by a CSV: one row per image, one column per task (any strings as classes).
 
     Class ids are the sorted unique values over the whole file, so they agree between train and test rows.
     With ``skip_bad``, rows with a missing image or a malformed row (wrong number of cells, an empty cell)
-    are dropped and counted in ``skipped``; without it they raise :class:`DatasetFileError`.
+    are dropped and counted in ``skipped``; without it they raise :class:`DatasetFileError`. A path that leads
+    outside ``root`` raises unless ``allow_outside_root``.
     """
     layout = _folder_layout(labels_file, file_column)
     root = check_root(root, layout)
@@ -122,6 +128,8 @@ def read_folder(
     ]
     identities = _identity_ids([r[identity_column] for _, r in records]) if identity_column in header else None
     files = [root / r[file_column] for _, r in records]
+    if not allow_outside_root:
+        _refuse_outside(root, path, files, records, file_column)
     ids = [{name: i for i, name in enumerate(names)} for names in classes]
     labels = [[ids[t][r[task]] for t, task in enumerate(tasks)] for _, r in records]
     keep = list(range(len(records)))
@@ -138,6 +146,21 @@ def read_folder(
         bad + missing,
         layout,
     )
+
+
+def _refuse_outside(
+    root: Path, path: Path, files: list[Path], records: list[tuple[int, dict[str, str]]], file_column: str
+) -> None:
+    """Raise naming the first row whose image path leads outside ``root``."""
+    escaping = outside_root(root, files)
+    if escaping:
+        i, target = escaping[0]
+        line, record = records[i]
+        more = f" (and {len(escaping) - 1} more row(s))" if len(escaping) > 1 else ""
+        raise DatasetFileError(
+            f"{path} line {line}: {file_column!r} is {record[file_column]!r}, which leads to {str(target)!r}, "
+            f"outside the dataset folder {str(root)!r}{more}; {OUTSIDE_ROOT_FIX}"
+        )
 
 
 def _folder_records(

@@ -7,6 +7,11 @@ modification time (plus the decode settings), so replacing an image invalidates 
 remember to clear a cache. Labels are deliberately not cached: they are cheap to re-read and the choice of tasks
 changes between experiments, while the pixels do not. An unreadable image raises :class:`DatasetFileError`
 naming it; images are dropped only when the caller asks (``skip_bad=True``), and then counted and logged.
+
+An image's header is trusted for nothing: a 100 kB PNG can declare 10000 x 10000 pixels and decode to 300 MB
+of RGB, per decoding thread. So each image's declared size is checked against ``max_pixels`` right after its
+header is read and before any pixel is decoded; Pillow's own bomb check (a warning at ~89 MP, an error at
+twice that) is far above what a board can hold and only warns in between, so it is not relied on.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..config import MAX_IMAGE_PIXELS, PILLOW_PIXEL_LIMIT
 from .labelled_files import DatasetFileError, LabelledFiles
 
 logger = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the decode pipeline changes, so old caches are not reused.
-_CACHE_VERSION = 1
+# 2: images above the pixel cap are refused (the cap is in the key too: with skip_bad it decides which rows stay).
+_CACHE_VERSION = 2
 _CHUNK = 1024  # images decoded per batch of thread-pool work: bounds the decoded arrays held in flight
 _PROGRESS_OVER = 2000  # decodes of more files than this log their progress
 
@@ -44,12 +51,14 @@ def decode_images(
     colour: Literal["rgb", "grey"],
     cache_dir: Path,
     skip_bad: bool = False,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images ``uint8 [M, C, size, size]`` (resized and centre-cropped; C 3 for rgb, 1 for grey) and ``kept``,
     the ``int64 [M]`` rows of ``files`` they belong to (all rows unless ``skip_bad`` dropped unreadable ones).
 
     The result is cached under ``cache_dir`` and returned memory-mapped; a later call with the same files
     (same paths, sizes and modification times) and settings reads the cache without opening any image.
+    An image declaring more than ``max_pixels`` pixels is refused (dropped with ``skip_bad``) undecoded.
     """
     mode = _pil_mode(colour)
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
@@ -63,11 +72,12 @@ def decode_images(
         raise DatasetFileError(
             f"cache folder {str(cache_dir)!r} cannot be created ({err}); pick a writable folder"
         ) from None
-    folder = cache_dir / _cache_name(files, size, colour, skip_bad)
+    max_pixels = _check_max_pixels(max_pixels)
+    folder = cache_dir / _cache_name(files, size, colour, skip_bad, max_pixels)
 
     cached = _load_cache(folder, size, mode)
     if cached is None:
-        _build_cache(folder, files, size, mode, skip_bad)
+        _build_cache(folder, files, size, mode, skip_bad, max_pixels)
         cached = _load_cache(folder, size, mode)
         if cached is None:  # only if someone deletes or corrupts it between our write and our read
             raise DatasetFileError(f"image cache {str(folder)!r} vanished or is corrupt right after being written")
@@ -77,6 +87,17 @@ def decode_images(
             "%s: %d of %d images were unreadable and dropped (skip_bad=True)", files.root, meta["skipped"], meta["rows"]
         )
     return images, kept
+
+
+def _check_max_pixels(max_pixels: int) -> int:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int | np.integer):
+        raise DatasetFileError(f"max_pixels {max_pixels!r} must be an integer (data.max_image_pixels)")
+    if not 1 <= max_pixels <= PILLOW_PIXEL_LIMIT:
+        raise DatasetFileError(
+            f"max_pixels {max_pixels} must be between 1 and {PILLOW_PIXEL_LIMIT:,} (Pillow's own limit; "
+            "data.max_image_pixels)"
+        )
+    return int(max_pixels)
 
 
 def _pil_mode(colour: str) -> str:
@@ -94,13 +115,14 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _cache_name(files: LabelledFiles, size: int, colour: str, skip_bad: bool) -> str:
+def _cache_name(files: LabelledFiles, size: int, colour: str, skip_bad: bool, max_pixels: int) -> str:
     """A folder name that changes whenever any file, its order, or a decode setting changes.
 
     Rows are hashed in their order (not sorted) because the cached array is stored in row order: the same
     files listed in another order must not reuse an array whose rows no longer line up with the labels.
     """
-    digest = hashlib.sha256(f"v{_CACHE_VERSION}\0{int(size)}\0{colour}\0{bool(skip_bad)}\n".encode())
+    settings = f"v{_CACHE_VERSION}\0{int(size)}\0{colour}\0{bool(skip_bad)}\0{int(max_pixels)}\n"
+    digest = hashlib.sha256(settings.encode())
     for path in files.files:
         try:
             stat = os.stat(path)
@@ -136,13 +158,13 @@ def _load_cache(folder: Path, size: int, mode: str) -> tuple[np.ndarray, np.ndar
     return images, kept.astype(np.int64, copy=False), meta
 
 
-def _build_cache(folder: Path, files: LabelledFiles, size: int, mode: str, skip_bad: bool) -> None:
+def _build_cache(folder: Path, files: LabelledFiles, size: int, mode: str, skip_bad: bool, max_pixels: int) -> None:
     """Decode every file into a temporary folder next to ``folder``, then rename it into place in one step, so a
     reader (or a crash) never sees a half-written cache."""
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        kept = _decode_to(tmp / "images.npy", files.files, size, mode, skip_bad)
+        kept = _decode_to(tmp / "images.npy", files.files, size, mode, skip_bad, max_pixels)
         np.save(tmp / "kept.npy", kept)
         meta = {
             "root": str(files.root),
@@ -166,7 +188,9 @@ def _build_cache(folder: Path, files: LabelledFiles, size: int, mode: str, skip_
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _decode_to(out_path: Path, paths: list[Path], size: int, mode: str, skip_bad: bool) -> np.ndarray:
+def _decode_to(
+    out_path: Path, paths: list[Path], size: int, mode: str, skip_bad: bool, max_pixels: int = MAX_IMAGE_PIXELS
+) -> np.ndarray:
     """Decode ``paths`` in order into the .npy ``out_path``; returns the rows kept (all, unless skip_bad)."""
     channels = 3 if mode == "RGB" else 1
     n = len(paths)
@@ -174,7 +198,7 @@ def _decode_to(out_path: Path, paths: list[Path], size: int, mode: str, skip_bad
     out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8, shape=(n, channels, size, size))
     ok = np.ones(n, dtype=bool)
     step = max(1, -(-n // 10))
-    decode = partial(_decode_one, size=size, mode=mode)
+    decode = partial(_decode_one, size=size, mode=mode, max_pixels=max_pixels)
     # Threads, not processes: Pillow releases the GIL while decoding and resizing, and threads share `out`.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for begin in range(0, n, _CHUNK):
@@ -185,10 +209,7 @@ def _decode_to(out_path: Path, paths: list[Path], size: int, mode: str, skip_bad
                     ok[i] = False
                     logger.debug("skipping unreadable image %s: %s", paths[i], result)
                 else:
-                    raise DatasetFileError(
-                        f"image {str(paths[i])!r} is unreadable ({result}); expected an image file Pillow can open "
-                        "(replace or remove it, or pass skip_bad=True to drop unreadable images)"
-                    )
+                    raise DatasetFileError(_refusal(paths[i], result))
                 if n > _PROGRESS_OVER and ((i + 1) % step == 0 or i + 1 == n):
                     logger.info("decoding images: %d/%d (%d%%)", i + 1, n, 100 * (i + 1) // n)
     kept = np.flatnonzero(ok).astype(np.int64)
@@ -213,15 +234,49 @@ def _compact(out: np.memmap, out_path: Path, kept: np.ndarray) -> np.memmap:
     return compact
 
 
-def _decode_one(path: Path, *, size: int, mode: str) -> np.ndarray | Exception:
-    """One image as uint8 CHW, or the exception that made it unreadable (raised by the caller, in order)."""
+class ImageTooLarge(Exception):
+    """An image whose header declares more pixels than the cap: refused before a single pixel is decoded."""
+
+
+def _refusal(path: Path, err: Exception) -> str:
+    """The error naming ``path``, why it was refused and the fix."""
+    if isinstance(err, ImageTooLarge):
+        return (
+            f"image {str(path)!r} {err}, and may be a decompression bomb (a small file that decodes to gigabytes): "
+            "downscale the image, remove its row, raise data.max_image_pixels if you trust it, or set "
+            "data.skip_bad_files = true to drop it"
+        )
+    return (
+        f"image {str(path)!r} is unreadable ({err}); expected an image file Pillow can open "
+        "(replace or remove it, or pass skip_bad=True to drop unreadable images)"
+    )
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> ImageTooLarge | None:
+    pixels = width * height
+    if pixels <= max_pixels:
+        return None
+    return ImageTooLarge(
+        f"declares {width} x {height} = {pixels:,} pixels, above the cap of {max_pixels:,} pixels "
+        "(data.max_image_pixels)"
+    )
+
+
+def _decode_one(path: Path, *, size: int, mode: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray | Exception:
+    """One image as uint8 CHW, or the exception that made it unreadable or too large (raised by the caller, in
+    order). Only the header is read before the size check, so a bomb costs a few kB of reading."""
     try:
         with Image.open(path) as img:
+            too_large = _too_large(img.width, img.height, max_pixels)
+            if too_large is not None:
+                return too_large
             # draft lets the JPEG decoder scale down by 1/2..1/8 while staying >= size: far less work for big photos.
             img.draft(mode, (size, size))
             image = ImageOps.exif_transpose(img).convert(mode)  # phone photos store their rotation in EXIF
             image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+    except Image.DecompressionBombError as err:  # above twice Pillow's own limit: refused by Image.open itself
+        return ImageTooLarge(f"is larger than even Pillow accepts ({err}); the cap is {max_pixels:,} pixels")
+    except (OSError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
         return err
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

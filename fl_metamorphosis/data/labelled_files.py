@@ -5,6 +5,11 @@ image, so it is cheap and can be re-run on every start. Every reader checks the 
 :class:`DatasetFileError` naming the path or value and the layout it expected: a dataset that is half-read or
 silently shrunk would bias every experiment built on it without anyone noticing. Rows are only ever dropped when
 the caller asks for it (``skip_bad=True``), and then counted (``LabelledFiles.skipped``) and logged.
+
+A label file or a folder is input a user may have downloaded from anyone, so the paths it lists are confined to
+the dataset folder (:func:`outside_root`): a row ``../../home/me/.ssh/id_rsa.png``, an absolute path or a
+symlink out of the folder would otherwise make the run read, decode and cache (and a federation train on) files
+the user never meant to share. Reading outside the folder is an explicit opt-in (``allow_outside_root``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ from .multitask import TaskSpec
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# The fix every "outside the dataset folder" error names; the config field is DataConfig.allow_paths_outside_root.
+OUTSIDE_ROOT_FIX = (
+    "keep the images inside the dataset folder (copy them in and list them relative to it), "
+    "or set data.allow_paths_outside_root = true if you trust the label file"
+)
 
 
 class DatasetFileError(ValueError):
@@ -73,6 +83,53 @@ def _unknown_task_message(task: str, valid: list[str], where: str) -> str:
     return f"unknown task {task!r} for {where}; valid names are: {', '.join(valid)}{hint}"
 
 
+def _symlink_names(folder: Path, cache: dict[Path, frozenset[str]]) -> frozenset[str]:
+    """The names of the symlinks in ``folder`` (read once per folder; none when it cannot be listed)."""
+    if folder not in cache:
+        try:
+            # scandir's is_symlink comes from the directory listing itself, without a stat per file
+            with os.scandir(folder) as entries:
+                cache[folder] = frozenset(e.name for e in entries if e.is_symlink())
+        except OSError:
+            cache[folder] = frozenset()
+    return cache[folder]
+
+
+def _resolve(path: Path) -> Path:
+    """``path.resolve()``, or ``path`` itself on a symlink loop: such a file is unreadable, and the decoder then
+    names it, which is a clearer error than the loop."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path
+
+
+def outside_root(root: Path, files: Sequence[Path]) -> list[tuple[int, Path]]:
+    """(index, resolved path) of each file that resolves outside ``root``: through ``..``, an absolute path, or a
+    symlink (of the file or of any folder above it).
+
+    Each distinct folder is resolved once and a file itself only when it is a symlink: resolving every one of
+    CelebA's 200k files would cost seconds on every start, and the readers are meant to be cheap.
+    """
+    base = Path(root).resolve()
+    folders: dict[Path, tuple[Path, bool]] = {}  # listed folder -> (its real path, whether that is inside root)
+    links: dict[Path, frozenset[str]] = {}
+    escaping = []
+    for i, path in enumerate(files):
+        parent, name = path.parent, path.name
+        if parent not in folders:
+            real = _resolve(parent)
+            folders[parent] = real, real.is_relative_to(base)
+        folder, inside = folders[parent]
+        if name == ".." or name in _symlink_names(folder, links):
+            target = _resolve(folder / name)
+            if not target.is_relative_to(base):
+                escaping.append((i, target))
+        elif not inside:
+            escaping.append((i, folder / name))
+    return escaping
+
+
 def _missing_files(files: list[Path]) -> list[bool]:
     """Whether each file is missing: one directory listing per folder instead of one stat per file (CelebA has
     200k images in one folder)."""
@@ -119,7 +176,10 @@ def finish(
 ) -> LabelledFiles:
     if not files:
         reason = f" (all {skipped} rows were dropped as bad)" if skipped else ""
-        raise DatasetFileError(f"dataset {str(root)!r} has no images{reason}; expected {layout}")
+        raise DatasetFileError(
+            f"dataset {str(root)!r} has no images{reason}: nothing to train on; point data.root at the dataset's "
+            f"folder, or add images (and their label rows); expected {layout}"
+        )
     for task, names in zip(tasks, classes, strict=True):
         if task.num_classes < 2:
             raise DatasetFileError(

@@ -4,7 +4,9 @@ Ages are bucketed by the caller's ``age_buckets``; there is no official split or
 not parse raises :class:`DatasetFileError` naming the file and the expected pattern, because a silently shrunk
 dataset would bias every experiment built on it; such files are dropped only when the caller asks
 (``skip_bad=True``), and then counted. An age below the first bucket edge is always an error: it is a wrong
-``age_buckets``, not a bad file.
+``age_buckets``, not a bad file. A file that is a symlink out of the folder is refused unless the caller allows it
+(``allow_outside_root``): the folder may come from anyone, and such a link would have the run read and train on
+an image elsewhere on the machine.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import numpy as np
 
 from .labelled_files import (
     IMAGE_SUFFIXES,
+    OUTSIDE_ROOT_FIX,
     DatasetFileError,
     LabelledFiles,
     check_root,
     check_tasks,
     finish,
+    outside_root,
     warn_skipped,
 )
 from .multitask import TaskSpec
@@ -64,12 +68,32 @@ def _utkface_images(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: (p.name, str(p)))
 
 
-def read_utkface(root: Path, tasks: list[str], *, age_buckets: list[int], skip_bad: bool = False) -> LabelledFiles:
+def _refuse_outside(root: Path, files: list[Path]) -> None:
+    """Raise naming the first file (a symlink, or in a symlinked subfolder) that leads outside ``root``."""
+    escaping = outside_root(root, files)
+    if escaping:
+        i, target = escaping[0]
+        more = f" (and {len(escaping) - 1} more)" if len(escaping) > 1 else ""
+        raise DatasetFileError(
+            f"{str(files[i])!r} leads to {str(target)!r}, outside the dataset folder {str(root)!r}{more}; "
+            f"{OUTSIDE_ROOT_FIX}"
+        )
+
+
+def read_utkface(
+    root: Path,
+    tasks: list[str],
+    *,
+    age_buckets: list[int],
+    skip_bad: bool = False,
+    allow_outside_root: bool = False,
+) -> LabelledFiles:
     """UTKFace, labelled by its file names; tasks among "gender", "race" and "age" (bucketed by ``age_buckets``).
 
     There is no official split or identity, so ``split`` is "" (the caller splits) and ``identity`` None.
     With ``skip_bad``, files whose names do not parse are dropped and counted; ages below the first bucket
-    edge are always an error, because that is a wrong ``age_buckets`` rather than a bad file.
+    edge are always an error, because that is a wrong ``age_buckets`` rather than a bad file. A file leading
+    outside ``root`` (a symlink) raises unless ``allow_outside_root``.
     """
     root = check_root(root, _UTKFACE_LAYOUT)
     tasks = check_tasks(tasks, _UTKFACE_TASKS, "UTKFace", _UTKFACE_LAYOUT)
@@ -79,6 +103,8 @@ def read_utkface(root: Path, tasks: list[str], *, age_buckets: list[int], skip_b
     edges = np.asarray(age_buckets if "age" in tasks else [0], dtype=np.int64)
 
     candidates = _utkface_images(root)
+    if not allow_outside_root:
+        _refuse_outside(root, candidates)
     files, labels, skipped = [], [], 0
     for path in candidates:
         match = _UTKFACE_PATTERN.fullmatch(path.name)

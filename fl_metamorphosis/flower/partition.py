@@ -9,6 +9,9 @@ Image datasets (synthetic, a folder, CelebA, UTKFace): the training images thems
 Dirichlet and pathological skew by one task's labels (``federated.partition_task``, default the first);
 ``identity`` gives each device all the images of a few people, as a phone holds its owner's and friends'
 faces. A device's local test images are its share of the server's test split.
+
+A device whose share is empty (train or test) is refused here, naming the dataset and the fix, rather than
+handed an empty dataset that fails later (an empty batch in training, a mean over nothing in evaluation).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Path
 from ..config import DataConfig, ExperimentConfig, FederatedConfig
 from ..data import MultiTaskDataset, load_dataset
 from ..data.digits import digit_sources
+from ..data.labelled_files import DatasetFileError
 from ..data.pairs import PairSources, compose_pairs
 
 PAIR_DATASETS = ("digits", "mnist_pairs")
@@ -136,20 +140,39 @@ def _image_partitions(data_json: str, fed_json: str, seed: int) -> tuple[np.ndar
     return tuple(partition_rows(rows[order], labels[order, by], people, fed, seed))
 
 
+def _dataset_name(data: DataConfig) -> str:
+    return f"{data.name} dataset" + (f" in {str(data.root)!r}" if data.root is not None else "")
+
+
+def _require_rows(count: int, what: str, data: DataConfig, fed: FederatedConfig, device: int, fix: str) -> None:
+    if count == 0:
+        raise DatasetFileError(
+            f"device {device} of federated.num_devices={fed.num_devices} gets no {what} from the "
+            f"{_dataset_name(data)}: {fix}"
+        )
+
+
 def _image_device(
     data: DataConfig, fed: FederatedConfig, device: int, seed: int
 ) -> tuple[MultiTaskDataset, MultiTaskDataset]:
     rows = _image_partitions(data.model_dump_json(), fed.model_dump_json(), seed)[device]
-    if len(rows) == 0:
-        raise ValueError(f"device {device} received no images: use fewer devices or a larger alpha")
+    fix = "use fewer devices (federated.num_devices), a larger federated.dirichlet_alpha, or more images"
+    _require_rows(len(rows), "training images", data, fed, device, fix)
+    test_fix = (
+        "its test split holds fewer images than there are devices; use fewer devices (federated.num_devices) or "
+        "a larger test split (data.test_pairs, data.test_fraction, or the CSV's split column)"
+    )
     if data.name == "synthetic":
         split = _synthetic(data.model_dump_json(), seed)
-        test = split.test.subset(torch.arange(device, len(split.test), fed.num_devices))
-        return split.train.subset(torch.from_numpy(np.sort(rows))), test
+        test_rows = torch.arange(device, len(split.test), fed.num_devices)
+        _require_rows(len(test_rows), "test images", data, fed, device, test_fix)
+        return split.train.subset(torch.from_numpy(np.sort(rows))), split.test.subset(test_rows)
     from ..data.file_datasets import file_rows
 
     files = file_rows(data, seed)
-    return files.dataset(rows), files.dataset(files.test[device :: fed.num_devices])
+    test_rows = files.test[device :: fed.num_devices]
+    _require_rows(len(test_rows), "test images", data, fed, device, test_fix)
+    return files.dataset(rows), files.dataset(test_rows)
 
 
 def device_datasets(
@@ -167,8 +190,8 @@ def device_datasets(
         return _image_device(data, fed, device, seed)
     src = pair_sources(data, seed)
     sources = device_sources(data, fed, device, seed)
-    if len(sources) == 0:
-        raise ValueError(f"device {device} received no source items: use fewer devices or a larger alpha")
+    fix = "use fewer devices (federated.num_devices) or a larger federated.dirichlet_alpha"
+    _require_rows(len(sources), "source items", data, fed, device, fix)
     rng = np.random.default_rng((seed, device))
     order = rng.permutation(sources)
     n_test = int(round(len(order) * test_share)) if len(order) > 1 else 0
