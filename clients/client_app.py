@@ -10,10 +10,13 @@ prepare-data``); a simulated device builds its partition of the configured datas
 state (DP-SGD step history, noise multiplier, release counts) lives in its own state folder
 (``federated/device_state.py``): node config ``state-dir`` on a real device, the run folder's
 ``devices/<partition-id>`` in a simulation. Each handler writes it before its reply leaves, so a
-restarted device keeps counting. The ``replay_repeated_requests`` mod answers a request identical to the
-last one of its kind with the same reply (a server that resumed after a crash asks for its lost round
-again): one release sent twice counts once. The ``secure_aggregation`` mod runs the device's side of
-Flower's SecAgg+ when the server asks for it (``clients/secure_aggregation.py``).
+restarted device keeps counting. The ``guard_device_state`` mod holds the state folder's lock for the whole
+message (two processes of one device never lose a spend) and refuses to answer when the ledger of a device
+whose data folder records that it took part is gone (never a fresh budget unless the owner resets it). The
+``replay_repeated_requests`` mod answers a request identical to the last one of its kind with the same
+reply (a server that resumed after a crash asks for its lost round again): one release sent twice counts
+once. The ``secure_aggregation`` mod runs the device's side of Flower's SecAgg+ when the server asks for
+it (``clients/secure_aggregation.py``).
 
 The server is one of the parties the device protects itself against, so nothing it sends decides the
 device's privacy randomness: noise and sampling come from the OS CSPRNG (``privacy/randomness.py``), and
@@ -41,15 +44,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from fl_metamorphosis.config import ExperimentConfig, PoisoningConfig
 from fl_metamorphosis.data.device_folder import read_device_folder
 from fl_metamorphosis.data.reference import reference_pairs
 from fl_metamorphosis.federated import train_locally
 from fl_metamorphosis.federated.device import build_generator, privacy_plan, split_state
-from fl_metamorphosis.federated.device_state import DeviceState, ReplyMemo
+from fl_metamorphosis.federated.device_state import DeviceState, DeviceStateRefused, ReplyMemo, device_lock
 from fl_metamorphosis.federated.poisoning import flip_labels, malicious_devices, poison_update
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower.arrays import torch_state
@@ -121,6 +125,13 @@ def state_dir(context: Context) -> Path:
     )
 
 
+def data_dir(context: Context) -> Path | None:
+    """The device's own data folder (a real deployment), where it records that it took part; None for a
+    simulated device, whose state lives in its run folder and goes with it."""
+    own = context.node_config.get(DATA_DIR)
+    return Path(str(own)) if own else None
+
+
 def durable(context: Context) -> bool:
     """Whether the device's writes must survive a power cut (fsync): always, except on a simulated device,
     which shares one machine with its run (``checkpoint.write_checkpoint``)."""
@@ -140,9 +151,27 @@ def replay_repeated_requests(msg: Message, context: Context, call_next) -> Messa
     return reply
 
 
+def guard_device_state(msg: Message, context: Context, call_next) -> Message:
+    """Flower mod: one message at a time per device, and never on a lost ledger.
+
+    The state folder's lock (``device_lock``) is held from before the replay memo is read until the handler's
+    state is saved, so two processes of one device cannot both load the same spend and lose one. A device
+    whose ledger is gone after it took part (``LedgerMissing``), or that cannot reach its state, answers a
+    refusal naming its state folder and the owner's reset; the server books it as a refusal, like a policy's."""
+    folder = state_dir(context)
+    try:
+        with device_lock(folder):
+            DeviceState.load(folder, data_dir(context))  # refuses before anything is replayed, trained or released
+            return call_next(msg, context)
+    except DeviceStateRefused as err:
+        reason = proto.POLICY_REFUSED + str(err)
+        return Message(Error(int(ErrorCode.CLIENT_APP_RAISED_EXCEPTION), reason), reply_to=msg)
+
+
 # Outermost first. ``secure_aggregation`` translates SecAgg+'s requests into the protocol's before the policy
 # reads their config and the replay mod compares them with the last one (``clients/secure_aggregation.py``).
-app = ClientApp(mods=[release_memory, secure_aggregation, enforce_policy, replay_repeated_requests])
+# A request the policy refuses never takes the device's lock nor touches its state folder.
+app = ClientApp(mods=[release_memory, secure_aggregation, enforce_policy, guard_device_state, replay_repeated_requests])
 
 
 def _local_data(cfg: ExperimentConfig, context: Context):
@@ -192,7 +221,7 @@ def train(msg: Message, context: Context) -> Message:
     if attack is not None and attack.attack == "label_flip":
         data = flip_labels(data)
     folder = state_dir(context)
-    state = DeviceState.load(folder)
+    state = DeviceState.load(folder, data_dir(context))  # under guard_device_state's lock until saved
     randomness = _randomness(cfg, device, int(config[proto.SERVER_ROUND]), _TRAIN)
     plan = privacy_plan(cfg, data)
     if state.noise_multiplier is None:  # calibrated once, for taking part in every round, then kept
@@ -213,7 +242,8 @@ def train(msg: Message, context: Context) -> Message:
         train_heads=cfg.federated.device_heads == "dp_trained",
     )
     state.history = update.history
-    state.save(folder, durable=durable(context))  # before the reply leaves: whatever the server receives is counted
+    # before the reply leaves: whatever the server receives is counted
+    state.save(folder, durable=durable(context), data_dir=data_dir(context))
     if attack is not None and update.weights is not None:
         update.weights = poison_update(attack, update.weights, received, randomness.generator(), folder)
     reply = proto.TrainReply(
@@ -254,7 +284,7 @@ def features(msg: Message, context: Context) -> Message:
     if attack is not None and attack.attack == "label_flip":
         data = flip_labels(data)
     folder = state_dir(context)
-    state = DeviceState.load(folder)
+    state = DeviceState.load(folder, data_dir(context))  # under guard_device_state's lock until saved
     randomness = _randomness(cfg, device, int(config[proto.SERVER_ROUND]), _FEATURES)
     generator, _ = _global_model(cfg, msg, data)
     ledger = ReleaseLedger(len(data))
@@ -284,7 +314,7 @@ def features(msg: Message, context: Context) -> Message:
                     released[:, t] = rows[:, t]
     ledger.record(idx)  # a pair counts as released if any of its tasks' features left
     state.releases = ledger.state_dict()
-    state.save(folder, durable=durable(context))
+    state.save(folder, durable=durable(context), data_dir=data_dir(context))
     _log_gate(folder, int(config[proto.SERVER_ROUND]), decisions)
     tasks = {}
     for t, name in enumerate(data.task_names):
