@@ -19,10 +19,33 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from .config import ConfigError, load_config, preset_overrides
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # no file given: each print writes to the sys.stderr of that moment
+
+
+def say(line: str, style: str | None = None) -> None:
+    """One line for the user on stderr, printed as it is.
+
+    Never read as rich markup or emoji codes: a path or an error may hold ``[x]``, ``[/`` or ``:name:``, which
+    markup would swallow, or turn into a MarkupError traceback in place of the message. Never wrapped
+    (``soft_wrap``): a console that is not a terminal (CI logs, a pipe) is 80 columns wide to rich, and a
+    path or message cut over lines cannot be copied or grepped."""
+    console.print(Text(line, style=style or ""), highlight=False, soft_wrap=True)
+
+
+def say_error(label: str, detail: object) -> None:
+    """``label`` in red, then ``detail`` (an error, its message) verbatim, on one line (see ``say``)."""
+    line = Text(label, style="red")
+    line.append(f" {detail}")
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def _echo(line: str) -> None:
+    """A progress line of a long run (compare, sweep, simulate), verbatim (see ``say``)."""
+    say(line)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,7 +142,7 @@ def _audit(args: argparse.Namespace) -> int:
             raise ConfigError(f"--held-rounds={args.held_rounds!r}: give 'all' or a positive number of rounds")
         sample = None if args.held_rounds == "all" else int(args.held_rounds)
         out = args.out or args.source / "audit"
-        console.print(f"[bold]auditing the rows held from every round of {args.source}[/bold] -> {out}")
+        say(f"auditing the rows held from every round of {args.source} -> {out}", "bold")
         write_held_rows_audit(args.source, out, sample)
         print((out / "held_rows.md").read_text())
         return 0
@@ -127,11 +150,11 @@ def _audit(args: argparse.Namespace) -> int:
     if args.attacker_samples is not None and args.attacker_samples < 50:
         raise ConfigError(f"--attacker-samples={args.attacker_samples}: give at least 50")
     out = args.out or (args.source if args.source.is_dir() else args.source.parent) / "audit"
-    console.print(f"[bold]auditing {args.source}[/bold] -> {out}")
+    say(f"auditing {args.source} -> {out}", "bold")
     summary = write_audit(args.source, out, args.export, args.attacker_samples)
     print((out / "report.md").read_text())
     if args.export:
-        console.print(f"released features exported to {args.export} ({', '.join(summary['methods'])})")
+        say(f"released features exported to {args.export} ({', '.join(summary['methods'])})")
     return 0
 
 
@@ -141,21 +164,20 @@ def _compare(args: argparse.Namespace) -> int:
 
     quick = preset_overrides(TINY_PRESET) if args.quick else []
     cfg = load_config(args.config, [*COMPARE_DEFAULTS, *quick, *args.overrides])
-    echo = lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
     from .methods import METHODS
 
     try:
         if args.sweep:
             methods = args.methods or ["metamorphosis"]
-            rows = sweep(cfg, args.out, methods, args.seeds[0], parse_sweep(args.sweep), echo)
-            console.print(f"{len(rows)} sweep runs: {args.out / 'sweep.json'}, {args.out / 'sweep.png'}")
+            rows = sweep(cfg, args.out, methods, args.seeds[0], parse_sweep(args.sweep), _echo)
+            say(f"{len(rows)} sweep runs: {args.out / 'sweep.json'}, {args.out / 'sweep.png'}")
             return 0
-        compare(cfg, args.out, args.methods or list(METHODS), args.seeds, echo)
+        compare(cfg, args.out, args.methods or list(METHODS), args.seeds, _echo)
     except SimulationFailed as err:
-        console.print(f"[red]a run failed:[/red] {err}  (finished runs are kept and reused on the next call)")
+        say_error("a run failed:", f"{err}  (finished runs are kept and reused on the next call)")
         return 1
     print((args.out / "comparison.md").read_text())
-    console.print(f"comparison folder: {args.out}")
+    say(f"comparison folder: {args.out}")
     return 0
 
 
@@ -177,30 +199,34 @@ def _simulate(args: argparse.Namespace) -> int:
             raise ConfigError(f"--policy: {err}") from None
         os.environ[POLICY_ENV] = str(args.policy.resolve())  # the devices' environment, not the server's config
     fed = cfg.federated
-    console.print(
-        f"[bold]{'resuming' if args.resume else 'simulating'} {fed.num_devices} devices, {fed.rounds} rounds, "
-        f"{fed.partitioning} partitioning, strategy {fed.strategy.name}[/bold]"
-        + (f" on the Ray cluster at {args.ray_address}" if args.ray_address else "")
+    heading = Text(
+        f"{'resuming' if args.resume else 'simulating'} {fed.num_devices} devices, {fed.rounds} rounds, "
+        f"{fed.partitioning} partitioning, strategy {fed.strategy.name}",
+        style="bold",
+    )
+    heading.append(
+        (f" on the Ray cluster at {args.ray_address}" if args.ray_address else "")
         + f" (Flower log: {args.out / 'flower.log'})"
     )
+    console.print(heading, highlight=False, soft_wrap=True)
     try:
         out = simulate(
             cfg,
             args.out,
-            echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+            echo=_echo,
             resume=args.resume is not None,
             ray_address=args.ray_address,
         )
     except SimulationFailed as err:
-        console.print(f"[red]simulation failed:[/red] {err}")
-        console.print(f"finished rounds are checkpointed: continue with `metamorphosis simulate --resume {args.out}`")
+        say_error("simulation failed:", err)
+        say(f"finished rounds are checkpointed: continue with `metamorphosis simulate --resume {args.out}`")
         return 1
     report = out / "report.md"
     if report.exists():
         print(report.read_text())
     else:
-        console.print("audit.enabled=false: no privacy figures; per-round metrics in metrics.jsonl")
-    console.print(f"run folder: {out}")
+        say("audit.enabled=false: no privacy figures; per-round metrics in metrics.jsonl")
+    say(f"run folder: {out}")
     return 0
 
 
@@ -212,16 +238,16 @@ def _central(args: argparse.Namespace) -> int:
     def on_epoch(row: dict) -> None:
         accs = "  ".join(f"{k.removeprefix('test_acc.')} {v:.3f}" for k, v in row.items() if k.startswith("test_acc."))
         eps = f"  eps {row['epsilon']:.2f}" if row.get("epsilon") is not None else ""
-        console.print(
-            f"  \\[{row['method']}] epoch {row['epoch']}/{cfg.train.epochs}  loss {row['train_loss']:.3f}  "
+        say(
+            f"  [{row['method']}] epoch {row['epoch']}/{cfg.train.epochs}  loss {row['train_loss']:.3f}  "
             f"{accs}{eps}  ({row['seconds']:.0f} s)"
         )
 
-    summary = run_central(cfg, args.out, on_epoch, on_stage=lambda msg: console.print(f"[bold]{msg}[/bold]"))
+    summary = run_central(cfg, args.out, on_epoch, on_stage=lambda msg: say(msg, "bold"))
     report = (args.out / "report.md").read_text()
     print(report)
     failed = [c for c in summary["checks"] if not c["passed"]]
-    console.print(
+    say(
         f"run folder: {args.out}  ({summary['wall_seconds']:.0f} s; "
         f"{len(summary['checks']) - len(failed)}/{len(summary['checks'])} claim checks met)"
     )
@@ -236,18 +262,17 @@ def _sweep(args: argparse.Namespace) -> int:
 
     sweep_cfg, base = read_sweep(args.config)
     base = build_config(base.model_dump(), args.overrides)
-    echo = lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
     if args.search:
         from simulations.search import run_search
 
         if sweep_cfg.search is None:
             raise ConfigError(f"--search: {args.config} has no [search] table (see configs/sweep.toml)")
-        study = run_search(sweep_cfg, base, args.out, echo)
-        console.print(f"search: best {study['best']} -> {args.out / 'search.md'}")
+        study = run_search(sweep_cfg, base, args.out, _echo)
+        say(f"search: best {study['best']} -> {args.out / 'search.md'}")
         return 0
     if not sweep_cfg.block:
         raise ConfigError(f"{args.config}: no [[block]] to sweep (or pass --search for its [search] table)")
-    report = run_sweep(sweep_cfg, base, args.out, echo)
+    report = run_sweep(sweep_cfg, base, args.out, _echo)
     print((args.out / "sweep.md").read_text())
     return 1 if report["failed"] else 0
 
@@ -268,16 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         return commands[args.command](args)
     except ConfigError as err:
-        console.print(f"[red]error:[/red] {err}")
+        say_error("error:", err)
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted: the run folder keeps what was written so far[/yellow]")
+        say("interrupted: the run folder keeps what was written so far", "yellow")
         return 130
     except Exception as err:  # a clear line for users; the traceback on request
         if os.environ.get("METAMORPHOSIS_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {type(err).__name__}: {err}")
-        console.print("the run folder keeps what was written so far; set METAMORPHOSIS_DEBUG=1 for the traceback")
+        say_error("error:", f"{type(err).__name__}: {err}")
+        say("the run folder keeps what was written so far; set METAMORPHOSIS_DEBUG=1 for the traceback")
         return 1
 
 
