@@ -11,17 +11,9 @@ import signal
 import time
 from pathlib import Path
 
-from rich.console import Console
-
+from .cli import say, say_error
 from .config import ConfigError, load_config
 from .deployment import CONTROL_PORT
-
-console = Console(stderr=True)
-
-
-def _say(line: str) -> None:
-    """A status line with paths in it: printed as it is (no markup, no wrapping)."""
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def add_parser(sub) -> None:
@@ -41,20 +33,19 @@ def add_parser(sub) -> None:
     server = cmds.add_parser(
         "server",
         help="a SuperLink on loopback behind the Fleet gateway: TLS, device authentication, persistent state",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     server.add_argument("--certs", type=Path, help="the folder of `deploy certs`")
     server.add_argument(
         "--host", help="the address devices connect to (default: 0.0.0.0; with --insecure, 127.0.0.1 and only that)"
     )
     server.add_argument(
-        "--port", type=int, default=8000, help="the one port to open on the server: the Fleet gateway (HTTPS)"
+        "--port", type=int, default=8000, help="the one port to open on the server: the Fleet gateway (default: 8000)"
     )
     server.add_argument(
         "--control-port",
         type=int,
         default=CONTROL_PORT,
-        help="the SuperLink's own port, on 127.0.0.1 only (the operator's commands on this machine)",
+        help=f"the SuperLink's own port, on 127.0.0.1 only: the operator's commands (default: {CONTROL_PORT})",
     )
     server.add_argument("--state", type=Path, required=True, help="the SuperLink's state folder (kept)")
     server.add_argument("--insecure", action="store_true", help="no TLS, no authentication, loopback only: tests ONLY")
@@ -74,15 +65,26 @@ def add_parser(sub) -> None:
     unregister.add_argument("--state", type=Path, required=True, help="the SuperLink's state folder")
 
     device = cmds.add_parser("device", help="on the board: a SuperNode with its data and privacy state")
-    device.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    device.add_argument("--superlink", help="HOST:PORT of the server's Fleet gateway (required to start)")
     device.add_argument("--root-cert", type=Path, help="the CA certificate (ca.crt of `deploy certs`)")
     device.add_argument("--key", type=Path, help="the device's private key (`deploy device-key`)")
     device.add_argument("--data", type=Path, required=True, help="the device's folder of `deploy prepare-data`")
     device.add_argument("--state", type=Path, required=True, help="a folder that survives restarts (privacy ledger)")
-    device.add_argument("--threads", type=int, default=1)
-    device.add_argument("--name", default="device")
-    device.add_argument("--runtime-port", type=int, default=9094, help="local-only port (one per SuperNode)")
+    device.add_argument("--threads", type=int, default=1, help="torch threads for training (default: 1)")
+    device.add_argument("--name", default="device", help="the device's name in its logs (default: device)")
+    device.add_argument(
+        "--runtime-port",
+        type=int,
+        default=9094,
+        help="a local-only port of the SuperNode; several devices on one host need one each (default: 9094)",
+    )
     device.add_argument("--insecure", action="store_true", help="no TLS, no authentication: loopback tests ONLY")
+    device.add_argument(
+        "--reset-privacy-state",
+        action="store_true",
+        help="forget this device's recorded privacy spend (a lost or broken ledger) and exit; the next start "
+        "begins a fresh budget. Only the device's owner should: the spend already released stays released",
+    )
     owner = device.add_argument_group(
         "the device owner's privacy policy: a request asking for less is refused (default: the project's defaults)"
     )
@@ -146,19 +148,22 @@ def _foreground(procs: list, state: Path, what: str) -> int:
         while all(proc.poll() is None for proc in procs):
             time.sleep(0.5)
         code = next(proc.returncode for proc in procs if proc.poll() is not None)
-        _error(f"{what} exited with code {code}: see its logs in {state}")
+        if what == "SuperNode" and code == 0:  # Flower's SuperNode stops itself, code 0, on a 401 from the server
+            say_error(
+                "error:",
+                "the server no longer accepts this device's key: it was revoked (`deploy unregister`). A revoked "
+                "key cannot be registered again: make a new one here (`deploy device-key --force`) and give its "
+                f".pub to the operator for `deploy register`. SuperNode log: {state / 'supernode.log'}",
+            )
+        else:
+            say_error("error:", f"{what} exited with code {code}: see its logs in {state}")
         return 1
     except KeyboardInterrupt:
-        console.print(f"stopping the {what}")
+        say(f"stopping the {what}")
         return 0
     finally:
         for proc in procs:
             deploy.stop_tree(proc, state)
-
-
-def _error(message: str) -> None:
-    """A line the user reads: never parsed as markup (paths hold ``[``), never wrapped."""
-    console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 def run_deploy(args: argparse.Namespace) -> int:
@@ -170,36 +175,47 @@ def run_deploy(args: argparse.Namespace) -> int:
             if not args.host:
                 raise ConfigError("deploy certs: give --host for every IP or name the devices use (e.g. 192.168.1.10)")
             files = make_certificates(args.out, args.host, ca_dir=args.ca_dir, force=args.force)
-            _say(f"CA certificate (copy to every device): {files.ca_cert}")
-            _say(f"SuperLink certificate for {', '.join(args.host)} and loopback: {files.server_cert}")
-            _say(f"the server's private key (0600): {files.server_key}")
-            _say(f"the CA's private key (0600): {files.ca_key}: keep its folder off the server, offline")
+            say(f"CA certificate (copy to every device): {files.ca_cert}")
+            say(f"SuperLink certificate for {', '.join(args.host)} and loopback: {files.server_cert}")
+            say(f"the server's private key (0600): {files.server_key}")
+            say(f"the CA's private key (0600): {files.ca_key}: keep its folder off the server, offline")
         case "server":
             host = args.host or ("127.0.0.1" if args.insecure else "0.0.0.0")
             deploy.check_server_addresses(args.certs, host, args.insecure)
             if args.insecure:
-                console.print(deploy.INSECURE_WARNING, style="yellow", markup=False)
+                say(deploy.INSECURE_WARNING, "yellow")
             procs = deploy.start_server(args.certs, host, args.port, args.state, control_port=args.control_port)
-            _say(
+            say(
                 f"devices connect to {host}:{args.port}"
                 + (" (no TLS)" if args.insecure else f" (Fleet API only; log {args.state / 'gateway.log'})")
             )
-            _say(f"SuperLink on 127.0.0.1:{args.port if args.insecure else args.control_port} only "
+            say(f"SuperLink on 127.0.0.1:{args.port if args.insecure else args.control_port} only "
                  f"(log {args.state / 'superlink.log'}); Ctrl-C stops both")  # fmt: skip
             return _foreground(procs, args.state, "server")
         case "device-key":
             private, public = make_device_key(args.out, args.name, force=args.force)
-            _say(f"private key (0600, stays on this device): {private}")
-            _say(f"public key (give it to the operator for `deploy register`): {public}")
+            say(f"private key (0600, stays on this device): {private}")
+            say(f"public key (give it to the operator for `deploy register`): {public}")
         case "register":
             node_id = deploy.register(args.public_key, args.name, args.state)
-            console.print(f"registered {args.name} as node {node_id}")
+            say(f"registered {args.name} as node {node_id}")
         case "unregister":
             node_id = deploy.unregister(args.name, args.state)
-            console.print(f"unregistered {args.name} (node {node_id}): it is cut off at its next request")
+            say(
+                f"revoked {args.name} (node {node_id}): the server refuses its key from its next request on, and "
+                "its SuperNode stops. To re-admit the board, it needs a new key (`deploy device-key --force` on "
+                "the board), registered with `deploy register`: a revoked key stays refused"
+            )
         case "device":
+            if args.reset_privacy_state:
+                from .federated.device_state import reset_device_state
+
+                say(reset_device_state(args.data, args.state), "yellow")
+                return 0
+            if args.superlink is None:
+                raise ConfigError("deploy device: give --superlink HOST:PORT (the server's Fleet gateway)")
             if args.insecure:
-                console.print(f"[yellow]{deploy.INSECURE_WARNING}[/yellow]")
+                say(deploy.INSECURE_WARNING, "yellow")
             elif args.root_cert is None or args.key is None:
                 raise ConfigError("deploy device: give --root-cert and --key, or --insecure for loopback tests")
             cmd = deploy.device_command(
@@ -214,15 +230,14 @@ def run_deploy(args: argparse.Namespace) -> int:
                 _owner_limits(args),
             )
             proc = deploy.start_device(cmd, args.state)
-            _say(f"device {args.name} -> {args.superlink} (log: {args.state / 'supernode.log'})")
+            say(f"device {args.name} -> {args.superlink} (log: {args.state / 'supernode.log'})")
             return _foreground([proc], args.state, "SuperNode")
         case "prepare-data":
             folders = deploy.prepare_data(load_config(args.config, args.overrides), args.devices, args.out)
-            console.print(f"{len(folders)} device folders in {args.out}: copy device-N/ onto board N")
+            say(f"{len(folders)} device folders in {args.out}: copy device-N/ onto board N")
         case "run":
             cfg = load_config(args.config, args.overrides)
-            echo = lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
-            out = deploy.run(cfg, args.out, args.state, echo, resume=args.resume)
+            out = deploy.run(cfg, args.out, args.state, say, resume=args.resume)
             report = out / "report.md"
             print(report.read_text() if report.exists() else f"run folder: {out}")
     return 0

@@ -531,6 +531,13 @@ class FederatedConfig(_Strict):
         """Devices sampled per round, as Flower's strategies compute it."""
         return max(int(self.num_devices * self.fraction_train), self.min_train_devices)
 
+    def online_devices_needed(self) -> int:
+        """Devices that must be online before a round samples: ``min_online_devices``, else all of them (a
+        simulated fleet keeps devices offline on purpose: there, the fewest a round aggregates)."""
+        if self.min_online_devices is not None:
+            return self.min_online_devices
+        return self.min_train_devices if self.fleet.enabled else self.num_devices
+
     @model_validator(mode="after")
     def _enough_devices(self) -> FederatedConfig:
         if self.min_online_devices is not None and not (

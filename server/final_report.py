@@ -176,7 +176,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
     }
     if not (audit and cfg.audit.enabled):  # rounds only (tests of the bookkeeping, timing runs)
         summary = {
-            "command": "simulate",
+            "command": fed.command,
             "history": fed.rows,
             "audited": False,
             "dp_sgd": model.dp_sgd,
@@ -195,13 +195,14 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
     plotted = bool(held and held["rounds"])  # nothing to plot when every query withheld every task
     summary = {
         "summary_version": SUMMARY_VERSION,
-        "command": "simulate",
+        "command": fed.command,
         "machine": machine_description(),
         "tasks": fed.tasks,
         "data": {
             "name": cfg.data.name,
             "train": len(fed.split.train),
             "test": len(fed.split.test),
+            "evaluation": len(data.evaluation),  # the audit's held-out test images: the report's accuracy
             "skipped": fed.split.skipped,
         },
         "methods": {fed.method: method_summary(model, figures, len(fed.tasks), releases_per_pair=k)},

@@ -77,6 +77,7 @@ class Federation:
     round: int = 0  # the last complete round
     resumed_from: int | None = None  # the checkpoint's round, when this process resumed the run
     started: float = field(default_factory=time.perf_counter)
+    command: str = "simulate"  # the launcher: "simulate" or "deploy" (the report names it)
     cache: dict[str, Any] = field(default_factory=dict)  # the audit's attacker data and floors
     round0: Releases | None = None  # round 0's query (before any training), reported in round 1's row
     binding: DeviceBinding = field(default_factory=DeviceBinding)  # which device each node speaks for
@@ -361,6 +362,8 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
         replies = secure_train(grid, fed, messages, rnd)
     else:
         replies = check_replies(fed, train(grid, messages), destinations(messages), rnd)
+    for device, reason in replies.declined.items():  # the operator must see why a device sat a round out
+        log.warning(f"  round {rnd}: device {device} declined to train: {reason}")
     aggregated = aggregate(fed, rnd, replies)
     if aggregated:
         fed.ledger.mark_aggregated(replies.contributing_devices.values())
@@ -414,12 +417,29 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
     report(fed, row)
 
 
+def wait_for_devices(grid: Grid, fed: Federation, every_s: float = 15.0) -> None:
+    """Before the first query: say, every ``every_s`` seconds, how many devices are connected and how many
+    the config needs (Flower's own wait says so only in its log). The launcher adds which are missing."""
+    needed, last = fed.strategy.min_available_nodes, -every_s
+    while (online := len(list(grid.get_node_ids()))) < needed:
+        if time.monotonic() - last >= every_s:
+            log.warning(
+                f"  waiting for devices: {online} connected, the run needs {needed} "
+                "(federated.min_online_devices, else federated.num_devices)"
+            )
+            last = time.monotonic()
+        time.sleep(1.0)
+
+
 def run_federated(
-    grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = True, resume: bool = False
+    grid: Grid, cfg: ExperimentConfig, out: Path, audit: bool = True, resume: bool = False, command: str = "simulate"
 ) -> dict[str, Any]:
     fed = start(cfg, Path(out), resume)
+    fed.command = command
     if cfg.federated.fleet.enabled:
         grid = FleetGrid(grid, cfg)
+    else:  # a fleet keeps devices offline on purpose; its rounds skip instead (sample)
+        wait_for_devices(grid, fed)
     if fed.round == 0:  # round 0: heads learn from the initial encoder's features before the first local round
         fed.round0 = query_features(grid, fed, some_devices(grid, fed), 0)
         train_heads(fed, fed.round0, 0)

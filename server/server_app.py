@@ -1,8 +1,8 @@
 """Flower ServerApp: reads the experiment file named in the run config and runs the round loop.
 
-Run config: ``config-path`` (the validated experiment, JSON), ``out-dir`` (the run folder) and
-``resume`` (continue from the run folder's last checkpoint). Progress goes through the ``server``
-loggers to stdout, which ``flwr run --stream`` relays to the launcher.
+Run config: ``config-path`` (the validated experiment, JSON), ``out-dir`` (the run folder), ``resume``
+(continue from the run folder's last checkpoint) and ``command`` (the launcher, which the report names).
+Progress goes through the ``server`` loggers to stdout, which ``flwr run --stream`` relays to the launcher.
 """
 
 from __future__ import annotations
@@ -47,4 +47,5 @@ def main(grid: Grid, context: Context) -> None:
     torch.set_num_threads(threads)
     threadpool_limits(threads)  # the BLAS and OpenMP pools of numpy, scipy and scikit-learn (the audit)
     resume = str(context.run_config.get("resume", False)).lower() == "true"
-    run_federated(grid, cfg, Path(str(context.run_config["out-dir"])), resume=resume)
+    command = str(context.run_config.get("command", "simulate"))  # "deploy" from `metamorphosis deploy run`
+    run_federated(grid, cfg, Path(str(context.run_config["out-dir"])), resume=resume, command=command)

@@ -21,8 +21,7 @@ def build_strategy(fed: FederatedConfig) -> fl.FedAvg:
         "min_evaluate_nodes": fed.min_train_devices,
         # a round waits until this many devices are online (a real fleet may set fewer than all; a simulated
         # fleet has only its available devices online, and a round with too few is skipped)
-        "min_available_nodes": fed.min_online_devices
-        or (fed.min_train_devices if fed.fleet.enabled else fed.num_devices),
+        "min_available_nodes": fed.online_devices_needed(),
     }
     match s.name:
         case "fedavg":

@@ -20,10 +20,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +34,7 @@ from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
 from fl_metamorphosis.data.device_folder import read_partition_id, write_device_folder
 from fl_metamorphosis.deployment import CONTROL_PORT
 
-from .simulate import APP_DIR, SimulationFailed, run_flower, stop_processes
+from .simulate import APP_DIR, SimulationFailed, clear_run_outputs, raise_interrupt, run_flower, stop_processes
 
 CONNECTION = "metamorphosis"  # the connection entry in the server's own config home
 INSECURE_WARNING = (
@@ -153,7 +156,34 @@ def _wait_listening(proc: subprocess.Popen, host: str, port: int, log: Path, tim
     raise SimulationFailed(f"{log.stem} did not listen on {host}:{port} within {timeout_s:.0f} s: see {log}")
 
 
+def _superlink_address(state: Path) -> tuple[str, int] | None:
+    """The operator's connection of ``deploy server --state STATE`` (the SuperLink on loopback), once written."""
+    config = flower_home(state) / "config.toml"
+    if not config.exists():
+        return None
+    address = tomllib.loads(config.read_text())["superlink"][CONNECTION]["address"]
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def wait_for_superlink(state: Path, timeout_s: float = 60.0) -> None:
+    """Wait until the SuperLink of ``state`` accepts connections (a server started a moment ago)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if (address := _superlink_address(state)) is not None:
+            with contextlib.suppress(OSError), socket.create_connection(address, timeout=1):
+                return
+        if time.monotonic() > deadline:
+            where = f" on {address[0]}:{address[1]}" if address else ""
+            raise SimulationFailed(
+                f"no SuperLink answers{where} (--state {state}) after {timeout_s:.0f} s: is "
+                f"`metamorphosis deploy server --state {state}` running? Its log: {Path(state) / 'superlink.log'}"
+            )
+        time.sleep(0.5)
+
+
 def _flwr(args: list[str], state: Path) -> subprocess.CompletedProcess:
+    wait_for_superlink(state)
     return subprocess.run(
         ["flwr", *args], env=deployment_env(flower_home(state)), cwd=state, capture_output=True, text=True, timeout=120
     )
@@ -182,11 +212,24 @@ def register(public_key: Path, name: str, state: Path) -> int:
         raise ConfigError(f"a device named {name!r} is registered already (node {names[name]}): pick another name")
     res = _flwr(["supernode", "register", str(Path(public_key).resolve()), CONNECTION, "--name", name,
                  "--format", "json"], state)  # fmt: skip
-    if res.returncode != 0:
-        raise SimulationFailed(f"registering {name}: {(res.stdout + res.stderr).strip()[-500:]}")
-    node_id = int(json.loads(res.stdout)["node-id"])
+    node_id = _registered_node_id(res.stdout) if res.returncode == 0 else None
+    if node_id is None:
+        said = (res.stdout + res.stderr).strip()
+        if "already in use" in said:  # Flower keeps every key it ever registered, revoked ones included
+            raise ConfigError(
+                f"{public_key}: this key is registered already, or was revoked (a revoked key is never accepted "
+                "again). Make the board a new key (`deploy device-key --force` on the board) and register its .pub"
+            )
+        raise SimulationFailed(f"registering {name}: {said[-500:]}")
     (Path(state) / "devices.json").write_text(json.dumps({**names, name: node_id}, indent=2) + "\n")
     return node_id
+
+
+def _registered_node_id(stdout: str) -> int | None:
+    try:
+        return int(json.loads(stdout)["node-id"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def unregister(name: str, state: Path) -> int:
@@ -252,22 +295,60 @@ def prepare_data(cfg: ExperimentConfig, devices: int, out: Path) -> list[Path]:
     ]
 
 
+def _waiting_line(line: str, state: Path) -> str:
+    """The ServerApp's "waiting for devices" line, with the names of the registered devices not online."""
+    try:
+        online = {int(n["node-id"]) for n in registered_devices(state) if n.get("status") == "online"}
+    except SimulationFailed:
+        return line
+    missing = [f"{name} (node {node})" for name, node in _names(state).items() if node not in online]
+    return f"{line}; not online: {', '.join(missing) or 'none of the registered devices'}"
+
+
+def check_enough_devices(cfg: ExperimentConfig, state: Path) -> None:
+    """A run needing more devices than are registered would wait forever: refuse it now."""
+    needed, registered = cfg.federated.online_devices_needed(), len(_names(state))
+    if registered < needed:
+        raise ConfigError(
+            f"the run needs {needed} devices online (federated.min_online_devices, else num_devices) but "
+            f"{registered} are registered on this server "
+            f"({sorted(_names(state)) or 'none'}): register more with `deploy register`, or run with "
+            f"--set federated.min_online_devices={max(registered, 1)} (and min_train_devices no larger)"
+        )
+
+
 def run(cfg: ExperimentConfig, out: Path, state: Path, echo: Callable[[str], None] = print, resume: bool = False):
-    """Start the experiment on the running SuperLink of ``state`` and stream it; return the run folder."""
+    """Start the experiment on the running SuperLink of ``state`` and stream it; return the run folder.
+
+    A fresh run clears what an earlier run left in ``out`` (as ``simulate`` does). Ctrl-C, or SIGTERM to
+    this process, stops the run on the SuperLink too (``flwr stop``), not only the stream."""
     if cfg.federated.fleet.enabled:
         raise ConfigError(
             "federated.fleet.enabled=true simulates devices' availability and dropouts; real devices have their "
             "own: set federated.fleet.enabled=false for `deploy run`"
         )
+    check_enough_devices(cfg, state)
+    wait_for_superlink(state)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").unlink(missing_ok=True)
+    clear_run_outputs(out, resume)
     config_path = out / "config.json"
     config_path.write_text(cfg.model_dump_json(indent=2))
     cmd = ["flwr", "run", str(APP_DIR), CONNECTION, "--stream", "--run-config",
-           f"config-path='{config_path}' out-dir='{out}' resume={str(resume).lower()}"]  # fmt: skip
+           f"config-path='{config_path}' out-dir='{out}' resume={str(resume).lower()} command='deploy'"]  # fmt: skip
     env = deployment_env(flower_home(state))
-    run_flower(cmd, env, out, CONNECTION, echo)
+
+    def show(line: str) -> None:
+        echo(_waiting_line(line, state) if line.startswith("  waiting for devices") else line)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # `kill` of the launcher stops the run as Ctrl-C
+        previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        run_flower(cmd, env, out, CONNECTION, show)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return out
 
 

@@ -38,7 +38,7 @@ APP_DIR = Path(__file__).resolve().parents[1]  # the Flower App: pyproject.toml'
 # Settings a resumed run may change: more (or fewer, not below those done) rounds, how often and how hard
 # the audit attacks, and how many cores the devices use. Everything else shaped the finished rounds.
 # the ServerApp's log lines the launcher shows (the rest is in flower.log)
-PROGRESS = ("[round", "  round", "auditing", "resuming", "no complete", "device-side", "Traceback")
+PROGRESS = ("[round", "  round", "  waiting", "auditing", "resuming", "no complete", "device-side", "Traceback")
 RESUME_SAFE = ("federated.rounds", "federated.audit_every", "federated.cpus_per_device", "train.threads", "audit.")
 
 
@@ -142,7 +142,7 @@ def stop_processes(home: Path, grace_s: float = 10.0) -> None:
             pass
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -202,6 +202,22 @@ def run_flower(cmd: list[str], env: dict[str, str], out: Path, connection: str, 
         raise
 
 
+def clear_run_outputs(out: Path, resume: bool) -> None:
+    """A run folder holds one run: a fresh run removes what an earlier one wrote (its checkpoints, which
+    ``--resume`` would take, its metrics, its report and plots), so nothing old is shown as the new result.
+    A resumed run keeps them; only the summary goes, rewritten when the run completes."""
+    (out / "summary.json").unlink(missing_ok=True)
+    if resume:
+        return
+    for stale in ("checkpoints", "devices"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    for stale in ("metrics.jsonl", "audits.jsonl", "report.md", "held_rows.json", "held_rows.md", "fleet.json"):
+        (out / stale).unlink(missing_ok=True)
+    if (out / "config.json").exists():  # an earlier run's folder: its plots are the run's own
+        for plot in out.glob("*.png"):
+            plot.unlink()
+
+
 def resumed_config(out: Path, overrides: list[str]) -> ExperimentConfig:
     """The experiment of the run in ``out``, with ``overrides`` of the ``RESUME_SAFE`` settings only."""
     config_file = Path(out) / "config.json"
@@ -248,12 +264,7 @@ def simulate(
     out.mkdir(parents=True, exist_ok=True)
     home = out / ".flwr"
     stop_processes(home)  # a launcher killed without cleaning up leaves its SuperLink running the run
-    (out / "summary.json").unlink(missing_ok=True)
-    if not resume:
-        for stale in ("checkpoints", "devices"):
-            shutil.rmtree(out / stale, ignore_errors=True)
-        for stale in ("metrics.jsonl", "audits.jsonl"):
-            (out / stale).unlink(missing_ok=True)
+    clear_run_outputs(out, resume)
     home.mkdir(exist_ok=True)
     (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     config_path = out / "config.json"
@@ -281,7 +292,7 @@ def simulate(
     ]
     previous_handler = None
     if threading.current_thread() is threading.main_thread():  # a killed launcher still cleans up
-        previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+        previous_handler = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         run_flower(cmd, env, out, "local", echo)
         if cfg.federated.fleet.enabled:  # both privacy views need the devices' folders: only here are both

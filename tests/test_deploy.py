@@ -5,15 +5,19 @@ test fails."""
 import contextlib
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, TINY_PRESET
+from netns import intruder_namespace
 
 from fl_metamorphosis.checkpoint import load_run
-from fl_metamorphosis.config import build_config
+from fl_metamorphosis.config import ConfigError, build_config
 from fl_metamorphosis.deployment.credentials import certificate_names, make_certificates, make_device_key
 from fl_metamorphosis.federated.device_state import DeviceState, ReplyMemo
 from fl_metamorphosis.flower.messages import TrainReply, from_payload
@@ -21,22 +25,27 @@ from fl_metamorphosis.flower.secagg_records import mean_error_bound
 from fl_metamorphosis.metrics import read_jsonl
 from simulations import deploy
 from simulations.loopback import free_port, log_text, loopback_federation, wait_for
-from simulations.simulate import SimulationFailed, processes_of
+from simulations.simulate import APP_DIR, SimulationFailed, processes_of
 
 pytestmark = pytest.mark.slow
 
 
+# secure aggregation on: the first test's rounds go through SecAgg+ over TLS (the killed-device test's are plain)
+MODULE_OVERRIDES = ['methods=["metamorphosis"]', "federated.rounds=3", "federated.secure_aggregation=true"]
+
+
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    # secure aggregation on: the first test's rounds go through SecAgg+ over TLS (the killed-device test's are plain)
-    overrides = [
-        *TINY_OVERRIDES,
-        'methods=["metamorphosis"]',
-        "federated.rounds=3",
-        "federated.secure_aggregation=true",
-    ]
-    cfg = build_config(None, overrides)
-    with loopback_federation(tmp_path_factory.mktemp("deploy"), cfg) as fed:
+def namespace():
+    with intruder_namespace() as ns:
+        yield ns
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory, namespace):
+    cfg = build_config(None, [*TINY_OVERRIDES, *MODULE_OVERRIDES])
+    # the Fleet gateway on the address the intruder's namespace reaches (a LAN address, in effect)
+    host = namespace.host_ip if namespace else "127.0.0.1"
+    with loopback_federation(tmp_path_factory.mktemp("deploy"), cfg, host=host) as fed:
         yield fed
 
 
@@ -71,12 +80,57 @@ def test_the_certificate_covers_loopback_and_keys_are_private(federation):
         assert path.stat().st_mode & 0o077 == 0  # 0600
 
 
+def _intruder(fed, namespace, home: Path, cmd: list[str]) -> subprocess.CompletedProcess:
+    """A Flower CLI call by someone holding only ca.crt, from the intruder's namespace (or this host)."""
+    full = namespace.command(cmd) if namespace else cmd
+    return subprocess.run(full, env=deploy.deployment_env(home), capture_output=True, text=True, timeout=120)
+
+
+def test_a_stranger_with_the_ca_certificate_cannot_register_list_or_run_and_the_devices_stay(
+    federation, namespace, tmp_path
+):
+    home = tmp_path / "intruder-home"  # a fresh Flower home: only the public CA certificate
+    home.mkdir()
+    address = f"{federation.host}:{federation.port}"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "target"\n\n[superlink.target]\naddress = "{address}"\n'
+        f'root-certificates = "{federation.certs.ca_cert}"\n'
+    )
+    _, public = make_device_key(tmp_path, "intruder")
+    attempts = {
+        "register": ["flwr", "supernode", "register", str(public), "target", "--name", "intruder"],
+        "list": ["flwr", "supernode", "list", "target"],
+        "runs": ["flwr", "ls", "target"],
+        "run": ["flwr", "run", str(APP_DIR), "target", "--run-config", "config-path=''"],
+    }
+    for what, cmd in attempts.items():
+        res = _intruder(federation, namespace, home, cmd)
+        assert res.returncode != 0, (what, res.stdout[-500:], res.stderr[-500:])
+    gateway_log = log_text(federation.server_state, "gateway.log")
+    source = namespace.ip if namespace else "127.0.0.1"
+    for route in ("register-node", "list-nodes", "list-runs", "start-run"):
+        assert f"refused POST /v1/control/{route} from {source}" in gateway_log, route
+    # the SuperLink's own port: loopback only, so from another host nothing answers there at all
+    probe = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)"
+    for target in ([federation.host, str(federation.control_port)], ["127.0.0.1", str(federation.control_port)]):
+        if namespace:
+            res = _intruder(federation, namespace, home, [sys.executable, "-c", probe, *target])
+            assert res.returncode != 0 and "ConnectionRefusedError" in res.stderr, target
+    superlink = Path(f"/proc/{federation.procs['server'][0].pid}/cmdline").read_bytes().split(b"\0")
+    assert superlink[superlink.index(b"--host") + 1] == b"127.0.0.1"
+    # nothing changed for the operator and the devices
+    nodes = deploy.registered_devices(federation.server_state)
+    assert sorted(int(n["node-id"]) for n in nodes) == sorted(d.node_id for d in federation.devices)
+    assert federation.online() == 3
+
+
 def test_registered_devices_train_over_tls_with_secure_aggregation_and_resume_after_a_superlink_restart(
     federation,
 ):
     out, state = federation.root / "run", federation.server_state
     first = _in_thread(deploy.run, federation.cfg, out, state, echo=lambda _line: None)
-    wait_for(lambda: (out / "checkpoints" / "round_001.ckpt").exists(), "round 1's checkpoint", 600)
+    wait_for(lambda: (out / "checkpoints" / "round_001.ckpt").exists() or "error" in first, "round 1", 600)
+    assert "error" not in first, first.get("error")
     deploy.stop_tree(*federation.procs["server"])  # the SuperLink goes down between rounds
     first["thread"].join(120)
     # what happens: the run in flight fails, with a message that says so (no silent hang)
@@ -90,6 +144,8 @@ def test_registered_devices_train_over_tls_with_secure_aggregation_and_resume_af
         assert (out / name).stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_round"] >= 1
+    assert summary["command"] == "deploy" and (out / "report.md").read_text().startswith("# deploy run")
+    assert "Accuracy (acc columns)" in (out / "report.md").read_text()
     # every round of the resumed run (its own flower.log) summed the updates under SecAgg+
     log = (out / "flower.log").read_text()
     assert log.count("Secure aggregation completed") == 3 - summary["resumed_from_round"]
@@ -112,10 +168,52 @@ def test_registered_devices_train_over_tls_with_secure_aggregation_and_resume_af
     assert summary["randomness"]["private_against_server"] is True
 
 
+def test_a_killed_deploy_run_stops_its_run_after_saying_which_device_it_waits_for(federation, tmp_path):
+    """The launcher, as a user starts it, into a used run folder, while device-2 is offline; then `kill`."""
+    federation.stop("device-2")
+    wait_for(lambda: federation.online() == 2, "device-2 to go offline", 120)
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    for stale in ("report.md", "rounds.png", "checkpoints/round_009.ckpt", "config.json"):
+        (out / stale).write_text("an earlier run's")
+    cli = Path(sys.executable).parent / "metamorphosis"
+    sets = [f"--set={item}" for item in (*MODULE_OVERRIDES, "audit.enabled=false")]
+    cmd = [str(cli), "deploy", "run", "--config", str(TINY_PRESET), *sets, "--out", str(out),
+           "--state", str(federation.server_state)]  # fmt: skip
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(300, launcher.kill)  # a line that never comes fails the test, not the suite
+    watchdog.start()
+    said: list[str] = []
+    try:
+        for line in launcher.stdout:
+            said.append(line)
+            if "waiting for devices" in line:
+                break
+        assert "not online: device-2" in said[-1], said[-5:]
+        for stale in ("report.md", "rounds.png", "checkpoints/round_009.ckpt"):  # a fresh run clears them
+            assert not (out / stale).exists(), stale
+        launcher.send_signal(signal.SIGTERM)  # `kill`: the run on the SuperLink must stop too
+        assert launcher.wait(120) != 0
+    finally:
+        watchdog.cancel()
+        launcher.kill()
+        federation.start_device(2)
+    run_id = int(re.search(r"Successfully started run (\d+)", (out / "flower.log").read_text()).group(1))
+    env = deploy.deployment_env(deploy.flower_home(federation.server_state))
+
+    def status() -> str:
+        res = subprocess.run(["flwr", "ls", deploy.CONNECTION, "--run-id", str(run_id), "--format", "json"], env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        return json.loads(res.stdout)["runs"][0]["status"]
+
+    wait_for(lambda: status() == "finished:stopped", "the run to stop on the SuperLink", 120)
+    wait_for(lambda: federation.online() == 3, "device-2 back", 120)
+
+
 def _refused_device_log(fed, state: Path, root_cert: Path, key: Path, name: str) -> str:
     """Start a SuperNode with these credentials; it must exit non-zero. Returns its log."""
     folder = fed.root / "data" / "device-0"
-    cmd = deploy.device_command(f"127.0.0.1:{fed.port}", root_cert, key, folder, state, 1, name, free_port())
+    cmd = deploy.device_command(f"{fed.host}:{fed.port}", root_cert, key, folder, state, 1, name, free_port())
     proc = deploy.start_device(cmd, state)
     try:
         assert proc.wait(120) != 0
@@ -163,6 +261,9 @@ def test_a_killed_device_is_lost_for_its_round_and_rejoins_with_its_epsilon_and_
         assert "error" not in box, box.get("error")
         revoked, _ = fed.procs["device-2"]
         wait_for(lambda: revoked.poll() is not None, "the revoked device to be cut off", 120)
+        assert revoked.returncode == 0  # how Flower's SuperNode ends on a 401: `deploy device` explains it
+        with pytest.raises(ConfigError, match="was revoked"):  # a revoked key stays out, and the error says so
+            deploy.register(fed.root / "keys" / "device-2.pub", "device-2-again", fed.server_state)
 
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2, 3]

@@ -41,6 +41,26 @@ def _feature_cell(fdp: dict[str, Any]) -> str:
     )
 
 
+def _accuracy_note(summary: dict[str, Any]) -> list[str]:
+    """Why a run shows up to three final accuracies: one model, measured on three samples."""
+    tasks, data = summary["tasks"], summary["data"]
+    if "evaluation" not in data:
+        return []
+    note = (
+        f"Accuracy (acc columns): the final heads on the features as devices release them (with their noise), "
+        f"for the {data['evaluation']} test images the audit holds out."
+    )
+    last = (summary.get("history") or [{}])[-1]
+    if all(f"test_acc.{t}" in last for t in tasks):
+        accs = ", ".join(f"{t} {_f(last[f'test_acc.{t}'])}" for t in tasks)
+        note += f" The last round's line: the same model on all {data['test']} test images (other noise): {accs}."
+    local = (summary.get("federated") or {}).get("local_test_accuracy") or {}
+    if local:
+        accs = ", ".join(f"{k} {_f(v)}" for k, v in local.items())
+        note += f" The devices' own test pairs (mean weighted by their size): {accs}."
+    return ["", note + " They differ by the images and noise drawn, not by the model."]
+
+
 def render_report(summary: dict[str, Any]) -> str:
     methods: dict[str, Any] = summary["methods"]
     tasks = summary["tasks"]
@@ -76,6 +96,7 @@ def render_report(summary: dict[str, Any]) -> str:
             f"{_attack_cell(m.get('cross_task_attack_averaged'))} | {recon} | {_dp_sgd_cell(m['dp_sgd'])} | "
             f"{_feature_cell(m['feature_dp'])} | {_f(m['wall_seconds'], 0)} |"
         )
+    lines += _accuracy_note(summary)
     lines += ["", "## Every attacker family", ""]
     for name, m in methods.items():
         for label, key in (("one release", "cross_task_attack"), ("averaged", "cross_task_attack_averaged")):

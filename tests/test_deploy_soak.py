@@ -1,0 +1,85 @@
+"""Soak on loopback: SuperNodes stopped and restarted at random through a 10-round deployed run.
+
+A seeded killer stops a random device's whole process tree (SuperNode, SuperExec, ClientApp), mostly with
+SIGTERM (the SuperNode deactivates itself, so the round goes on at once) and now and then with SIGKILL
+(a power cut: the server learns of it when the heartbeat expires), then restarts it with the same key,
+data and state folder. It stops after round 7, so that every device answers again before the end. The
+run must complete all its rounds, and each device's own ledger must equal the server's record of it:
+a spend the server missed while the device was down is caught up by the device's next report, never
+lost, never counted twice."""
+
+import contextlib
+import json
+import os
+import random
+import signal
+import threading
+
+import pytest
+from conftest import TINY_OVERRIDES
+
+from fl_metamorphosis.config import build_config
+from fl_metamorphosis.federated.device_state import DeviceState
+from fl_metamorphosis.metrics import read_jsonl
+from simulations import deploy
+from simulations.loopback import loopback_federation
+from simulations.simulate import processes_of
+
+pytestmark = pytest.mark.slow
+
+ROUNDS, LAST_KILL_ROUND = 10, 7
+
+
+def _power_cut(fed, name: str) -> None:
+    proc, state = fed.procs[name]
+    for pid in [proc.pid, *processes_of(deploy.flower_home(state))]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _killer(fed, out, stop: threading.Event, log: list[str]) -> None:
+    rng = random.Random(24)
+    while not stop.is_set():
+        done = len(list((out / "checkpoints").glob("round_*.ckpt"))) if (out / "checkpoints").exists() else 0
+        if done >= LAST_KILL_ROUND:
+            return
+        if stop.wait(rng.uniform(4.0, 12.0)):
+            return
+        d = rng.randrange(len(fed.devices))
+        name = fed.devices[d].name
+        if rng.random() < 0.2:
+            _power_cut(fed, name)
+            log.append(f"SIGKILL {name}")
+        else:
+            fed.stop(name)
+            log.append(f"SIGTERM {name}")
+        stop.wait(rng.uniform(1.0, 6.0))
+        fed.start_device(d)
+
+
+def test_devices_killed_and_restarted_at_random_for_ten_rounds_keep_ledgers_equal_to_the_servers(tmp_path):
+    cfg = build_config(
+        None,
+        [*TINY_OVERRIDES, 'methods=["metamorphosis"]', f"federated.rounds={ROUNDS}", "audit.enabled=false",
+         "federated.min_train_devices=1", "federated.min_online_devices=1"],
+    )  # fmt: skip
+    kills: list[str] = []
+    with loopback_federation(tmp_path, cfg) as fed:
+        out, stop = tmp_path / "run", threading.Event()
+        killer = threading.Thread(target=_killer, args=(fed, out, stop, kills), daemon=True)
+        killer.start()
+        try:
+            deploy.run(cfg, out, fed.server_state, echo=lambda _line: None)
+        finally:
+            stop.set()
+            killer.join(60)
+    assert len(kills) >= 3, kills  # the soak did kill
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+    summary = json.loads((out / "summary.json").read_text())
+    for d, device in enumerate(fed.devices):
+        ledger = DeviceState.load(device.state).history  # the device's own record, on its own disk
+        server = summary["device_privacy"][str(d)]
+        assert server["steps"] == ledger.steps, (device.name, kills)
+        assert server["epsilon"] == ledger.epsilon(cfg.dp_sgd.delta), (device.name, kills)
