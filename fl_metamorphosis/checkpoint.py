@@ -174,12 +174,13 @@ class RunCheckpoint:
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl so far
     audits: list[dict[str, Any]] = field(default_factory=list)  # audits.jsonl so far
     rng: dict[str, Any] = field(default_factory=dict)  # capture_rng()
+    binding: dict[str, int] = field(default_factory=dict)  # node id -> the device it speaks for (server/replies.py)
 
 
 def save_run(folder: Path, ckpt: RunCheckpoint) -> Path:
     """Write ``ckpt`` as ``folder/round_NNN.ckpt``; return the file."""
     file = Path(folder) / RUN_FILE.format(ckpt.round)
-    meta = {k: getattr(ckpt, k) for k in ("round", "method", "config", "ledger", "rows", "audits")}
+    meta = {k: getattr(ckpt, k) for k in ("round", "method", "config", "ledger", "rows", "audits", "binding")}
     meta["rng"] = {k: v for k, v in ckpt.rng.items() if k != "torch"}
     payload = {
         "meta": json.dumps(meta),
@@ -207,6 +208,7 @@ def load_run(file: Path) -> RunCheckpoint:
             rows=meta["rows"],
             audits=meta["audits"],
             rng={**meta["rng"], "torch": blob["torch_rng"]},
+            binding={str(k): int(v) for k, v in meta.get("binding", {}).items()},  # absent before it was kept
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{file}: a run checkpoint without {err}: written by another version?") from None

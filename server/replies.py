@@ -61,6 +61,16 @@ class DeviceBinding:
         self.device_of[node], self.node_of[device] = device, node
         return None
 
+    def state_dict(self) -> dict[str, int]:
+        return {str(node): device for node, device in self.device_of.items()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, int]) -> DeviceBinding:
+        binding = cls()
+        for node, device in state.items():
+            binding.device_of[int(node)], binding.node_of[int(device)] = int(device), int(node)
+        return binding
+
 
 def server_plan(cfg: ExperimentConfig, report: TrainReply) -> tuple[float, float, int] | None:
     """(sigma, q, steps this round) that the server's own config gives a pair-level device of the reply's

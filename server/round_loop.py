@@ -132,6 +132,7 @@ def start(cfg: ExperimentConfig, out: Path, resume: bool) -> Federation:
     fed.ledger.load_state_dict(ckpt.ledger)
     restore_rng(ckpt.rng)
     fed.rows, fed.audits, fed.round, fed.resumed_from = ckpt.rows, ckpt.audits, ckpt.round, ckpt.round
+    fed.binding = DeviceBinding.from_state_dict(ckpt.binding)
     write_jsonl(out / "metrics.jsonl", fed.rows)  # exactly the rounds the checkpoint holds
     write_jsonl(out / "audits.jsonl", fed.audits)
     log.info(f"resuming after round {ckpt.round} of {cfg.federated.rounds} ({last.name})")
@@ -330,6 +331,7 @@ def checkpoint(fed: Federation, rnd: int) -> None:
             rows=fed.rows,
             audits=fed.audits,
             rng=capture_rng(),
+            binding=fed.binding.state_dict(),
         ),
     )
 
@@ -436,6 +438,8 @@ def run_federated(
 ) -> dict[str, Any]:
     fed = start(cfg, Path(out), resume)
     fed.command = command
+    if command != "deploy":  # a resumed simulation numbers its nodes afresh: only real nodes keep their ids
+        fed.binding = DeviceBinding()
     if cfg.federated.fleet.enabled:
         grid = FleetGrid(grid, cfg)
     else:  # a fleet keeps devices offline on purpose; its rounds skip instead (sample)

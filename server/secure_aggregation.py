@@ -150,6 +150,13 @@ def _record_reports(fed: Federation, results: list[tuple[ClientProxy, FitRes]], 
             out.rejected[node] = wrong_device
             usable = False
             continue
+        if report.num_examples > fed.cfg.federated.max_device_examples:  # its weight is inside the sum
+            out.rejected[node] = (
+                f"num-examples {report.num_examples} above federated.max_device_examples="
+                f"{fed.cfg.federated.max_device_examples}"
+            )
+            usable = False
+            continue
         out.reports.append((report, None))
         contributes = report.declined is None
         lost = record_report(fed.ledger, report, fed.cfg)

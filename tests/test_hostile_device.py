@@ -18,7 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import app as client_app
 from clients.policy import SIMULATION_ENV
-from fl_metamorphosis.checkpoint import RUN_FILE, load_model
+from fl_metamorphosis.checkpoint import RUN_FILE, RunCheckpoint, load_model, load_run, save_run
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.flower.messages import (
     EvaluateReply,
@@ -138,6 +138,15 @@ def test_a_node_cannot_speak_for_another_nodes_device_nor_change_its_own():
     assert [r.device for r, _ in out.reports] == [1]  # only node 102's report reaches the ledger
     fresh = _sort([_message(_train(device=0), 103, "e")], binding)
     assert fresh.rejected == {103: "claims device 0, which is node 101"}
+
+
+def test_the_binding_survives_a_checkpoint_so_a_resumed_deployment_keeps_it(tmp_path):
+    binding = DeviceBinding()
+    _sort([_message(_train(device=0), 101, "a"), _message(_train(device=1), 102, "b")], binding)
+    ckpt = RunCheckpoint(round=1, method="m", config={}, generator={}, heads={}, binding=binding.state_dict())
+    restored = DeviceBinding.from_state_dict(load_run(save_run(tmp_path, ckpt)).binding)
+    out = _sort([_message(_train(device=1), 101, "c")], restored)  # after --resume: node 101 is still device 0
+    assert out.rejected == {101: "claims device 1, but node 101 is device 0"}
 
 
 def test_a_second_reply_of_one_node_in_a_round_is_not_counted_twice():
