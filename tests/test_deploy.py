@@ -264,6 +264,11 @@ def test_a_killed_device_is_lost_for_its_round_and_rejoins_with_its_epsilon_and_
         assert revoked.returncode == 0  # how Flower's SuperNode ends on a 401: `deploy device` explains it
         with pytest.raises(ConfigError, match="was revoked"):  # a revoked key stays out, and the error says so
             deploy.register(fed.root / "keys" / "device-2.pub", "device-2-again", fed.server_state)
+        # re-admission: a new key made on the board, registered, and the board is back with its own ledger
+        key, public = make_device_key(fed.root / "keys", "device-2", force=True)
+        fed.devices[2].key, fed.devices[2].node_id = key, deploy.register(public, "device-2-again", fed.server_state)
+        fed.start_device(2)
+        wait_for(lambda: fed.online() == 3, "device-2 back with a new key", 120)
 
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2, 3]

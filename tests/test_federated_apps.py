@@ -247,7 +247,7 @@ def test_too_few_valid_replies_are_not_aggregated(tmp_path):
 
 
 @pytest.mark.slow
-def test_over_budget_devices_decline_and_are_never_aggregated(tmp_path):
+def test_over_budget_devices_decline_are_never_aggregated_and_the_operator_sees_why(tmp_path, caplog):
     # sigma 1.5, 6 steps a round at q = 1/3: epsilon 3.64 after one round, 4.92 after two > budget 4
     cfg = _cfg(
         "dp_sgd.target_epsilon=none",
@@ -265,6 +265,8 @@ def test_over_budget_devices_decline_and_are_never_aggregated(tmp_path):
     assert rows[0]["declined"] == 0 and rows[0]["epsilon_max"] <= 4.0
     assert rows[1]["declined"] == 3 and rows[1]["answered"] == 0 and rows[1]["aggregated"] is False
     assert rows[1]["epsilon_max"] == rows[0]["epsilon_max"]  # no update past the budget ever left a device
+    declines = [r.getMessage() for r in caplog.records if "declined to train" in r.getMessage()]
+    assert len(declines) == 3 and all("round 2" in line and "budget" in line for line in declines)
 
 
 def test_synthetic_set_splits_across_devices_iid_and_skewed_by_the_chosen_task():

@@ -1,0 +1,72 @@
+"""`metamorphosis deploy` as a user meets it, without starting Flower: what it says when a device is
+revoked, that logs append, that a run needing more devices than are registered is refused at once, that
+a revoked key's re-registration gets the fix, and that --help shows the defaults."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import TINY_OVERRIDES
+
+from fl_metamorphosis.cli import main
+from fl_metamorphosis.cli_deploy import _foreground
+from fl_metamorphosis.config import ConfigError, build_config
+from simulations import deploy
+
+
+def test_a_supernode_that_stops_by_itself_is_explained_as_a_revocation(tmp_path, capsys):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])  # Flower's SuperNode exits 0 on the server's 401
+    assert _foreground([proc], tmp_path, "SuperNode") == 1
+    said = capsys.readouterr().err
+    assert "revoked" in said and "deploy device-key --force" in said and len(said.strip().splitlines()) == 1
+
+
+def test_a_server_process_that_dies_is_an_error_naming_its_logs(tmp_path, capsys):
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    assert _foreground([proc], tmp_path, "server") == 1
+    assert f"server exited with code 3: see its logs in {tmp_path}" in capsys.readouterr().err
+
+
+def test_logs_append_across_restarts(tmp_path):
+    for word in ("first", "second"):
+        deploy.start_device([sys.executable, "-c", f"print('{word}')"], tmp_path).wait()
+    assert (tmp_path / "supernode.log").read_text().split() == ["first", "second"]
+
+
+def test_a_run_needing_more_devices_than_are_registered_is_refused_at_once(tmp_path):
+    (tmp_path / "devices.json").write_text(json.dumps({"pi-1": 11, "pi-2": 12}))
+    cfg = build_config(None, TINY_OVERRIDES)  # 3 devices, all needed online
+    with pytest.raises(ConfigError, match=r"needs 3 devices online .* 2 are registered .*'pi-1', 'pi-2'"):
+        deploy.check_enough_devices(cfg, tmp_path)
+    deploy.check_enough_devices(build_config(None, [*TINY_OVERRIDES, "federated.min_online_devices=2"]), tmp_path)
+
+
+def test_registering_a_revoked_key_again_names_the_fix(tmp_path, monkeypatch):
+    key = tmp_path / "pi.pub"
+    key.write_text("ecdsa-sha2-nistp384 AAAA\n")
+    said = subprocess.CompletedProcess([], 1, '{"success": false, "error-message": "Public key already in use"}', "")
+    monkeypatch.setattr(deploy, "_flwr", lambda args, state: said)
+    with pytest.raises(ConfigError, match="was revoked.*deploy device-key --force"):
+        deploy.register(key, "pi", tmp_path)
+
+
+def test_the_waiting_line_names_the_registered_devices_not_online(tmp_path, monkeypatch):
+    (tmp_path / "devices.json").write_text(json.dumps({"pi-1": 11, "pi-2": 12}))
+    monkeypatch.setattr(deploy, "registered_devices", lambda state: [{"node-id": "11", "status": "online"}])
+    line = deploy._waiting_line("  waiting for devices: 1 connected, the run needs 2", tmp_path)
+    assert line.endswith("not online: pi-2 (node 12)")
+
+
+@pytest.mark.parametrize(
+    "command, defaults",
+    [
+        ("server", ["default: 0.0.0.0", "default: 8000", "default: 9093"]),
+        ("device", ["default: 9094", "default: 1"]),
+    ],
+)
+def test_help_shows_the_defaults(command, defaults, capsys):
+    with pytest.raises(SystemExit):
+        main(["deploy", command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(d in text for d in defaults), text
