@@ -1,18 +1,21 @@
 """``metamorphosis deploy``: the same federation on real devices, over Flower 1.42's deployment runtime.
 
-The launchers here only start Flower's own processes with the right flags (facts verified on Flower 1.42
-in ../shared/NOTES-deployment.md; most public docs describe older ports):
+The launchers here start Flower's own processes with the right flags (docs/deploy.md; Flower 1.42 serves
+its Fleet, Control and Runtime APIs on one HTTPS port, unlike most public docs' separate ports):
 
-* ``server``: a SuperLink on ONE HTTPS port (Fleet, Control and Runtime APIs), TLS with the CA from
-  ``deploy certs``, SuperNode authentication (only registered device keys may join), a persistent SQLite
-  state (registrations survive a restart), no runtime dependency installation. It also writes the
-  ``flwr`` connection entry (absolute root-certificate path) into a config home of its own, which
-  ``register``, ``unregister`` and ``run`` use.
+* ``server``: a SuperLink on 127.0.0.1 only, with TLS (the certificates of ``deploy certs``), SuperNode
+  authentication (only registered device keys may join), a persistent SQLite state (registrations survive
+  a restart) and no runtime dependency installation; and the Fleet gateway
+  (``fl_metamorphosis/deployment/fleet_gateway.py``) on the devices' address, which forwards the Fleet API
+  and nothing else. It writes the ``flwr`` connection entry (the loopback address, the CA's absolute path)
+  into a config home of its own, which ``register``, ``unregister`` and ``run`` use.
 * ``device``: a SuperNode for one board: its key, the CA to trust, and node config ``partition-id``,
   ``data-dir``, ``state-dir`` (its privacy ledger), ``threads`` and ``name``.
-* ``run``: ``flwr run`` of this app on the running SuperLink, streamed like ``simulate``.
+* ``run``: ``flwr run`` of this app on the running SuperLink, streamed like ``simulate``; stopping the
+  launcher stops the run.
 
-``--insecure`` (no TLS, no authentication) exists for loopback tests and says so on every use.
+``--insecure`` (no TLS, no authentication, loopback only) exists for tests and says so on every use.
+Every log appends: a restart adds to what the last start wrote.
 """
 
 from __future__ import annotations
