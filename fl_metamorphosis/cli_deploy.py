@@ -155,6 +155,13 @@ def _foreground(procs: list, state: Path, what: str) -> int:
                 "key cannot be registered again: make a new one here (`deploy device-key --force`) and give its "
                 f".pub to the operator for `deploy register`. SuperNode log: {state / 'supernode.log'}",
             )
+        elif what == "SuperNode" and "Failed to activate SuperNode" in _log_tail(state / "supernode.log"):
+            say_error(
+                "error:",
+                "the server did not activate this device: its key is not registered there, or, after a power cut, "
+                "the server still holds the device's previous session (it expires within about a minute). Start "
+                f"it again then (the systemd unit's Restart= does). SuperNode log: {state / 'supernode.log'}",
+            )
         else:
             say_error("error:", f"{what} exited with code {code}: see its logs in {state}")
         return 1
@@ -164,6 +171,15 @@ def _foreground(procs: list, state: Path, what: str) -> int:
     finally:
         for proc in procs:
             deploy.stop_tree(proc, state)
+
+
+def _log_tail(log: Path, size: int = 4000) -> str:
+    """The end of a log that appends across starts: what the last start wrote."""
+    if not log.exists():
+        return ""
+    with log.open("rb") as f:
+        f.seek(max(0, log.stat().st_size - size))
+        return f.read().decode(errors="replace")
 
 
 def run_deploy(args: argparse.Namespace) -> int:

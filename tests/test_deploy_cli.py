@@ -22,6 +22,14 @@ def test_a_supernode_that_stops_by_itself_is_explained_as_a_revocation(tmp_path,
     assert "revoked" in said and "deploy device-key --force" in said and len(said.strip().splitlines()) == 1
 
 
+def test_a_supernode_the_server_did_not_activate_says_why_and_what_to_do(tmp_path, capsys):
+    (tmp_path / "supernode.log").write_text("[code: 2004] Failed to activate SuperNode.\n")
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    assert _foreground([proc], tmp_path, "SuperNode") == 1
+    said = capsys.readouterr().err
+    assert "key is not registered" in said and "previous session" in said
+
+
 def test_a_server_process_that_dies_is_an_error_naming_its_logs(tmp_path, capsys):
     proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     assert _foreground([proc], tmp_path, "server") == 1
