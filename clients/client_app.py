@@ -66,17 +66,18 @@ from fl_metamorphosis.training import method_feature_dp, released_features, task
 from .policy import SIMULATION_ENV, device_policy, enforce_policy
 from .secure_aggregation import secure_aggregation
 
-# Everything imported so far (torch, Ray, Flower, Opacus) lives as long as the process. Freezing it takes
-# it out of the cyclic collector's scans, so the full collection that ``release_memory`` runs after every
-# message stays cheap (measured in benchmarks/gc_freeze.py, docs/federated.md).
-gc.freeze()
-
 
 def release_memory(msg: Message, context: Context, call_next) -> Message:
     """Flower mod: collect the reference cycles a DP-SGD round leaves (Opacus' hooks) and hand the freed
     heap back to the OS. Without it a simulated device's Ray actor grows every round (docs/federated.md).
-    What survives the collection lives on (the runtime's state, caches): it is frozen too, so the next
-    collection scans only what the next message allocates (docs/federated.md)."""
+
+    Before the first message, everything imported (torch, Ray, Flower, Opacus), which lives as long as the
+    process, is frozen: out of the cyclic collector's scans, so the full collection after every message
+    stays cheap (benchmarks/gc_freeze.py, docs/federated.md). Here, not at import: importing this module
+    does no work. What survives each collection lives on too (the runtime's state, caches) and is frozen
+    after it, so the next collection scans only what the next message allocates."""
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
     reply = call_next(msg, context)
     gc.collect()
     gc.freeze()

@@ -16,10 +16,10 @@ from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 
 from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.environment import SIMULATION_ENV
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.privacy.device_policy import POLICY_ENV, DevicePolicy
 
-SIMULATION_ENV = "METAMORPHOSIS_SIMULATION"  # set by the simulate launcher in the devices' environment
 POLICY_FILE = "policy-file"  # node config: the owner's privacy policy (TOML)
 
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .config import ConfigError, load_config, preset_overrides
+from .environment import DEBUG_ENV
 
 console = Console(stderr=True)  # no file given: each print writes to the sys.stderr of that moment
 
@@ -299,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted: the run folder keeps what was written so far", "yellow")
         return 130
     except Exception as err:  # a clear line for users; the traceback on request
-        if os.environ.get("METAMORPHOSIS_DEBUG"):
+        if os.environ.get(DEBUG_ENV):
             raise
         say_error("error:", f"{type(err).__name__}: {err}")
-        say("the run folder keeps what was written so far; set METAMORPHOSIS_DEBUG=1 for the traceback")
+        say(f"the run folder keeps what was written so far; set {DEBUG_ENV}=1 for the traceback")
         return 1
 
 

@@ -18,10 +18,9 @@ from flwr.serverapp import Grid, ServerApp
 from threadpoolctl import threadpool_limits
 
 from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.environment import CORES_ENV
 
 from .round_loop import run_federated
-
-CORES_ENV = "METAMORPHOSIS_CORES"  # set by the simulate launcher when the run may use only some cores
 
 app = ServerApp()
 

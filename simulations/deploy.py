@@ -36,6 +36,7 @@ from pathlib import Path
 from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
 from fl_metamorphosis.data.device_folder import read_partition_id, write_device_folder
 from fl_metamorphosis.deployment import CONTROL_PORT
+from fl_metamorphosis.environment import SIMULATION_ENV
 
 from .simulate import APP_DIR, SimulationFailed, clear_run_outputs, raise_interrupt, run_flower, stop_processes
 
@@ -52,7 +53,7 @@ def flower_home(state: Path) -> Path:
 
 
 def deployment_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "METAMORPHOSIS_SIMULATION"}  # a real device, never a sim
+    env = {k: v for k, v in os.environ.items() if k != SIMULATION_ENV}  # a real device, never a sim
     env.update(
         {
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # flower-superexec

@@ -33,6 +33,7 @@ from pathlib import Path
 from fl_metamorphosis.checkpoint import latest_run, load_run
 from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
 from fl_metamorphosis.data import prepare_dataset
+from fl_metamorphosis.environment import CORES_ENV, SIMULATION_ENV
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower App: pyproject.toml's [tool.flwr.app]
 # Settings a resumed run may change: more (or fewer, not below those done) rounds, how often and how hard
@@ -72,7 +73,7 @@ def flower_env(home: Path, ray_tmp: Path | None) -> dict[str, str]:
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps Ray on 127.0.0.1 here
             # the devices of this simulation run in a process tree the user started: they may accept
             # randomness.source = "seeded" (clients/client_app.py refuses it everywhere else)
-            "METAMORPHOSIS_SIMULATION": "1",
+            SIMULATION_ENV: "1",
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
             "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
         }
@@ -277,7 +278,7 @@ def simulate(
     fed = cfg.federated
     federation = f"num-supernodes={fed.num_devices} client-resources-num-cpus={fed.cpus_per_device}"
     if cores is not None:
-        env["METAMORPHOSIS_CORES"] = str(cores)  # server/server_app.py's CORES_ENV
+        env[CORES_ENV] = str(cores)
         federation += f" init-args-num-cpus={max(cores, fed.cpus_per_device)}"
     cmd = [
         "flwr",

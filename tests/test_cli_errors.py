@@ -11,6 +11,7 @@ import pytest
 
 from fl_metamorphosis import cli
 from fl_metamorphosis.cli import main
+from fl_metamorphosis.environment import DEBUG_ENV
 
 
 def _one_error_line(stderr: str) -> str:
@@ -36,7 +37,7 @@ def test_an_unexpected_error_with_markup_in_its_message_is_printed_intact(monkey
     def boom(args):
         raise RuntimeError(message)
 
-    monkeypatch.delenv("METAMORPHOSIS_DEBUG", raising=False)
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
     monkeypatch.setattr(cli, "_central", boom)
     assert main(["central"]) == 1
     stderr = capsys.readouterr().err

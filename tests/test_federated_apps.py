@@ -13,6 +13,7 @@ from clients.client_app import NoStateFolder
 from clients.client_app import app as client_app
 from fl_metamorphosis.checkpoint import load_run
 from fl_metamorphosis.config import ConfigError, build_config
+from fl_metamorphosis.environment import SIMULATION_ENV
 from fl_metamorphosis.federated.device import build_generator, joint_state
 from fl_metamorphosis.federated.device_state import DeviceState
 from fl_metamorphosis.flower.messages import config_record
@@ -329,7 +330,7 @@ def test_a_repeated_request_gets_the_same_reply_and_costs_nothing(tmp_path):
 
 
 def test_a_device_outside_a_simulation_needs_a_state_folder(tmp_path, monkeypatch):
-    monkeypatch.delenv("METAMORPHOSIS_SIMULATION", raising=False)
+    monkeypatch.delenv(SIMULATION_ENV, raising=False)
     context = _context(tmp_path)
     del context.node_config["state-dir"]
     with pytest.raises(NoStateFolder, match="state-dir"):
@@ -339,7 +340,7 @@ def test_a_device_outside_a_simulation_needs_a_state_folder(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_a_run_that_crashes_in_round_3_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     # seeded device randomness (a simulation): the resumed run can then be compared bit for bit
-    monkeypatch.setenv("METAMORPHOSIS_SIMULATION", "1")
+    monkeypatch.setenv(SIMULATION_ENV, "1")
     cfg = _cfg("federated.rounds=4", "randomness.source=seeded", "federated.strategy.name=fedadam")
     whole = tmp_path / "whole"
     run_federated(

@@ -13,8 +13,13 @@ def reference():
     return nn.Linear(4, 3).state_dict()
 
 
-def test_valid_update_passes(reference):
-    validate_update({k: v.numpy().copy() for k, v in reference.items()}, reference)
+def test_a_valid_update_passes_unchanged_and_the_same_one_with_a_nan_does_not(reference):
+    update = {k: v.numpy().copy() for k, v in reference.items()}
+    assert validate_update(update, reference) is None
+    assert all(np.array_equal(update[k], v.numpy()) for k, v in reference.items())  # checked, not modified
+    update["weight"][0, 0] = np.nan
+    with pytest.raises(InvalidUpdate):
+        validate_update(update, reference)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from clients.client_app import PoisoningRefused
 from clients.client_app import app as client_app
 from fl_metamorphosis.config import ConfigError, PoisoningConfig, build_config
 from fl_metamorphosis.data import MultiTaskDataset, TaskSpec
+from fl_metamorphosis.environment import SIMULATION_ENV
 from fl_metamorphosis.federated.poisoning import flip_labels, malicious_devices, poison_update
 from fl_metamorphosis.flower.messages import TrainReply
 from fl_metamorphosis.privacy.device_policy import DevicePolicy
@@ -84,14 +85,14 @@ def _attack_cfg(*extra):
 
 
 def test_a_device_outside_a_simulation_refuses_to_attack(tmp_path, monkeypatch):
-    monkeypatch.delenv("METAMORPHOSIS_SIMULATION", raising=False)
+    monkeypatch.delenv(SIMULATION_ENV, raising=False)
     msg, _ = _train_message(_attack_cfg())
     with pytest.raises(PoisoningRefused, match="attack='none'"):
         client_app(msg, _context(tmp_path))
 
 
 def test_a_poisoned_device_in_a_simulation_sends_its_flipped_update(tmp_path, monkeypatch):
-    monkeypatch.setenv("METAMORPHOSIS_SIMULATION", "1")
+    monkeypatch.setenv(SIMULATION_ENV, "1")
     cfg = _attack_cfg("randomness.source=seeded")
     device = min(malicious_devices(cfg.federated.poisoning, cfg.federated.num_devices, cfg.train.seed))
 
@@ -144,7 +145,7 @@ def _final_accuracy(summary):
 
 @pytest.mark.slow
 def test_a_trimmed_mean_keeps_learning_under_sign_flipping_where_fedavg_does_not(tmp_path, monkeypatch):
-    monkeypatch.setenv("METAMORPHOSIS_SIMULATION", "1")
+    monkeypatch.setenv(SIMULATION_ENV, "1")
     _, fedavg = _run(tmp_path, "fedavg", *ROBUST)
     _, trimmed = _run(
         tmp_path, "trimmed", *ROBUST, "federated.strategy.name=fedtrimmedavg", "federated.strategy.beta_trim=0.2"
@@ -156,7 +157,7 @@ def test_a_trimmed_mean_keeps_learning_under_sign_flipping_where_fedavg_does_not
 
 @pytest.mark.slow
 def test_an_overflowing_boosted_update_is_rejected_and_spends_no_honest_devices_budget(tmp_path, monkeypatch):
-    monkeypatch.setenv("METAMORPHOSIS_SIMULATION", "1")
+    monkeypatch.setenv(SIMULATION_ENV, "1")
     attack = ["federated.num_devices=3", "federated.poisoning.attack=scale", "federated.poisoning.share=0.34"]
     cfg, attacked = _run(tmp_path, "attacked", *attack, "federated.poisoning.boost=1e39")
     _, clean = _run(tmp_path, "clean", "federated.num_devices=3")

@@ -32,9 +32,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import ExperimentConfig, Method, ReleaseGateConfig
+from ..environment import DEVICE_POLICY_ENV
 from ..methods import method_spec
 
-POLICY_ENV = "METAMORPHOSIS_DEVICE_POLICY"  # a policy file named in the device's own environment
+POLICY_ENV = DEVICE_POLICY_ENV  # a policy file named in the device's own environment
 
 
 class PolicyError(ValueError):
