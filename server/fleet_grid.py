@@ -28,8 +28,8 @@ from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.fleet import Fleet, Work
 from fl_metamorphosis.flower import messages as proto
 
-# Peak memory of a device's local round of the demo model, measured (docs/devices/raspberry-pi.md: 668-683
-# MB peak RSS of the device process); a class with less memory is never available.
+# Peak memory of a device's local round of the demo model, rounded up from the measured peak RSS of the
+# device process (docs/devices/raspberry-pi.md); a class with less memory is never available.
 ROUND_MEMORY_MB = 700.0
 
 

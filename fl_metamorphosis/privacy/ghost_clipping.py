@@ -21,8 +21,7 @@ What comes after the clipped sum is Opacus' own: ``DPOptimizerFastGradientClippi
 (from the caller's ``Randomness``: ``secret_noise.py``, as in ``dp_sgd.py``), scales by the expected
 batch size and calls the accountant's step hook. Opacus' ``GradSampleModuleFastGradientClipping``
 computes the same norms but runs a full first backward and forms the convolutions' per-sample
-gradients through its hooks; on the device's model it measured 2.7-2.9x a plain step against
-1.9-2.1x here (``docs/federated.md``).
+gradients through its hooks, which is slower on the device's model (the figures: ``docs/federated.md``).
 """
 
 from __future__ import annotations

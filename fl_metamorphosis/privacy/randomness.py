@@ -8,8 +8,9 @@ of the kind enters it:
 
 * Gaussian and Laplace noise comes from a cryptographic generator: the ChaCha20 keystream under a fresh
   256-bit key and nonce from the operating system's CSPRNG (``os.urandom``) for every draw (the
-  construction of the kernel's own generator; ``cryptography``'s ChaCha20, 2-3x faster than reading the
-  bits from ``os.urandom``), turned into uniform doubles and then into normals by Box-Muller in float64.
+  construction of the kernel's own generator; ``cryptography``'s ChaCha20 is faster than reading the
+  bits from ``os.urandom``: docs/privacy.md), turned into uniform doubles and then into normals by
+  Box-Muller in float64.
   torch's CPU generator is a Mersenne Twister, which is not a cryptographic generator (its state
   follows from its outputs), and Opacus' own answer, ``secure_mode``, needs ``torchcsprng``, which has
   no build for current torch.
