@@ -21,8 +21,8 @@ from fl_metamorphosis.audit.cross_task_probe import probe_accuracy
 from fl_metamorphosis.audit.reconstruction_attack import reconstruction_attack
 from fl_metamorphosis.audit.saved_run import load_saved, server_seen_releases
 from fl_metamorphosis.data import load_dataset
+from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.training import released_features
-from fl_metamorphosis.training.trainer import method_feature_dp
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     cfg, seed = model.cfg, model.cfg.train.seed
     n_att = args.attacker_samples or max(cfg.audit.attacker_samples, server_seen_releases(cfg))
     data = AttackData.draw(load_dataset(cfg.data, seed), cfg.audit, seed, n_att)
-    feature_dp = method_feature_dp(model.method, cfg)
+    feature_dp = method_plan(cfg, model.method).feature_dp
     att = released_features(model.generator, data.attacker.images, feature_dp, seed + 101)
     ev = released_features(model.generator, data.evaluation.images, feature_dp, seed + 202)
     labels_att, labels_ev = data.attacker.labels.numpy(), data.evaluation.labels.numpy()

@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.data import load_dataset
 from fl_metamorphosis.federated.device import build_generator
+from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy import make_private
 from fl_metamorphosis.privacy.randomness import Randomness
-from fl_metamorphosis.training.trainer import method_feature_dp, method_objective, run_epoch
+from fl_metamorphosis.training.trainer import run_epoch
 
 
 def main() -> None:
@@ -57,8 +58,8 @@ def main() -> None:
             private.module,
             heads,
             private.loader,
-            method_objective("metamorphosis", cfg),
-            method_feature_dp("metamorphosis", cfg),
+            method_plan(cfg, "metamorphosis").objective,
+            method_plan(cfg, "metamorphosis").feature_dp,
             private.optimizer,
             None,
             randomness,

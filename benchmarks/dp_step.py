@@ -49,12 +49,11 @@ from torch.utils.data import DataLoader  # noqa: E402
 from fl_metamorphosis.config import build_config  # noqa: E402
 from fl_metamorphosis.federated.device import build_generator  # noqa: E402
 from fl_metamorphosis.flower.partition import device_datasets  # noqa: E402
+from fl_metamorphosis.methods import method_plan  # noqa: E402
 from fl_metamorphosis.model import build_heads  # noqa: E402
 from fl_metamorphosis.privacy import make_private  # noqa: E402
 from fl_metamorphosis.privacy.feature_noise import clip_features  # noqa: E402
 from fl_metamorphosis.privacy.randomness import Randomness  # noqa: E402
-from fl_metamorphosis.training import method_feature_dp  # noqa: E402
-from fl_metamorphosis.training.trainer import method_objective  # noqa: E402
 
 
 def setup(batch: int):
@@ -95,8 +94,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg, generator, heads, x, y, data = setup(args.batch)
-    objective = method_objective("metamorphosis", cfg)
-    feature_dp = method_feature_dp("metamorphosis", cfg)
+    objective = method_plan(cfg, "metamorphosis").objective
+    feature_dp = method_plan(cfg, "metamorphosis").feature_dp
     per_sample = loss_fn(cfg, generator, heads, objective, feature_dp)
     clip, sigma = cfg.dp_sgd.max_grad_norm, 1.0
     noise_gen = torch.Generator().manual_seed(1)

@@ -29,11 +29,11 @@ from fl_metamorphosis.checkpoint import INITIAL_FILE, RUN_FILE, load_model
 from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.data import load_dataset
 from fl_metamorphosis.flower.partition import device_datasets
+from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.model import FeatureGenerator
 from fl_metamorphosis.privacy.randomness import Randomness
 from fl_metamorphosis.privacy.release_gate import release_gate
 from fl_metamorphosis.training import released_features
-from fl_metamorphosis.training.trainer import method_feature_dp
 
 
 def _weights(run: Path, rnd: int):
@@ -61,7 +61,7 @@ def _attack_here(generator, cfg: ExperimentConfig, method: str) -> dict[str, dic
     split = load_dataset(cfg.data, cfg.train.seed)
     audit = cfg.audit.model_copy(update={"attackers": ["linear", "mlp"]})
     data = AttackData.draw(split, audit, cfg.train.seed)
-    fdp = method_feature_dp(method, cfg)
+    fdp = method_plan(cfg, method).feature_dp
     att = released_features(generator, data.attacker.images, fdp, 1).numpy()
     ev = released_features(generator, data.evaluation.images, fdp, 2).numpy()
     return cross_task_attacks(
@@ -98,7 +98,7 @@ def main() -> None:
                 data.images,
                 data.labels,
                 data.task_names,
-                feature_dp=method_feature_dp(method, cfg),
+                feature_dp=method_plan(cfg, method).feature_dp,
                 cfg=cfg.release_gate.model_copy(update={"noise_steps": [1.0]}),  # power at the configured noise
                 randomness=Randomness.secret(),
             )

@@ -57,11 +57,12 @@ from fl_metamorphosis.federated.device_state import DeviceState, DeviceStateRefu
 from fl_metamorphosis.federated.poisoning import flip_labels, malicious_devices, poison_update
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower.arrays import torch_state
+from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy.randomness import Randomness, randomness_for
 from fl_metamorphosis.privacy.release_gate import GateDecision, release_gate
 from fl_metamorphosis.privacy.release_ledger import ReleaseLedger
-from fl_metamorphosis.training import method_feature_dp, released_features, task_accuracy
+from fl_metamorphosis.training import released_features, task_accuracy
 
 from .policy import SIMULATION_ENV, device_policy, enforce_policy
 from .secure_aggregation import secure_aggregation
@@ -291,7 +292,7 @@ def features(msg: Message, context: Context) -> Message:
     ledger = ReleaseLedger(len(data))
     if state.releases is not None:
         ledger.load_state_dict(state.releases)
-    feature_dp = method_feature_dp(cfg.methods[-1], cfg)
+    feature_dp = method_plan(cfg).feature_dp
     decisions = _gate(cfg, context, generator, data, feature_dp, randomness)
     withheld = {d.task: d.reason for d in decisions if d.withheld}
     cap = cfg.feature_dp.max_releases_per_pair  # the stricter of the policy's and the message's
@@ -366,7 +367,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     device, _, test = _local_data(cfg, context)
     randomness = _randomness(cfg, device, int(config.get(proto.SERVER_ROUND, 0)), _EVALUATE)
     generator, heads = _global_model(cfg, msg, test)
-    released = released_features(generator, test.images, method_feature_dp(cfg.methods[-1], cfg), randomness)
+    released = released_features(generator, test.images, method_plan(cfg).feature_dp, randomness)
     accs = task_accuracy(heads, released, test.labels)
     reply = proto.EvaluateReply(device, len(test), dict(zip(test.task_names, accs, strict=True)))
     return Message(content=reply.to_record(), reply_to=msg)

@@ -9,7 +9,12 @@ the code) is what lets the comparison train, release and audit every method thro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from .losses import Objective
+
+if TYPE_CHECKING:  # config imports nothing of the methods; only the plan reads a config
+    from .config import ExperimentConfig, FeatureDPConfig
 
 Split = Literal["shared", "cross_sec", "projection"]
 
@@ -49,3 +54,40 @@ def method_spec(name: str) -> MethodSpec:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}") from None
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    """One method resolved once against an experiment: every question a device, the server or the audit
+    asks about "the method" has its answer here, worked out in one place."""
+
+    name: str
+    spec: MethodSpec
+    feature_dp: FeatureDPConfig  # what it releases: clipped and noised task features, or the raw ones
+    objective: Objective  # what its training loss adds to the tasks' cross-entropy
+    grouped: bool  # DP-SGD clips per group of pairs: the objective is a batch statistic (group_dp_sgd.py)
+
+
+def method_plan(cfg: ExperimentConfig, method: str | None = None) -> MethodPlan:
+    """``method`` against ``cfg``; by default the config's last method, the one a federated run trains."""
+    name = cfg.methods[-1] if method is None else method
+    spec, loss = method_spec(name), cfg.loss
+    feature_dp = cfg.feature_dp if spec.feature_noise else cfg.feature_dp.model_copy(update={"enabled": False})
+    if spec.input_dcor:  # NoPeek: dCor(F, input) over the batch, nothing between tasks
+        objective = Objective("batch", 0.0, loss.nopeek_weight)
+    elif not spec.decorrelation:
+        adversary_weight = loss.adversary_weight if spec.adversary else 0.0
+        objective = Objective(
+            "per_sample", 0.0, adversary_weight=adversary_weight, adversary_objective=loss.adversary_objective
+        )
+    else:
+        objective = Objective(
+            cfg.decorrelation_form(),
+            loss.decorrelation_weight,
+            loss.input_decorrelation_weight,
+            "cosine" if spec.split == "projection" else loss.per_sample_penalty,
+            loss.adversary_weight if spec.adversary else 0.0,
+            loss.adversary_objective,
+        )
+    grouped = cfg.dp_sgd.enabled and objective.form == "batch"
+    return MethodPlan(name, spec, feature_dp, objective, grouped)

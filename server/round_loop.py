@@ -45,11 +45,11 @@ from fl_metamorphosis.federated.device import joint_state, split_state
 from fl_metamorphosis.federated.server_heads import train_head
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower.arrays import torch_state
+from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import JsonlWriter, write_jsonl
 from fl_metamorphosis.model import FeatureGenerator, build_heads
 from fl_metamorphosis.privacy import ServerLedger
 from fl_metamorphosis.training import evaluate as evaluate_on
-from fl_metamorphosis.training import method_feature_dp
 
 from .final_report import final_report, interim_audit
 from .fleet_grid import FleetGrid
@@ -82,9 +82,12 @@ class Federation:
     round0: Releases | None = None  # round 0's query (before any training), reported in round 1's row
     binding: DeviceBinding = field(default_factory=DeviceBinding)  # which device each node speaks for
 
+    def __post_init__(self) -> None:
+        self.plan = method_plan(self.cfg)  # resolved once for the run
+
     @property
     def method(self) -> str:
-        return self.cfg.methods[-1]
+        return self.plan.name
 
     @property
     def tasks(self) -> list[str]:
@@ -92,7 +95,7 @@ class Federation:
 
     @property
     def feature_dp(self) -> FeatureDPConfig:
-        return method_feature_dp(self.method, self.cfg)
+        return self.plan.feature_dp
 
     def arrays(self) -> ArrayRecord:
         return ArrayRecord(joint_state(self.generator, self.heads))  # the heads travel with the encoder
@@ -104,7 +107,9 @@ def start(cfg: ExperimentConfig, out: Path, resume: bool) -> Federation:
     torch.manual_seed(cfg.train.seed)
     split = load_dataset(cfg.data, cfg.train.seed)
     num_classes = [t.num_classes for t in split.test.tasks]
-    generator = FeatureGenerator(cfg.methods[-1], split.test.image_shape, len(num_classes), cfg.model, num_classes)
+    generator = FeatureGenerator(
+        method_plan(cfg).name, split.test.image_shape, len(num_classes), cfg.model, num_classes
+    )
     heads = build_heads(generator.feature_shape, num_classes, cfg.model)
     fed = Federation(
         cfg,

@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 
 from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
+from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import read_jsonl, write_json
 from fl_metamorphosis.metrics.plots import plt
 from fl_metamorphosis.metrics.sweep_report import cell_figures
@@ -166,7 +167,7 @@ def run_search(
     def objective(trial: optuna.Trial) -> float:
         params = {k: trial.suggest_float(k, lo, hi, log=True) for k, (lo, hi) in search.ranges.items()}
         run_out = out / "search" / f"trial-{trial.number}"
-        cfg = run_config(_trial_config(search, base, params), base.methods[-1], search.seed, out=out)
+        cfg = run_config(_trial_config(search, base, params), method_plan(base).name, search.seed, out=out)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in params.items())
         echo(f"[search] trial {trial.number}: {shown}")
         prefix = lambda line: echo(f"[trial {trial.number}] {line}")  # noqa: E731

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import write_json
 from fl_metamorphosis.metrics.sweep_plots import plot_sweep_final, plot_sweep_rounds
 from fl_metamorphosis.metrics.sweep_report import attack_costs, cell_figures, pool_settings, recommend, render_sweep
@@ -96,7 +97,7 @@ def run_sweep(
         def cell_echo(line: str) -> None:
             echo(f"[cell {index}/{len(cells)} {cell.key}] {line}")
 
-        cfg = run_config(cell.cfg, cell.cfg.methods[-1], cell.seed, out=out)
+        cfg = run_config(cell.cfg, method_plan(cell.cfg).name, cell.seed, out=out)
         return run_or_reuse(cfg, out / "cells" / cell.key, cell_echo, app_dir, cores)
 
     with ThreadPoolExecutor(max_workers=sweep_cfg.parallel) as pool:

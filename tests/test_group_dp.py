@@ -9,12 +9,13 @@ import torch
 from fl_metamorphosis.config import DPSGDConfig, build_config
 from fl_metamorphosis.federated import train_locally
 from fl_metamorphosis.federated.device import build_generator, privacy_plan
+from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy import StepHistory, group_privacy, make_private_groups, reference_epsilon
 from fl_metamorphosis.privacy.accounting import calibrate_group_noise, group_target
 from fl_metamorphosis.privacy.group_dp_sgd import group_of
 from fl_metamorphosis.privacy.randomness import Randomness
-from fl_metamorphosis.training.trainer import group_loss, method_objective
+from fl_metamorphosis.training.trainer import group_loss
 
 
 def test_a_pairs_group_depends_on_that_pair_alone(tiny_split):
@@ -32,7 +33,7 @@ def test_pooled_group_gradients_sum_to_the_plain_gradient(tiny_overrides, tiny_s
     gen = build_generator(cfg, data)
     heads = build_heads(gen.feature_shape, [10, 10], cfg.model).requires_grad_(False)
     plain = copy.deepcopy(gen)
-    objective = method_objective("nopeek", cfg)
+    objective = method_plan(cfg, "nopeek").objective
     dp = cfg.dp_sgd.model_copy(update={"max_grad_norm": 1e6})
     private = make_private_groups(
         gen, torch.optim.SGD(gen.parameters(), lr=0.1), data, dp, 1, 16, 4, 0, 0.0, randomness=Randomness.seeded(0)

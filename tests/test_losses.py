@@ -89,8 +89,8 @@ def test_dp_guard_no_sample_influences_another_samples_loss(form):
 
 def test_dp_training_uses_the_per_sample_form():
     from fl_metamorphosis.config import build_config
-    from fl_metamorphosis.training.trainer import method_objective
+    from fl_metamorphosis.methods import method_plan
 
     cfg = build_config()
-    assert cfg.dp_sgd.enabled and method_objective("metamorphosis", cfg).form == "per_sample"
-    assert method_objective("metamorphosis", build_config(None, ["dp_sgd.enabled=false"])).form == "batch"
+    assert cfg.dp_sgd.enabled and method_plan(cfg, "metamorphosis").objective.form == "per_sample"
+    assert method_plan(build_config(None, ["dp_sgd.enabled=false"]), "metamorphosis").objective.form == "batch"

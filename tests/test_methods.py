@@ -6,12 +6,12 @@ from torch.utils.data import DataLoader
 
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.losses import Objective
-from fl_metamorphosis.methods import METHODS
+from fl_metamorphosis.methods import METHODS, method_plan
 from fl_metamorphosis.model import FeatureGenerator, build_heads
 from fl_metamorphosis.model.adversary import Adversary, reverse_gradient
 from fl_metamorphosis.privacy import make_private, make_private_groups
 from fl_metamorphosis.privacy.randomness import Randomness
-from fl_metamorphosis.training.trainer import method_feature_dp, method_objective, run_epoch, run_group_epoch
+from fl_metamorphosis.training.trainer import run_epoch, run_group_epoch
 
 
 def test_config_method_names_are_the_registry():
@@ -33,8 +33,8 @@ def test_each_method_trains_one_step_and_releases_task_features(method, tiny_ove
     before = {k: v.clone() for k, v in gen.state_dict().items()}
     loader = DataLoader(data, batch_size=32, shuffle=True)
     opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
-    objective = method_objective(method, cfg)
-    feature_dp = method_feature_dp(method, cfg)
+    objective = method_plan(cfg, method).objective
+    feature_dp = method_plan(cfg, method).feature_dp
     if objective.form == "batch":  # nopeek: dCor(F, input) over a group, clipped per group
         grouped = make_private_groups(gen, opt, data, cfg.dp_sgd, 1, 16, 4, 0, randomness=Randomness.seeded(0))
         loss = run_group_epoch(grouped, heads, objective, feature_dp, None, Randomness.seeded(1))
@@ -62,7 +62,7 @@ def test_each_method_trains_one_step_and_releases_task_features(method, tiny_ove
         assert torch.equal(feats[:, 0], feats[:, 1])
     else:
         assert not torch.equal(feats[:, 0], feats[:, 1])
-    assert method_feature_dp(method, cfg).enabled == METHODS[method].feature_noise
+    assert method_plan(cfg, method).feature_dp.enabled == METHODS[method].feature_noise
 
 
 def test_gradient_reversal_flips_the_sign():
@@ -143,3 +143,13 @@ def test_cosine_penalty_is_per_sample_and_zero_for_orthogonal_features():
     objective = Objective("per_sample", 1.0, per_sample_penalty="cosine")
     with pytest.raises(ValueError, match="features"):
         objective.from_outputs(torch.nn.ModuleList(), [], torch.ones(1, 2, 2), torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_the_method_plan_answers_once_what_the_method_releases_adds_and_how_dp_sgd_clips():
+    cfg = build_config(None, ['methods=["universal", "nopeek"]'])
+    plan = method_plan(cfg)  # the config's last method: the one a federated run trains
+    assert plan.name == "nopeek" and plan.objective.form == "batch" and plan.grouped
+    assert not plan.feature_dp.enabled  # nopeek releases raw features
+    assert not method_plan(build_config(None, ['methods=["nopeek"]', "dp_sgd.enabled=false"])).grouped  # no DP-SGD
+    metamorphosis = method_plan(cfg, "metamorphosis")
+    assert metamorphosis.feature_dp == cfg.feature_dp and not metamorphosis.grouped

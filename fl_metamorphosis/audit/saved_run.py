@@ -21,9 +21,9 @@ from torch import nn
 from ..checkpoint import CheckpointError, latest_run, load_model
 from ..config import ConfigError, ExperimentConfig, build_config
 from ..data import MultiTaskDataset, load_dataset
+from ..methods import method_plan
 from ..model import FeatureGenerator, build_heads
 from ..training import TrainedModel, released_features
-from ..training.trainer import method_feature_dp
 from .run_audit import AttackData, audit_model, label_only_floor
 
 MembersFn = Callable[[ExperimentConfig], MultiTaskDataset]
@@ -90,7 +90,9 @@ def server_seen_releases(cfg: ExperimentConfig, train_size: int) -> int:
 
 def export_released(model: SavedModel, evaluation: MultiTaskDataset, file: Path, seed: int) -> None:
     """Released features of each task on ``evaluation``, every task's labels and the input images."""
-    released = released_features(model.generator, evaluation.images, method_feature_dp(model.method, model.cfg), seed)
+    released = released_features(
+        model.generator, evaluation.images, method_plan(model.cfg, model.method).feature_dp, seed
+    )
     arrays: dict[str, Any] = {
         "images": evaluation.images.numpy(),
         "labels": evaluation.labels.numpy(),
@@ -123,7 +125,7 @@ def audit_saved(
     floors = label_only_floor(data, cfg.audit, cfg.train.seed)
     results, recons = {}, {}
     for m in models:
-        trained = TrainedModel(m.method, m.generator, m.heads, method_feature_dp(m.method, m.cfg))
+        trained = TrainedModel(m.method, m.generator, m.heads, method_plan(m.cfg, m.method).feature_dp)
         figures, recons[m.method] = audit_model(trained, data, m.cfg.audit, floors, m.cfg.train.seed, releases_per_pair)
         figures["attacker"]["server_saw_releases"] = seen
         figures["membership"]["members_are"] = (
@@ -150,7 +152,7 @@ def write_audit(source: Path, out: Path, export: Path | None = None, attacker_sa
     releases = int((run_summary.get("history") or [{}])[-1].get("releases_per_pair_max", 1) or 1)
     results, data, recons = audit_saved(models, attacker_samples, members, releases)
     for m in models:
-        release = account_release(method_feature_dp(m.method, m.cfg), len(data.evaluation.tasks), releases)
+        release = account_release(method_plan(m.cfg, m.method).feature_dp, len(data.evaluation.tasks), releases)
         trained = run_summary.get("methods", {}).get(m.method, {})
         results[m.method].update(
             dp_sgd=trained.get("dp_sgd", {"epsilon": None, "note": "no summary.json beside the model"}),
@@ -213,7 +215,7 @@ def write_held_rows_audit(run_dir: Path, out: Path, sample: int | None) -> dict:
         return FeatureGenerator(method, split.test.image_shape, len(num_classes), cfg.model, num_classes)
 
     result = audit_held_rows(
-        held, fresh, method_feature_dp(method, cfg), data, cfg.audit, cfg.train.seed, sample=sample, progress=print
+        held, fresh, method_plan(cfg, method).feature_dp, data, cfg.audit, cfg.train.seed, sample=sample, progress=print
     )
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "held_rows.json", result)

@@ -16,16 +16,17 @@ from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig
 from ..data import MultiTaskDataset
+from ..methods import method_plan
 from ..model import FeatureGenerator, build_heads
 from ..privacy import DevicePrivacyPlan, StepHistory, make_private, make_private_groups, release
 from ..privacy.accounting import pair_plan
 from ..privacy.group_dp_sgd import GroupLoader
 from ..privacy.randomness import Randomness
-from ..training.trainer import method_feature_dp, method_objective, run_epoch, run_group_epoch
+from ..training.trainer import run_epoch, run_group_epoch
 
 
 def privacy_plan(cfg: ExperimentConfig, data: MultiTaskDataset) -> DevicePrivacyPlan:
-    if cfg.dp_sgd.enabled and method_objective(cfg.methods[-1], cfg).form == "batch":
+    if method_plan(cfg).grouped:
         group = cfg.dp_sgd.group_size
         loader = GroupLoader(data, group, max(1, cfg.train.batch_size // group), key=cfg.train.seed)
         return DevicePrivacyPlan(True, loader.sample_rate, len(loader), cfg.dp_sgd)
@@ -79,7 +80,7 @@ def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 
 def build_generator(cfg: ExperimentConfig, data: MultiTaskDataset) -> FeatureGenerator:
     num_classes = [t.num_classes for t in data.tasks]
-    return FeatureGenerator(cfg.methods[-1], data.image_shape, len(data.tasks), cfg.model, num_classes)
+    return FeatureGenerator(method_plan(cfg).name, data.image_shape, len(data.tasks), cfg.model, num_classes)
 
 
 def train_locally(
@@ -103,7 +104,7 @@ def train_locally(
     a separate step after each private step (post-processing of DP-SGD output): adding it to the loss
     would put it inside Opacus' per-sample gradients, which only see the data terms.
     """
-    method = cfg.methods[-1]
+    method = method_plan(cfg)  # the run trains the config's last method
     batch = min(cfg.train.batch_size, len(data))
     plan = privacy_plan(cfg, data)
     after = history.extended(noise_multiplier, plan.sample_rate, local_epochs * plan.steps_per_epoch)
@@ -117,7 +118,7 @@ def train_locally(
     heads = build_heads(generator.feature_shape, [t.num_classes for t in data.tasks], cfg.model)
     heads.load_state_dict(head_weights)
     heads.requires_grad_(train_heads)
-    feature_dp, objective = method_feature_dp(method, cfg), method_objective(method, cfg)
+    feature_dp, objective = method.feature_dp, method.objective
     trained: nn.Module = DeviceModel(generator, heads, feature_dp, randomness) if train_heads else generator
     global_weights = {k: v.detach().clone() for k, v in trained.named_parameters()}
 
@@ -132,7 +133,7 @@ def train_locally(
     loss = 0.0
     if plan.grouped:  # a batch statistic in the loss: clip per group of pairs (privacy/group_dp_sgd.py)
         if train_heads:
-            raise ValueError(f"method {method!r} clips per group: keep federated.device_heads='frozen'")
+            raise ValueError(f"method {method.name!r} clips per group: keep federated.device_heads='frozen'")
         group = cfg.dp_sgd.group_size
         grouped = make_private_groups(
             generator,

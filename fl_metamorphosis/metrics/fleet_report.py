@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..config import ExperimentConfig  # noqa: E402
 from ..federated.device_state import STATE_FILE, DeviceState  # noqa: E402
-from ..training.trainer import method_objective  # noqa: E402
+from ..methods import method_plan  # noqa: E402
 from .writer import read_jsonl, write_json  # noqa: E402
 
 COUNTS = ("sampled", "answered", "fleet.dropped", "fleet.stragglers", "declined", "rejected")
@@ -40,7 +40,7 @@ def time_to_target(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
 
 def devices_own_epsilon(devices_root: Path, cfg: ExperimentConfig) -> dict[int, dict[str, float]]:
     """Each device's epsilon and steps from its own ledger, as it sees them."""
-    grouped = method_objective(cfg.methods[-1], cfg).form == "batch"
+    grouped = method_plan(cfg).grouped
     own = {}
     for folder in sorted(Path(devices_root).iterdir()) if Path(devices_root).is_dir() else []:
         if (folder / STATE_FILE).exists() and folder.name.isdigit():

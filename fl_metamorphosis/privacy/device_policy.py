@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import ExperimentConfig, Method, ReleaseGateConfig
 from ..environment import DEVICE_POLICY_ENV
-from ..methods import method_spec
+from ..methods import method_plan, method_spec
 
 POLICY_ENV = DEVICE_POLICY_ENV  # a policy file named in the device's own environment
 
@@ -93,11 +93,11 @@ class DevicePolicy(BaseModel):
         """A simulation's policy: exactly what its operator's config asks for."""
         fdp, gate = cfg.feature_dp, cfg.release_gate
         return cls(
-            feature_dp=fdp.enabled and method_spec(cfg.methods[-1]).feature_noise,
+            feature_dp=fdp.enabled and method_plan(cfg).spec.feature_noise,
             min_feature_noise=fdp.noise_std,
             max_clip_norm=fdp.clip_norm,
             mechanisms=[fdp.mechanism],
-            methods=[cfg.methods[-1]],
+            methods=[method_plan(cfg).name],
             dp_sgd=cfg.dp_sgd.enabled,
             delta=min(cfg.dp_sgd.delta, fdp.delta),
             epsilon_budget=cfg.federated.device_epsilon_budget,
@@ -189,7 +189,7 @@ class DevicePolicy(BaseModel):
             if not ok:
                 out.append(Refusal(field, asked, floor))
 
-        fdp, method = cfg.feature_dp, cfg.methods[-1]
+        fdp, method = cfg.feature_dp, method_plan(cfg).name
         below(method in self.methods, "methods", method, f"one of {self.methods}")
         releases_noise = fdp.enabled and method_spec(method).feature_noise
         asked = fdp.enabled if not fdp.enabled else f"True, but method {method!r} releases its features un-noised"

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from ..config import ExperimentConfig, FeatureDPConfig, Method
 from ..data import TrainTestSplit
 from ..losses import Objective
-from ..methods import method_spec
+from ..methods import method_plan
 from ..model import FeatureGenerator, build_heads
 from ..privacy import PrivateGroupTraining, PrivateTraining, make_private, make_private_groups, release
 from ..privacy.randomness import Randomness, randomness_for
@@ -30,33 +30,6 @@ class TrainedModel:
     history: list[dict] = field(default_factory=list)
     dp_sgd: dict = field(default_factory=dict)
     wall_seconds: float = 0.0
-
-
-def method_feature_dp(method: Method, cfg: ExperimentConfig) -> FeatureDPConfig:
-    """The release of ``method``: clipped and noised task features, or the raw ones."""
-    if method_spec(method).feature_noise:
-        return cfg.feature_dp
-    return cfg.feature_dp.model_copy(update={"enabled": False})
-
-
-def method_objective(method: Method, cfg: ExperimentConfig) -> Objective:
-    spec, loss = method_spec(method), cfg.loss
-    if spec.input_dcor:  # NoPeek: dCor(F, input) over the batch, nothing between tasks
-        return Objective("batch", 0.0, loss.nopeek_weight)
-    adversary_weight = loss.adversary_weight if spec.adversary else 0.0
-    if not spec.decorrelation:
-        return Objective(
-            "per_sample", 0.0, adversary_weight=adversary_weight, adversary_objective=loss.adversary_objective
-        )
-    penalty = "cosine" if spec.split == "projection" else loss.per_sample_penalty
-    return Objective(
-        cfg.decorrelation_form(),
-        loss.decorrelation_weight,
-        loss.input_decorrelation_weight,
-        penalty,
-        adversary_weight,
-        loss.adversary_objective,
-    )
 
 
 def unwrapped(module: nn.Module) -> nn.Module:
@@ -171,8 +144,8 @@ def train_method(
     num_classes = [t.num_classes for t in train.tasks]
     generator = FeatureGenerator(method, train.image_shape, len(train.tasks), cfg.model, num_classes)
     heads = build_heads(generator.feature_shape, [t.num_classes for t in train.tasks], cfg.model)
-    feature_dp = method_feature_dp(method, cfg)
-    objective = method_objective(method, cfg)
+    plan = method_plan(cfg, method)
+    feature_dp, objective = plan.feature_dp, plan.objective
 
     loader = DataLoader(train, batch_size=cfg.train.batch_size, shuffle=True)
     opt = torch.optim.Adam(generator.parameters(), lr=cfg.train.lr)
@@ -180,7 +153,7 @@ def train_method(
     private = None
     module: nn.Module = generator
     randomness = randomness_for(cfg.randomness.source, cfg.train.seed)
-    grouped = cfg.dp_sgd.enabled and objective.form == "batch"  # a batch statistic: clip per group of pairs
+    grouped = plan.grouped  # a batch statistic: clip per group of pairs
     if grouped:
         group = cfg.dp_sgd.group_size
         private = make_private_groups(
