@@ -141,9 +141,14 @@ def start_server(
     if certs is not None:
         procs.append(subprocess.Popen(gateway_command(certs, host, port, control_port), env=env, cwd=state,
                                       stdout=_log(state / "gateway.log"), stderr=subprocess.STDOUT))  # fmt: skip
-    for proc, (where, what) in zip(procs, ((local_port, "superlink.log"), (port, "gateway.log")), strict=False):
-        _wait_listening(proc, "127.0.0.1" if host in ("0.0.0.0", "::") or proc is procs[0] else host, where,
-                        state / what)  # fmt: skip
+    try:
+        for proc, (where, what) in zip(procs, ((local_port, "superlink.log"), (port, "gateway.log")), strict=False):
+            _wait_listening(proc, "127.0.0.1" if host in ("0.0.0.0", "::") or proc is procs[0] else host, where,
+                            state / what)  # fmt: skip
+    except BaseException:  # one that failed to start takes the other down: nothing is left running
+        for proc in procs:
+            stop_tree(proc, state)
+        raise
     return procs
 
 

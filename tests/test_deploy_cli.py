@@ -3,6 +3,7 @@ revoked, that logs append, that a run needing more devices than are registered i
 a revoked key's re-registration gets the fix, and that --help shows the defaults."""
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -12,7 +13,10 @@ from conftest import TINY_OVERRIDES
 from fl_metamorphosis.cli import main
 from fl_metamorphosis.cli_deploy import _foreground
 from fl_metamorphosis.config import ConfigError, build_config
+from fl_metamorphosis.deployment.credentials import make_certificates
 from simulations import deploy
+from simulations.loopback import free_port
+from simulations.simulate import SimulationFailed, processes_of
 
 
 def test_a_supernode_that_stops_by_itself_is_explained_as_a_revocation(tmp_path, capsys):
@@ -78,3 +82,14 @@ def test_help_shows_the_defaults(command, defaults, capsys):
         main(["deploy", command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(d in text for d in defaults), text
+
+
+def test_a_server_whose_gateway_cannot_start_leaves_nothing_running(tmp_path):
+    certs = make_certificates(tmp_path / "certs", ["127.0.0.1"])
+    with socket.socket() as taken:  # the public port is in use: the gateway exits at once
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SimulationFailed, match="gateway exited"):
+            deploy.start_server(certs.ca_cert.parent, "127.0.0.1", taken.getsockname()[1], tmp_path / "state",
+                                control_port=free_port())  # fmt: skip
+    assert processes_of(deploy.flower_home(tmp_path / "state")) == []
