@@ -166,3 +166,12 @@ def test_the_gateway_refuses_a_body_above_its_cap(gateway):
     client, seen = gateway
     reply = client.post("/v1/fleet/push-object", headers={"content-length": str(MAX_BODY_BYTES + 1)}, content=b"")
     assert reply.status_code in (400, 413) and seen == []
+
+
+def test_the_gateway_stops_reading_a_chunked_body_at_its_cap(gateway, monkeypatch):
+    import fl_metamorphosis.deployment.fleet_gateway as fleet_gateway
+
+    monkeypatch.setattr(fleet_gateway, "MAX_BODY_BYTES", 1000)
+    client, seen = gateway
+    reply = client.post("/v1/fleet/push-object", content=(b"x" * 600 for _ in range(3)))  # no content-length
+    assert reply.status_code == 413 and seen == []

@@ -93,11 +93,13 @@ def gateway_app(
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             return PlainTextResponse("request too large\n", status_code=413)
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return PlainTextResponse("request too large\n", status_code=413)
+        body = bytearray()
+        async for chunk in request.stream():  # a chunked body has no length: stop reading at the cap
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return PlainTextResponse("request too large\n", status_code=413)
         try:
-            reply = await client.post(path, content=body, headers=_forwarded_headers(request.headers))
+            reply = await client.post(path, content=bytes(body), headers=_forwarded_headers(request.headers))
         except httpx.HTTPError as err:
             log.error("the SuperLink on %s did not answer %s: %s", upstream, path, err)
             return PlainTextResponse("the SuperLink is unavailable\n", status_code=502)
