@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from ..checkpoint import CheckpointError, _fsync_dir, read_checkpoint, write_checkpoint
 from ..privacy import StepHistory
 
 STATE_FILE = "privacy_state.ckpt"
@@ -310,15 +310,3 @@ def _write_json(path: Path, data: dict[str, Any], *, durable: bool) -> None:
         raise
     if durable:
         _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or removal in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
