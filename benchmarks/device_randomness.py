@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader
 
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.data import load_dataset
-from fl_metamorphosis.federated.device import build_generator
 from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy import make_private
 from fl_metamorphosis.privacy.randomness import Randomness
-from fl_metamorphosis.training.trainer import run_epoch
+from fl_metamorphosis.training.epoch import SampleSteps, run_epoch
+from fl_metamorphosis.training.local_round import build_generator
 
 
 def main() -> None:
@@ -54,17 +54,12 @@ def main() -> None:
         loader = DataLoader(data, batch_size=cfg.train.batch_size, drop_last=True)
         private = make_private(gen, opt, loader, cfg.dp_sgd, 1, 1.0, randomness=randomness)
         t0 = time.perf_counter()
-        run_epoch(
-            private.module,
-            heads,
-            private.loader,
-            method_plan(cfg, "metamorphosis").objective,
-            method_plan(cfg, "metamorphosis").feature_dp,
-            private.optimizer,
-            None,
-            randomness,
+        plan = method_plan(cfg, "metamorphosis")
+        steps = SampleSteps(
+            private.module, heads, private.loader, plan.objective, plan.feature_dp, private.optimizer, randomness,
             private=private,
         )
+        run_epoch(steps)
         return time.perf_counter() - t0
 
     steps = len(data) // cfg.train.batch_size

@@ -47,13 +47,13 @@ from torch.func import functional_call, grad, vmap  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from fl_metamorphosis.config import build_config  # noqa: E402
-from fl_metamorphosis.federated.device import build_generator  # noqa: E402
-from fl_metamorphosis.flower.partition import device_datasets  # noqa: E402
+from fl_metamorphosis.data.partition import device_datasets  # noqa: E402
 from fl_metamorphosis.methods import method_plan  # noqa: E402
 from fl_metamorphosis.model import build_heads  # noqa: E402
 from fl_metamorphosis.privacy import make_private  # noqa: E402
 from fl_metamorphosis.privacy.feature_noise import clip_features  # noqa: E402
 from fl_metamorphosis.privacy.randomness import Randomness  # noqa: E402
+from fl_metamorphosis.training.local_round import build_generator  # noqa: E402
 
 
 def setup(batch: int):

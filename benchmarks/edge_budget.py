@@ -51,7 +51,8 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from clients.client_app import app
 from fl_metamorphosis.config import build_config
-from fl_metamorphosis.federated.device import build_generator, joint_state
+from fl_metamorphosis.flower.model_state import joint_state
+from fl_metamorphosis.training.local_round import build_generator
 from fl_metamorphosis.data.device_folder import read_device_folder
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.model import build_heads
@@ -117,7 +118,7 @@ for label, c, extra in (("features_gate", cfg, {}), ("features_no_gate", no_gate
 from fl_metamorphosis.config import build_config as _cfg
 from server import round_loop
 from server.secure_aggregation import secure_train
-from simulations.inprocess_grid import InProcessGrid
+from inprocess_grid import InProcessGrid
 n = int(sys.argv[3])
 if n >= 2:
     resource.setrlimit(resource.RLIMIT_AS, (hard, hard))  # the whole federation runs here: no device's cap

@@ -28,7 +28,7 @@ from fl_metamorphosis.audit import AttackData, cross_task_attacks
 from fl_metamorphosis.checkpoint import INITIAL_FILE, RUN_FILE, load_model
 from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.data import load_dataset
-from fl_metamorphosis.flower.partition import device_datasets
+from fl_metamorphosis.data.partition import device_datasets
 from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.model import FeatureGenerator
 from fl_metamorphosis.privacy.randomness import Randomness

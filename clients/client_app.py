@@ -8,7 +8,7 @@ accuracy of the global model). Replies are the protocol's types (``fl_metamorpho
 A board reads its data from its own folder (node config ``data-dir``, written by ``deploy
 prepare-data``); a simulated device builds its partition of the configured dataset. The device's privacy
 state (DP-SGD step history, noise multiplier, release counts) lives in its own state folder
-(``federated/device_state.py``): node config ``state-dir`` on a real device, the run folder's
+(``privacy/device_state.py``): node config ``state-dir`` on a real device, the run folder's
 ``devices/<partition-id>`` in a simulation. Each handler writes it before its reply leaves, so a
 restarted device keeps counting. The ``guard_device_state`` mod holds the state folder's lock for the whole
 message (two processes of one device never lose a spend) and refuses to answer when the ledger of a device
@@ -48,21 +48,21 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from fl_metamorphosis.audit.poisoning import flip_labels, malicious_devices, poison_update
 from fl_metamorphosis.config import ExperimentConfig, PoisoningConfig
 from fl_metamorphosis.data.device_folder import read_device_folder
 from fl_metamorphosis.data.reference import reference_pairs
-from fl_metamorphosis.federated import train_locally
-from fl_metamorphosis.federated.device import build_generator, privacy_plan, split_state
-from fl_metamorphosis.federated.device_state import DeviceState, DeviceStateRefused, ReplyMemo, device_lock
-from fl_metamorphosis.federated.poisoning import flip_labels, malicious_devices, poison_update
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower.arrays import torch_state
+from fl_metamorphosis.flower.model_state import join_state, split_state
 from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.model import build_heads
+from fl_metamorphosis.privacy.device_state import DeviceState, DeviceStateRefused, ReplyMemo, device_lock
 from fl_metamorphosis.privacy.randomness import Randomness, randomness_for
 from fl_metamorphosis.privacy.release_gate import GateDecision, release_gate
 from fl_metamorphosis.privacy.release_ledger import ReleaseLedger
 from fl_metamorphosis.training import released_features, task_accuracy
+from fl_metamorphosis.training.local_round import build_generator, privacy_plan, run_local_round
 
 from .policy import SIMULATION_ENV, device_policy, enforce_policy
 from .secure_aggregation import secure_aggregation
@@ -187,7 +187,7 @@ def _local_data(cfg: ExperimentConfig, context: Context):
         return device, *read_device_folder(Path(str(folder)))
     # imported here: partitioning pulls in flwr-datasets and pandas, which a board reading its own folder
     # never needs, and Flower starts a ClientApp process per message on a board
-    from fl_metamorphosis.flower.partition import device_datasets
+    from fl_metamorphosis.data.partition import device_datasets
 
     return device, *device_datasets(cfg.data, cfg.federated, device, cfg.train.seed)
 
@@ -229,25 +229,26 @@ def train(msg: Message, context: Context) -> Message:
     if state.noise_multiplier is None:  # calibrated once, for taking part in every round, then kept
         state.noise_multiplier = plan.noise_multiplier(cfg.federated.rounds * cfg.federated.local_epochs)
     received = torch_state(msg.content[proto.ARRAYS])
-    gen_w, head_w = split_state(received)
-    update = train_locally(
-        cfg,
-        data,
-        gen_w,
-        head_w,
-        state.history,
-        state.noise_multiplier,
-        cfg.federated.device_epsilon_budget,  # the stricter of the policy's and the message's
-        cfg.federated.local_epochs,
-        randomness,
+    generator_weights, head_weights = split_state(received)
+    update = run_local_round(
+        cfg=cfg,  # its epsilon budget is the stricter of the policy's and the message's
+        data=data,
+        plan=plan,
+        generator_weights=generator_weights,
+        head_weights=head_weights,
+        history=state.history,
+        noise_multiplier=state.noise_multiplier,
+        randomness=randomness,
         proximal_mu=float(config.get(proto.PROXIMAL_MU, 0.0)),
-        train_heads=cfg.federated.device_heads == "dp_trained",
     )
     state.history = update.history
     # before the reply leaves: whatever the server receives is counted
     state.save(folder, durable=durable(context), data_dir=data_dir(context))
-    if attack is not None and update.weights is not None:
-        update.weights = poison_update(attack, update.weights, received, randomness.generator(), folder)
+    weights = None
+    if update.generator_weights is not None and update.head_weights is not None:
+        weights = join_state(update.generator_weights, update.head_weights)
+        if attack is not None:
+            weights = poison_update(attack, weights, received, randomness.generator(), folder)
     reply = proto.TrainReply(
         device=device,
         num_examples=update.num_examples,
@@ -259,7 +260,7 @@ def train(msg: Message, context: Context) -> Message:
         round_steps=update.round_steps,
         grouped=plan.grouped,
         declined=update.declined,
-        weights=update.weights,
+        weights=weights,
     )
     return Message(content=reply.to_record(), reply_to=msg)
 

@@ -73,7 +73,7 @@ def write_checkpoint(path: Path, kind: str, payload: dict[str, Any], *, durable:
         Path(tmp).unlink(missing_ok=True)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def read_checkpoint(path: Path, kind: str | tuple[str, ...]) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def _check_expansion(path: Path, body: bytes) -> None:
         )
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
     try:
         fd = os.open(folder, os.O_RDONLY)

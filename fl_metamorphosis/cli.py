@@ -234,7 +234,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _central(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     # Heavy imports after the config is known to be valid: a typo fails in a blink.
-    from .training.central import run_central
+    from .central import run_central
 
     def on_epoch(row: dict) -> None:
         accs = "  ".join(f"{k.removeprefix('test_acc.')} {v:.3f}" for k, v in row.items() if k.startswith("test_acc."))

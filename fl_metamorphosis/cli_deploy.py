@@ -224,7 +224,7 @@ def run_deploy(args: argparse.Namespace) -> int:
             )
         case "device":
             if args.reset_privacy_state:
-                from .federated.device_state import reset_device_state
+                from .privacy.device_state import reset_device_state
 
                 say(reset_device_state(args.data, args.state), "yellow")
                 return 0

@@ -450,7 +450,7 @@ class SecAggConfig(_Strict):
 
 
 class PoisoningConfig(_Strict):
-    """A share of misbehaving devices, fixed for the run (``federated/poisoning.py``; simulation only)."""
+    """A share of misbehaving devices, fixed for the run (``audit/poisoning.py``; simulation only)."""
 
     attack: Literal["none", "sign_flip", "scale", "gaussian", "label_flip", "stale"] = "none"
     share: float = Field(0.0, ge=0.0, lt=1.0, description="share of the devices that misbehave")

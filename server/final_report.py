@@ -13,21 +13,17 @@ from typing import TYPE_CHECKING, Any
 from flwr.serverapp import Grid
 
 from fl_metamorphosis.audit import AttackData, audit_held_rows, audit_model, held_rounds, label_only_floor
-from fl_metamorphosis.audit.round_audit import render_round_audit
-from fl_metamorphosis.federated.poisoning import malicious_devices
+from fl_metamorphosis.audit.poisoning import malicious_devices
+from fl_metamorphosis.audit.round_audit import MARGIN, render_round_audit
+from fl_metamorphosis.central import SUMMARY_VERSION, method_summary, randomness_summary
+from fl_metamorphosis.data.partition import federated_training_pairs
+from fl_metamorphosis.environment import machine_description
 from fl_metamorphosis.flower import messages as proto
-from fl_metamorphosis.flower.partition import federated_training_pairs
 from fl_metamorphosis.metrics import plot_attacks, plot_reconstruction_grid, plot_rounds, render_report, write_json
 from fl_metamorphosis.metrics.report import render_release_sections
 from fl_metamorphosis.metrics.round_plots import plot_round_attacks
 from fl_metamorphosis.model import FeatureGenerator
 from fl_metamorphosis.training import TrainedModel
-from fl_metamorphosis.training.central import (
-    SUMMARY_VERSION,
-    machine_description,
-    method_summary,
-    randomness_summary,
-)
 
 from .replies import REPLY_TIMEOUT_S
 
@@ -236,7 +232,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
     grid_rows = {f"{fed.method}: {t}": r for t, r in recons.items()}
     plot_reconstruction_grid(data.evaluation.images, grid_rows, out / "reconstruction_grid.png")
     if plotted:
-        plot_round_attacks(held, out / "round_attacks.png")
+        plot_round_attacks(held, out / "round_attacks.png", margin=MARGIN)
     report = render_report(summary) + "\n".join(["", *(render_round_audit(held) if held else [])]) + "\n"
     (out / "report.md").write_text(report + render_release_sections(summary))
     return summary

@@ -17,10 +17,11 @@ import torch
 from flwr.app import Message
 
 from fl_metamorphosis.config import ExperimentConfig
-from fl_metamorphosis.federated.updates import InvalidUpdate, validate_update
 from fl_metamorphosis.flower.messages import MessageError, TrainReply, is_policy_refusal
 from fl_metamorphosis.privacy import ServerLedger
 from fl_metamorphosis.privacy.accounting import pair_plan
+
+from .updates import InvalidUpdate, validate_update
 
 REPLY_TIMEOUT_S = 3600.0  # how long a round waits for its replies (Flower answers a dead node's earlier)
 

@@ -41,10 +41,9 @@ from fl_metamorphosis.checkpoint import (
 )
 from fl_metamorphosis.config import ExperimentConfig, FeatureDPConfig
 from fl_metamorphosis.data import TrainTestSplit, load_dataset
-from fl_metamorphosis.federated.device import joint_state, split_state
-from fl_metamorphosis.federated.server_heads import train_head
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower.arrays import torch_state
+from fl_metamorphosis.flower.model_state import joint_state, split_state
 from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import JsonlWriter, write_jsonl
 from fl_metamorphosis.model import FeatureGenerator, build_heads
@@ -55,6 +54,7 @@ from .final_report import final_report, interim_audit
 from .fleet_grid import FleetGrid
 from .replies import REPLY_TIMEOUT_S, DeviceBinding, SortedReplies, record_report, sender, sort_replies
 from .secure_aggregation import secure_train
+from .server_heads import train_head
 from .strategies import build_strategy
 from .strategy_state import load_strategy_state, strategy_state
 

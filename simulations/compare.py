@@ -21,6 +21,7 @@ from fl_metamorphosis.audit.saved_run import server_seen_releases
 from fl_metamorphosis.checkpoint import latest_run
 from fl_metamorphosis.config import ConfigError, DataConfig, ExperimentConfig, build_config
 from fl_metamorphosis.data import load_dataset
+from fl_metamorphosis.environment import machine_description
 from fl_metamorphosis.metrics import write_json
 from fl_metamorphosis.metrics.comparison import compare_methods, render_comparison
 from fl_metamorphosis.metrics.comparison_plots import (
@@ -30,7 +31,6 @@ from fl_metamorphosis.metrics.comparison_plots import (
     plot_sweep,
 )
 from fl_metamorphosis.metrics.frontier import render_frontier
-from fl_metamorphosis.training.central import machine_description
 
 from .simulate import APP_DIR, simulate, stop_processes
 

@@ -293,7 +293,7 @@ def start_device(cmd: list[str], state: Path, log: Path | None = None) -> subpro
 
 def prepare_data(cfg: ExperimentConfig, devices: int, out: Path) -> list[Path]:
     """One folder per device with its partition of the configured dataset (``device-N/``)."""
-    from fl_metamorphosis.flower.partition import device_datasets
+    from fl_metamorphosis.data.partition import device_datasets
 
     tree = cfg.model_dump()
     tree["federated"]["num_devices"] = devices

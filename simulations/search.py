@@ -23,11 +23,11 @@ from typing import Any
 import optuna
 
 from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
+from fl_metamorphosis.environment import machine_description
 from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import read_jsonl, write_json
 from fl_metamorphosis.metrics.plots import plt
 from fl_metamorphosis.metrics.sweep_report import cell_figures
-from fl_metamorphosis.training.central import machine_description
 
 from .compare import run_config
 from .simulate import APP_DIR, SimulationFailed, simulate

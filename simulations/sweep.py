@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.environment import machine_description
 from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import write_json
 from fl_metamorphosis.metrics.sweep_plots import plot_sweep_final, plot_sweep_rounds
 from fl_metamorphosis.metrics.sweep_report import attack_costs, cell_figures, pool_settings, recommend, render_sweep
-from fl_metamorphosis.training.central import machine_description
 
 from .compare import run_config, run_or_reuse
 from .simulate import APP_DIR, SimulationFailed

@@ -22,7 +22,7 @@ from test_image_files import CELEBA_ATTRIBUTES, make_celeba, make_folder, make_u
 from fl_metamorphosis.config import ConfigError, DataConfig, build_config
 from fl_metamorphosis.data import load_dataset
 from fl_metamorphosis.data.labelled_files import DatasetFileError
-from fl_metamorphosis.flower.partition import device_datasets, split_by_identity
+from fl_metamorphosis.data.partition import device_datasets, split_by_identity
 
 # ------------------------------------------------------------------------------------------------- MNIST-format IDX
 

@@ -19,10 +19,10 @@ from netns import intruder_namespace
 from fl_metamorphosis.checkpoint import load_run
 from fl_metamorphosis.config import ConfigError, build_config
 from fl_metamorphosis.deployment.credentials import certificate_names, make_certificates, make_device_key
-from fl_metamorphosis.federated.device_state import DeviceState, ReplyMemo
 from fl_metamorphosis.flower.messages import TrainReply, from_payload
 from fl_metamorphosis.flower.secagg_records import mean_error_bound
 from fl_metamorphosis.metrics import read_jsonl
+from fl_metamorphosis.privacy.device_state import DeviceState, ReplyMemo
 from simulations import deploy
 from simulations.loopback import free_port, log_text, loopback_federation, wait_for
 from simulations.simulate import APP_DIR, SimulationFailed, processes_of

@@ -20,8 +20,8 @@ import pytest
 from conftest import TINY_OVERRIDES
 
 from fl_metamorphosis.config import build_config
-from fl_metamorphosis.federated.device_state import DeviceState
 from fl_metamorphosis.metrics import read_jsonl
+from fl_metamorphosis.privacy.device_state import DeviceState
 from simulations import deploy
 from simulations.loopback import loopback_federation
 from simulations.simulate import processes_of

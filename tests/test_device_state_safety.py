@@ -21,8 +21,11 @@ from flwr.supercore.task_identity import TaskIdentity
 from clients.client_app import app as client_app
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.data.device_folder import write_device_folder
-from fl_metamorphosis.federated.device import build_generator, joint_state
-from fl_metamorphosis.federated.device_state import (
+from fl_metamorphosis.data.partition import device_datasets
+from fl_metamorphosis.flower.messages import POLICY_REFUSED, config_record, is_policy_refusal
+from fl_metamorphosis.flower.model_state import joint_state
+from fl_metamorphosis.model import build_heads
+from fl_metamorphosis.privacy.device_state import (
     PARTICIPATION_FILE,
     RESET_HINT,
     STATE_FILE,
@@ -33,9 +36,7 @@ from fl_metamorphosis.federated.device_state import (
     participation,
     reset_device_state,
 )
-from fl_metamorphosis.flower.messages import POLICY_REFUSED, config_record, is_policy_refusal
-from fl_metamorphosis.flower.partition import device_datasets
-from fl_metamorphosis.model import build_heads
+from fl_metamorphosis.training.local_round import build_generator
 
 CFG = build_config(None, [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "release_gate.enabled=false"])
 

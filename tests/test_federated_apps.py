@@ -8,22 +8,23 @@ import torch
 from conftest import TINY_OVERRIDES, operator_policy_file
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from inprocess_grid import InProcessGrid
 
 from clients.client_app import NoStateFolder
 from clients.client_app import app as client_app
 from fl_metamorphosis.checkpoint import load_run
 from fl_metamorphosis.config import ConfigError, build_config
+from fl_metamorphosis.data.partition import device_datasets, device_sources, train_sources
 from fl_metamorphosis.environment import SIMULATION_ENV
-from fl_metamorphosis.federated.device import build_generator, joint_state
-from fl_metamorphosis.federated.device_state import DeviceState
 from fl_metamorphosis.flower.messages import config_record
-from fl_metamorphosis.flower.partition import device_datasets, device_sources, train_sources
+from fl_metamorphosis.flower.model_state import joint_state
 from fl_metamorphosis.metrics import read_jsonl
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy.device_policy import DevicePolicy
+from fl_metamorphosis.privacy.device_state import DeviceState
+from fl_metamorphosis.training.local_round import build_generator
 from server import round_loop
 from server.round_loop import run_federated
-from simulations.inprocess_grid import InProcessGrid
 
 # the release gate is tested on its own (test_release_gate.py, test_lying_server.py): off here, so that what
 # these tests count does not depend on what a probe reads from the tiny model

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from local_rounds import local_round
 
-from fl_metamorphosis.federated import train_locally
-from fl_metamorphosis.federated.device import build_generator, split_state
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy import StepHistory, reference_epsilon
-from fl_metamorphosis.privacy.randomness import Randomness
+from fl_metamorphosis.training.local_round import build_generator
 
 
 @pytest.fixture(scope="module")
@@ -21,19 +20,9 @@ def test_epsilon_is_cumulative_and_matches_one_accountant(device_setup):
     cfg, data, gen_w, head_w = device_setup
     history, eps = StepHistory(), []
     for rnd in range(3):
-        up = train_locally(
-            cfg,
-            data,
-            gen_w,
-            head_w,
-            history,
-            noise_multiplier=1.0,
-            budget=100.0,
-            local_epochs=1,
-            randomness=Randomness.seeded(rnd),
-        )
+        up = local_round(cfg, data, gen_w, head_w, history, seed=rnd)
         assert up.declined is None and up.num_examples == 256
-        history, (gen_w, _) = up.history, split_state(up.weights)
+        history, gen_w = up.history, up.generator_weights
         eps.append(up.epsilon)
     assert eps[0] < eps[1] < eps[2]  # grows with every round taken part in
     ((sigma, q, steps),) = history.entries  # same sigma and rate: one entry, steps summed
@@ -45,35 +34,19 @@ def test_epsilon_is_cumulative_and_matches_one_accountant(device_setup):
 
 def test_dp_trained_heads_change_and_frozen_heads_do_not(device_setup):
     cfg, data, gen_w, head_w = device_setup
-    frozen = train_locally(
-        cfg, data, gen_w, head_w, StepHistory(), 1.0, 100.0, 1, Randomness.seeded(0), train_heads=False
-    )
-    trained = train_locally(
-        cfg, data, gen_w, head_w, StepHistory(), 1.0, 100.0, 1, Randomness.seeded(0), train_heads=True
-    )
+    frozen = local_round(cfg, data, gen_w, head_w, StepHistory(), seed=0, device_heads="frozen")
+    trained = local_round(cfg, data, gen_w, head_w, StepHistory(), seed=0, device_heads="dp_trained")
     for up, moved in ((frozen, False), (trained, True)):
-        _, heads = split_state(up.weights)
+        heads = up.head_weights
         assert any(not torch.equal(heads[k], head_w[k]) for k in head_w) is moved
     assert trained.history == frozen.history  # same DP-SGD steps: the heads add no privacy cost beyond them
 
 
 def test_over_budget_device_declines_without_training(device_setup):
     cfg, data, gen_w, head_w = device_setup
-    first = train_locally(
-        cfg, data, gen_w, head_w, StepHistory(), 1.0, budget=100.0, local_epochs=1, randomness=Randomness.seeded(0)
-    )
-    declined = train_locally(
-        cfg,
-        data,
-        gen_w,
-        head_w,
-        first.history,
-        1.0,
-        budget=first.epsilon * 1.01,
-        local_epochs=1,
-        randomness=Randomness.seeded(1),
-    )
-    assert declined.weights is None and declined.num_examples == 0
+    first = local_round(cfg, data, gen_w, head_w, StepHistory(), seed=0)
+    declined = local_round(cfg, data, gen_w, head_w, first.history, seed=1, budget=first.epsilon * 1.01)
+    assert declined.generator_weights is None and declined.head_weights is None and declined.num_examples == 0
     assert "budget" in declined.declined
     assert declined.history == first.history and declined.epsilon == pytest.approx(first.epsilon)
 
@@ -82,8 +55,7 @@ def test_proximal_term_pulls_towards_the_global_weights(device_setup):
     cfg, data, gen_w, head_w = device_setup
 
     def drift(mu):
-        up = train_locally(cfg, data, gen_w, head_w, StepHistory(), 1.0, 100.0, 1, Randomness.seeded(0), proximal_mu=mu)
-        new, _ = split_state(up.weights)
+        new = local_round(cfg, data, gen_w, head_w, StepHistory(), seed=0, mu=mu).generator_weights
         return sum(float((new[k] - gen_w[k]).norm()) for k in gen_w if k.endswith("weight"))
 
     assert drift(200.0) < 0.7 * drift(0.0)

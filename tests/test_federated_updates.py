@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from fl_metamorphosis.federated.server_heads import train_head
-from fl_metamorphosis.federated.updates import InvalidUpdate, validate_update
 from fl_metamorphosis.model import ClassificationHead
+from server.server_heads import train_head
+from server.updates import InvalidUpdate, validate_update
 
 
 @pytest.fixture

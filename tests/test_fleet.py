@@ -2,15 +2,15 @@
 
 import pytest
 from conftest import TINY_OVERRIDES
+from inprocess_grid import InProcessGrid
 
 from clients.client_app import app as client_app
 from fl_metamorphosis.config import ConfigError, build_config
-from fl_metamorphosis.federated.device_state import DeviceState
 from fl_metamorphosis.fleet import DeviceClass, Fleet, FleetConfig, Work, assign_classes
 from fl_metamorphosis.metrics import read_jsonl
 from fl_metamorphosis.metrics.fleet_report import write_fleet_report
+from fl_metamorphosis.privacy.device_state import DeviceState
 from server.round_loop import run_federated
-from simulations.inprocess_grid import InProcessGrid
 
 
 def _class(name, share, speed=1.0, *, up=8.0, down=8.0, availability=1.0, dropout=0.0, memory=4096):

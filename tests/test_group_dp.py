@@ -5,17 +5,17 @@ import math
 
 import pytest
 import torch
+from local_rounds import local_round
 
 from fl_metamorphosis.config import DPSGDConfig, build_config
-from fl_metamorphosis.federated import train_locally
-from fl_metamorphosis.federated.device import build_generator, privacy_plan
 from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy import StepHistory, group_privacy, make_private_groups, reference_epsilon
 from fl_metamorphosis.privacy.accounting import calibrate_group_noise, group_target
 from fl_metamorphosis.privacy.group_dp_sgd import group_of
 from fl_metamorphosis.privacy.randomness import Randomness
-from fl_metamorphosis.training.trainer import group_loss
+from fl_metamorphosis.training.epoch import group_loss
+from fl_metamorphosis.training.local_round import build_generator, privacy_plan
 
 
 def test_a_pairs_group_depends_on_that_pair_alone(tiny_split):
@@ -73,19 +73,14 @@ def test_a_nopeek_device_trains_with_a_cumulative_pair_level_budget(tiny_overrid
     torch.manual_seed(0)
     gen = build_generator(cfg, data)
     heads = build_heads(gen.feature_shape, [10, 10], cfg.model)
+    gen_w, head_w = gen.state_dict(), heads.state_dict()
     plan = privacy_plan(cfg, data)
     assert plan.grouped
     sigma = plan.noise_multiplier(2)
-    first = train_locally(
-        cfg, data, gen.state_dict(), heads.state_dict(), StepHistory(), sigma, 8.0, 1, Randomness.seeded(1)
-    )
-    second = train_locally(
-        cfg, data, gen.state_dict(), heads.state_dict(), first.history, sigma, 8.0, 1, Randomness.seeded(2)
-    )
+    first = local_round(cfg, data, gen_w, head_w, StepHistory(), seed=1, budget=8.0, sigma=sigma)
+    second = local_round(cfg, data, gen_w, head_w, first.history, seed=2, budget=8.0, sigma=sigma)
     assert 0 < first.epsilon < second.epsilon <= 8.0 + 0.1
     assert second.epsilon > 7.8  # calibrated for the steps it takes: the budget is spent, not left over
     assert second.epsilon == pytest.approx(second.history.epsilon(cfg.dp_sgd.delta, grouped=True))
-    spent = train_locally(
-        cfg, data, gen.state_dict(), heads.state_dict(), second.history, sigma, 8.0, 1, Randomness.seeded(3)
-    )
-    assert spent.declined and spent.weights is None  # a third round would exceed the budget
+    spent = local_round(cfg, data, gen_w, head_w, second.history, seed=3, budget=8.0, sigma=sigma)
+    assert spent.declined and spent.generator_weights is None  # a third round would exceed the budget

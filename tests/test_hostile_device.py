@@ -15,6 +15,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.supercore.task_identity import TaskIdentity
+from inprocess_grid import InProcessGrid
 
 from clients.client_app import app as client_app
 from clients.policy import SIMULATION_ENV
@@ -32,7 +33,6 @@ from fl_metamorphosis.privacy import ServerLedger
 from fl_metamorphosis.privacy.device_policy import DevicePolicy
 from server.replies import DeviceBinding, record_report, server_plan, sort_replies
 from server.round_loop import run_federated
-from simulations.inprocess_grid import InProcessGrid
 from tests.conftest import TINY_OVERRIDES
 
 # (train metric, the lie): each must be rejected by TrainReply.from_record, naming the field

@@ -18,12 +18,13 @@ from clients.client_app import app as client_app
 from clients.secure_aggregation import SecureAggregationRequired
 from fl_metamorphosis.audit import cross_task_attacks
 from fl_metamorphosis.config import build_config
-from fl_metamorphosis.federated.device import build_generator, joint_state
+from fl_metamorphosis.data.partition import device_datasets
 from fl_metamorphosis.flower.messages import POLICY_REFUSED, config_record
-from fl_metamorphosis.flower.partition import device_datasets
+from fl_metamorphosis.flower.model_state import joint_state
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy.device_policy import DevicePolicy
 from fl_metamorphosis.training import released_features
+from fl_metamorphosis.training.local_round import build_generator
 
 HONEST = [*TINY_OVERRIDES, 'methods=["metamorphosis"]']
 
@@ -213,8 +214,9 @@ def test_round_zeros_random_weights_release_nothing_a_probe_reads(tmp_path):
 
 
 def _federation(tmp_path, cfg, policy):
+    from inprocess_grid import InProcessGrid
+
     from server.round_loop import run_federated
-    from simulations.inprocess_grid import InProcessGrid
 
     grid = InProcessGrid(client_app, 3, tmp_path / "devices", policy=policy)
     return grid, lambda: run_federated(grid, cfg, tmp_path / "run", audit=False)

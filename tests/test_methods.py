@@ -11,7 +11,7 @@ from fl_metamorphosis.model import FeatureGenerator, build_heads
 from fl_metamorphosis.model.adversary import Adversary, reverse_gradient
 from fl_metamorphosis.privacy import make_private, make_private_groups
 from fl_metamorphosis.privacy.randomness import Randomness
-from fl_metamorphosis.training.trainer import run_epoch, run_group_epoch
+from fl_metamorphosis.training.epoch import GroupSteps, SampleSteps, run_epoch
 
 
 def test_config_method_names_are_the_registry():
@@ -37,20 +37,14 @@ def test_each_method_trains_one_step_and_releases_task_features(method, tiny_ove
     feature_dp = method_plan(cfg, method).feature_dp
     if objective.form == "batch":  # nopeek: dCor(F, input) over a group, clipped per group
         grouped = make_private_groups(gen, opt, data, cfg.dp_sgd, 1, 16, 4, 0, randomness=Randomness.seeded(0))
-        loss = run_group_epoch(grouped, heads, objective, feature_dp, None, Randomness.seeded(1))
+        loss = run_epoch(GroupSteps(grouped, heads, objective, feature_dp, Randomness.seeded(1)))
     else:
         private = make_private(gen, opt, loader, cfg.dp_sgd, 1, randomness=Randomness.seeded(0))
-        loss = run_epoch(
-            private.module,
-            heads,
-            private.loader,
-            objective,
-            feature_dp,
-            private.optimizer,
-            None,
-            Randomness.seeded(1),
+        steps = SampleSteps(
+            private.module, heads, private.loader, objective, feature_dp, private.optimizer, Randomness.seeded(1),
             private=private,
         )
+        loss = run_epoch(steps)
     assert torch.isfinite(torch.tensor(loss))
     changed = [k for k, v in gen.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("encoder.") for k in changed)

@@ -8,10 +8,10 @@ from test_federated_apps import _context, _train_message
 
 from clients.client_app import PoisoningRefused
 from clients.client_app import app as client_app
+from fl_metamorphosis.audit.poisoning import flip_labels, malicious_devices, poison_update
 from fl_metamorphosis.config import ConfigError, PoisoningConfig, build_config
 from fl_metamorphosis.data import MultiTaskDataset, TaskSpec
 from fl_metamorphosis.environment import SIMULATION_ENV
-from fl_metamorphosis.federated.poisoning import flip_labels, malicious_devices, poison_update
 from fl_metamorphosis.flower.messages import TrainReply
 from fl_metamorphosis.privacy.device_policy import DevicePolicy
 
@@ -113,8 +113,9 @@ def test_a_poisoned_device_in_a_simulation_sends_its_flipped_update(tmp_path, mo
 
 
 def _run(tmp_path, name, *extra):
+    from inprocess_grid import InProcessGrid
+
     from server.round_loop import run_federated
-    from simulations.inprocess_grid import InProcessGrid
 
     cfg = build_config(None, [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "randomness.source=seeded", *extra])
     out = tmp_path / name

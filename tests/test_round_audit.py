@@ -7,7 +7,7 @@ import torch
 from conftest import TINY_OVERRIDES
 
 from fl_metamorphosis.audit import AttackData, HeldRound, audit_held_rows, held_rounds, render_round_audit
-from fl_metamorphosis.audit.round_audit import _neighbours
+from fl_metamorphosis.audit.round_audit import MARGIN, _neighbours
 from fl_metamorphosis.checkpoint import RunCheckpoint, save_model, save_run
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.data import load_dataset
@@ -162,7 +162,7 @@ def test_c_held_rounds_reads_the_run_folder_and_falls_back_on_old_rows(tmp_path)
 def test_d_plot_and_report_name_the_worst_round(leaky_round_2, setup, tmp_path):
     result, _ = leaky_round_2
     png = tmp_path / "round_attacks.png"
-    plot_round_attacks(result, png)
+    plot_round_attacks(result, png, margin=MARGIN)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     lines = render_round_audit(result)
     text = "\n".join(lines)

@@ -10,22 +10,23 @@ from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.task_identity import TaskIdentity
+from inprocess_grid import InProcessGrid
 
 from clients.client_app import app as client_app
 from clients.secure_aggregation import SecureAggregationRequired
 from fl_metamorphosis.config import ConfigError, build_config
-from fl_metamorphosis.federated.device import build_generator, joint_state
-from fl_metamorphosis.federated.device_state import DeviceState
+from fl_metamorphosis.data.partition import device_datasets
 from fl_metamorphosis.flower import secagg_records
 from fl_metamorphosis.flower.messages import PROTOCOL_VERSION, MessageError, TrainReply, config_record
-from fl_metamorphosis.flower.partition import device_datasets
+from fl_metamorphosis.flower.model_state import joint_state
 from fl_metamorphosis.metrics import read_jsonl
 from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy.device_policy import DevicePolicy
+from fl_metamorphosis.privacy.device_state import DeviceState
+from fl_metamorphosis.training.local_round import build_generator
 from server import round_loop
 from server.round_loop import run_federated
 from server.secure_aggregation import secure_train
-from simulations.inprocess_grid import InProcessGrid
 
 SECURE_TINY = [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "federated.secure_aggregation=true"]
 

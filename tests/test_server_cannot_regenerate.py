@@ -19,7 +19,7 @@ from test_federated_apps import _cfg, _train_message
 
 from clients.client_app import SIMULATION_ENV, SeededNoiseRefused
 from clients.client_app import app as client_app
-from fl_metamorphosis.flower.partition import device_datasets
+from fl_metamorphosis.data.partition import device_datasets
 from fl_metamorphosis.privacy import clip_features
 from fl_metamorphosis.privacy.randomness import randomness_for
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from inprocess_grid import InProcessGrid
 
 from fl_metamorphosis.checkpoint import RunCheckpoint, load_run, save_run
 from fl_metamorphosis.config import ConfigError, StrategyName, build_config
 from server.strategies import build_strategy
 from server.strategy_state import STATE_ATTRIBUTES, load_strategy_state, strategy_state
-from simulations.inprocess_grid import InProcessGrid
 
 NAMES = list(StrategyName.__args__)
 

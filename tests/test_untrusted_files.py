@@ -34,8 +34,8 @@ from fl_metamorphosis.data.folder_layout import read_folder
 from fl_metamorphosis.data.image_cache import decode_images
 from fl_metamorphosis.data.labelled_files import DatasetFileError
 from fl_metamorphosis.data.mnist_pairs import MAX_IDX_BYTES, read_idx
+from fl_metamorphosis.data.partition import device_datasets
 from fl_metamorphosis.data.utkface import read_utkface
-from fl_metamorphosis.flower.partition import device_datasets
 
 # ------------------------------------------------------------------------------------------ paths out of the folder
 

@@ -137,14 +137,14 @@ def audit_saved(
 
 def write_audit(source: Path, out: Path, export: Path | None = None, attacker_samples: int | None = None) -> dict:
     """The ``audit`` command: audit.json (``methods.M`` as in summary.json), report.md, plots, export."""
+    from ..environment import machine_description
     from ..metrics import plot_attacks, plot_reconstruction_grid, render_report, write_json
     from ..privacy import account_release
-    from ..training.central import machine_description
 
     models = load_saved(source)
     members = None
     if models[0].federated:
-        from ..flower.partition import federated_training_pairs
+        from ..data.partition import federated_training_pairs
 
         members = federated_training_pairs
     run_summary = _run_summary(source)
@@ -196,7 +196,7 @@ def write_held_rows_audit(run_dir: Path, out: Path, sample: int | None) -> dict:
     weights (``round_audit.py``), written as held_rows.json, round_attacks.png and held_rows.md in ``out``."""
     from ..metrics import write_json
     from ..metrics.round_plots import plot_round_attacks
-    from .round_audit import audit_held_rows, held_rounds, render_round_audit
+    from .round_audit import MARGIN, audit_held_rows, held_rounds, render_round_audit
 
     last = latest_run(Path(run_dir) / "checkpoints")
     if last is None:
@@ -220,6 +220,6 @@ def write_held_rows_audit(run_dir: Path, out: Path, sample: int | None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "held_rows.json", result)
     if result["rounds"]:
-        plot_round_attacks(result, out / "round_attacks.png")
+        plot_round_attacks(result, out / "round_attacks.png", margin=MARGIN)
     (out / "held_rows.md").write_text("\n".join(render_round_audit(result)) + "\n")
     return result

@@ -18,8 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..config import ExperimentConfig  # noqa: E402
-from ..federated.device_state import STATE_FILE, DeviceState  # noqa: E402
 from ..methods import method_plan  # noqa: E402
+from ..privacy.device_state import STATE_FILE, DeviceState  # noqa: E402
 from .writer import read_jsonl, write_json  # noqa: E402
 
 COUNTS = ("sampled", "answered", "fleet.dropped", "fleet.stragglers", "declined", "rejected")

@@ -9,12 +9,10 @@ import matplotlib
 matplotlib.use("Agg")  # headless: devices and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..audit.round_audit import MARGIN  # noqa: E402  (the band edge: one definition for the figure and the table)
 
-
-def plot_round_attacks(result: dict, path: Path) -> None:
+def plot_round_attacks(result: dict, path: Path, *, margin: float) -> None:
     """Per ordered pair: attack accuracy against round (markers audited, dashed where interpolated), chance
-    (dotted) with the chance + 0.05 band, and the held-rows headline (solid horizontal); below, the rows
+    (dotted) with the chance + ``margin`` band, and the held-rows headline (solid horizontal); below, the rows
     held per round and task."""
     rounds = result["rounds"]
     x = [r["round"] for r in rounds]
@@ -32,7 +30,7 @@ def plot_round_attacks(result: dict, path: Path) -> None:
         audited = [(r["round"], a) for r, a in zip(rounds, acc, strict=True) if not r["interpolated"]]
         ax.plot(*zip(*audited, strict=True), color=color, marker="o", linestyle="none", label=f"{pair} (audited)")
         ax.plot(x, chance, color=color, linestyle=":", label=f"{pair} chance")
-        ax.fill_between(x, chance, [c + MARGIN for c in chance], color=color, alpha=0.1)
+        ax.fill_between(x, chance, [c + margin for c in chance], color=color, alpha=0.1)
         ax.axhline(headline["accuracy"], color=color, linewidth=2, alpha=0.5, label=f"{pair} held rows (weighted)")
     w = result["worst_round"]
     ax.annotate(
@@ -45,7 +43,7 @@ def plot_round_attacks(result: dict, path: Path) -> None:
     ax.set(ylabel="attack accuracy", ylim=(0, 1.02))
     ax.set_title(
         "Cross-task attack on each round's releases, under that round's weights\n"
-        f"(dashed: interpolated, dotted: chance, shaded: chance + {MARGIN})",
+        f"(dashed: interpolated, dotted: chance, shaded: chance + {margin})",
         fontsize=9,
     )
     tasks = list(rounds[0]["rows"]) if rounds else []

@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig, FeatureDPConfig, Method
 from ..data import TrainTestSplit
-from ..losses import Objective
 from ..methods import method_plan
 from ..model import FeatureGenerator, build_heads
-from ..privacy import PrivateGroupTraining, PrivateTraining, make_private, make_private_groups, release
-from ..privacy.randomness import Randomness, randomness_for
+from ..privacy import make_private, make_private_groups
+from ..privacy.randomness import randomness_for
+from .epoch import EpochSteps, GroupSteps, SampleSteps, run_epoch
 from .inference import evaluate
 
 
@@ -32,106 +32,7 @@ class TrainedModel:
     wall_seconds: float = 0.0
 
 
-def unwrapped(module: nn.Module) -> nn.Module:
-    """The model inside an Opacus GradSampleModule (or the module itself)."""
-    return getattr(module, "_module", module)
-
-
 EpochCallback = Callable[[dict], None]
-
-
-def run_epoch(
-    module: nn.Module,
-    heads: nn.ModuleList,
-    loader: DataLoader,
-    objective: Objective,
-    feature_dp: FeatureDPConfig,
-    opt: torch.optim.Optimizer,
-    head_opt: torch.optim.Optimizer | None,
-    randomness: Randomness,
-    after_step: Callable[[], None] | None = None,
-    private: PrivateTraining | None = None,
-) -> float:
-    """One pass over ``loader``; heads are updated only when ``head_opt`` is given. Mean per-sample loss.
-    With ``private`` (DP-SGD), its ``backward`` takes the per-sample loss (ghost clipping's two passes)."""
-    module.train()
-    heads.train()
-    total, seen = 0.0, 0
-    for x, y in loader:
-        feats, attention = module(x)
-        per_sample, _ = objective.per_sample(
-            heads, release(feats, feature_dp, randomness), attention, y, feats, x, unwrapped(module).adversary
-        )
-        opt.zero_grad(set_to_none=True)
-        if head_opt is not None:
-            head_opt.zero_grad(set_to_none=True)
-        if private is not None:  # per-sample objectives only: a batch statistic trains in groups
-            private.backward(per_sample, heads.parameters() if head_opt is not None else ())
-        else:
-            (per_sample.mean() + objective.batch_term(feats, x)).backward()
-        opt.step()
-        if head_opt is not None:
-            head_opt.step()
-        if after_step is not None:
-            after_step()
-        total += float(per_sample.detach().sum())
-        seen += len(x)
-    return total / max(seen, 1)
-
-
-def group_loss(
-    objective: Objective,
-    heads: nn.ModuleList,
-    released: torch.Tensor,
-    attention: torch.Tensor,
-    labels: torch.Tensor,
-    feats: torch.Tensor,
-    x: torch.Tensor,
-    group: torch.Tensor,
-    groups: int,
-) -> torch.Tensor:
-    """Sum over groups of (the group's mean per-sample loss + the batch statistic on the group alone):
-    no group's term depends on another group's samples, so clipping per group bounds each group."""
-    per_sample, _ = objective.per_sample(heads, released, attention, labels, feats, x)
-    counts = torch.bincount(group, minlength=groups).clamp(min=1)
-    total = (per_sample / counts[group]).sum()
-    for g in range(groups):
-        mask = group == g
-        if int(mask.sum()) >= 4:  # the bias-corrected dCor needs at least 4 samples
-            total = total + objective.batch_term(feats[mask], x[mask])
-    return total
-
-
-def run_group_epoch(
-    private: PrivateGroupTraining,
-    heads: nn.ModuleList,
-    objective: Objective,
-    feature_dp: FeatureDPConfig,
-    head_opt: torch.optim.Optimizer | None,
-    randomness: Randomness,
-    after_step: Callable[[], None] | None = None,
-) -> float:
-    """One pass of group-level DP-SGD (privacy/group_dp_sgd.py). Mean per-group loss."""
-    private.module.train()
-    heads.train()
-    total, seen = 0.0, 0
-    for batch in private.loader:
-        loss = None
-        if batch.groups:
-            feats, attention = private.module(batch.images)
-            released = release(feats, feature_dp, randomness)
-            loss = group_loss(
-                objective, heads, released, attention, batch.labels, feats, batch.images, batch.group, batch.groups
-            )
-            total, seen = total + float(loss.detach()), seen + batch.groups
-        if head_opt is not None:
-            head_opt.zero_grad(set_to_none=True)
-        private.step(loss, batch)
-        if head_opt is not None and batch.groups:
-            head_opt.step()
-        if after_step is not None:
-            after_step()
-    return total / max(seen, 1)
 
 
 def train_method(
@@ -171,14 +72,14 @@ def train_method(
         private = make_private(generator, opt, loader, cfg.dp_sgd, cfg.train.epochs, randomness=randomness)
         module, opt, loader = private.module, private.optimizer, private.loader
 
+    steps: EpochSteps
+    if grouped:
+        steps = GroupSteps(private, heads, objective, feature_dp, randomness, head_opt)
+    else:
+        steps = SampleSteps(module, heads, loader, objective, feature_dp, opt, randomness, head_opt, private)
     result = TrainedModel(method, generator, heads, feature_dp)
     for epoch in range(1, cfg.train.epochs + 1):
-        if grouped:
-            mean_loss = run_group_epoch(private, heads, objective, feature_dp, head_opt, randomness)
-        else:
-            mean_loss = run_epoch(
-                module, heads, loader, objective, feature_dp, opt, head_opt, randomness, private=private
-            )
+        mean_loss = run_epoch(steps)
         row = {"method": method, "epoch": epoch, "train_loss": mean_loss}
         row.update({f"test_acc.{k}": v for k, v in evaluate(generator, heads, split.test, feature_dp, epoch).items()})
         if private is not None:

@@ -47,8 +47,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, _fsync_dir, read_checkpoint, write_checkpoint
-from ..privacy import StepHistory
+from ..checkpoint import CheckpointError, fsync_dir, read_checkpoint, write_checkpoint
+from .accounting import StepHistory
 
 STATE_FILE = "privacy_state.ckpt"
 LOCK_FILE = "privacy_state.lock"  # in the state folder: held (flock) for the whole of each message
@@ -250,7 +250,7 @@ def reset_device_state(data_dir: Path, state_dir: Path) -> str:
     with device_lock(state_dir):
         forgotten = _forget_ledger(state_dir)
         (data_dir / PARTICIPATION_FILE).unlink(missing_ok=True)
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
     record = f"{forgotten}; participation record {data_dir / PARTICIPATION_FILE} cleared"
     message = (
         f"privacy state RESET by the owner: the device's previous spend (DP-SGD steps and released pairs) is "
@@ -275,7 +275,7 @@ def _forget_ledger(state_dir: Path) -> str:
         what = "an unreadable ledger"
     aside = file.with_name(f"{STATE_FILE}.forgotten-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}")
     os.replace(file, aside)
-    _fsync_dir(state_dir)
+    fsync_dir(state_dir)
     return f"{what} moved to {aside}"
 
 
@@ -309,4 +309,4 @@ def _write_json(path: Path, data: dict[str, Any], *, durable: bool) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)

@@ -7,18 +7,18 @@ Everything lands in the run folder as it happens: ``metrics.jsonl`` (a row per e
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..audit import AttackData, audit_model, label_only_floor
-from ..checkpoint import save_model
-from ..config import ConfigError, ExperimentConfig
-from ..data import load_dataset
-from ..metrics import (
+from .audit import AttackData, audit_model, label_only_floor
+from .checkpoint import save_model
+from .config import ConfigError, ExperimentConfig
+from .data import load_dataset
+from .environment import machine_description
+from .metrics import (
     JsonlWriter,
     plot_attacks,
     plot_reconstruction_grid,
@@ -26,14 +26,10 @@ from ..metrics import (
     render_report,
     write_json,
 )
-from ..privacy import account_release
-from .trainer import EpochCallback, TrainedModel, train_method
+from .privacy import account_release
+from .training.trainer import EpochCallback, TrainedModel, train_method
 
 SUMMARY_VERSION = 2
-
-
-def machine_description() -> str:
-    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU"
 
 
 def randomness_summary(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -24,10 +24,10 @@ from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
 from ..config import DataConfig, ExperimentConfig, FederatedConfig
-from ..data import MultiTaskDataset, load_dataset
-from ..data.digits import digit_sources
-from ..data.labelled_files import DatasetFileError
-from ..data.pairs import PairSources, compose_pairs
+from . import MultiTaskDataset, load_dataset
+from .digits import digit_sources
+from .labelled_files import DatasetFileError
+from .pairs import PairSources, compose_pairs
 
 PAIR_DATASETS = ("digits", "mnist_pairs")
 
@@ -36,7 +36,7 @@ def pair_sources(data: DataConfig, seed: int) -> PairSources:
     """The source items, split exactly as the centralized run splits them for this seed."""
     if data.name == "digits":
         return digit_sources(data.test_fraction, np.random.default_rng(seed))
-    from ..data.mnist_pairs import mnist_sources
+    from .mnist_pairs import mnist_sources
 
     assert data.root is not None
     return mnist_sources(data.root)
@@ -121,7 +121,7 @@ def _train_items(data: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray, n
     if data.name == "synthetic":
         labels = _synthetic(data.model_dump_json(), seed).train.labels.numpy()
         return np.arange(len(labels)), labels, None
-    from ..data.file_datasets import file_rows
+    from .file_datasets import file_rows
 
     files = file_rows(data, seed)
     identity = None if files.identity is None else files.identity[files.train]
@@ -167,7 +167,7 @@ def _image_device(
         test_rows = torch.arange(device, len(split.test), fed.num_devices)
         _require_rows(len(test_rows), "test images", data, fed, device, test_fix)
         return split.train.subset(torch.from_numpy(np.sort(rows))), split.test.subset(test_rows)
-    from ..data.file_datasets import file_rows
+    from .file_datasets import file_rows
 
     files = file_rows(data, seed)
     test_rows = files.test[device :: fed.num_devices]
