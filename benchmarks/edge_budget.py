@@ -155,7 +155,7 @@ def main() -> None:
     rows = []
     sys.path.insert(0, str(ROOT))
     from fl_metamorphosis.config import build_config
-    from simulations.deploy import prepare_data
+    from fl_metamorphosis.deployment.launch import prepare_data
 
     folders = Path(tempfile.mkdtemp(prefix="mm-edge-"))
     device_0 = prepare_data(build_config(None, ['methods=["metamorphosis"]']), 10, folders)[0]

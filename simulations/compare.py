@@ -21,6 +21,7 @@ from fl_metamorphosis.audit.saved_run import server_seen_releases
 from fl_metamorphosis.checkpoint import latest_run
 from fl_metamorphosis.config import ConfigError, DataConfig, ExperimentConfig, build_config
 from fl_metamorphosis.data import load_dataset
+from fl_metamorphosis.deployment.flower_processes import stop_processes
 from fl_metamorphosis.environment import machine_description
 from fl_metamorphosis.metrics import write_json
 from fl_metamorphosis.metrics.comparison import compare_methods, render_comparison
@@ -32,7 +33,7 @@ from fl_metamorphosis.metrics.comparison_plots import (
 )
 from fl_metamorphosis.metrics.frontier import render_frontier
 
-from .simulate import APP_DIR, simulate, stop_processes
+from .simulate import APP_DIR, simulate
 
 # The comparison's own defaults (before the user's --set): every run must fit the hour on two cores, so
 # 10 rounds (what 10 rounds cost in accuracy against 30: docs/comparison.md, docs/federated.md). The

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.deployment import launch as deploy
 from fl_metamorphosis.deployment.credentials import CertificateFiles, make_certificates, make_device_key
 
-from . import deploy
+from .simulate import APP_DIR
 
 
 def free_port() -> int:
@@ -89,7 +90,7 @@ class LoopbackFederation:
         return sum(n.get("status") == "online" for n in deploy.registered_devices(self.server_state))
 
     def run(self, cfg: ExperimentConfig, out: Path, **kwargs) -> dict:
-        return deploy.run(cfg, out, self.server_state, **kwargs)
+        return deploy.run(cfg, out, self.server_state, app_dir=APP_DIR, **kwargs)
 
 
 @contextlib.contextmanager

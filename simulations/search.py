@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 
 from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
+from fl_metamorphosis.deployment.flower_processes import RunFailed
 from fl_metamorphosis.environment import machine_description
 from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import read_jsonl, write_json
@@ -30,7 +31,7 @@ from fl_metamorphosis.metrics.plots import plt
 from fl_metamorphosis.metrics.sweep_report import cell_figures
 
 from .compare import run_config
-from .simulate import APP_DIR, SimulationFailed, simulate
+from .simulate import APP_DIR, simulate
 from .sweep_config import SearchConfig, SweepConfig, cell_overrides
 
 STUDY = "search"
@@ -186,5 +187,5 @@ def run_search(
     if left > 0:
         timeout = search.minutes * 60 if search.minutes else None
         # a run that fails is a failed trial (Optuna records it), not the end of the study
-        study.optimize(objective, n_trials=left, timeout=timeout, callbacks=[after_trial], catch=(SimulationFailed,))
+        study.optimize(objective, n_trials=left, timeout=timeout, callbacks=[after_trial], catch=(RunFailed,))
     return _summarise(study, search, out)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_metamorphosis.config import ExperimentConfig
+from fl_metamorphosis.deployment.flower_processes import RunFailed
 from fl_metamorphosis.environment import machine_description
 from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import write_json
@@ -26,7 +27,7 @@ from fl_metamorphosis.metrics.sweep_plots import plot_sweep_final, plot_sweep_ro
 from fl_metamorphosis.metrics.sweep_report import attack_costs, cell_figures, pool_settings, recommend, render_sweep
 
 from .compare import run_config, run_or_reuse
-from .simulate import APP_DIR, SimulationFailed
+from .simulate import APP_DIR
 from .sweep_config import Cell, SweepConfig, expand
 
 
@@ -108,7 +109,7 @@ def run_sweep(
                 try:
                     records[cell.key]["figures"] = cell_figures(future.result())
                     failed.pop(cell.key, None)
-                except SimulationFailed as err:  # the others go on; the next call of the sweep retries it
+                except RunFailed as err:  # the others go on; the next call of the sweep retries it
                     failed[cell.key] = str(err)
                     echo(f"[sweep] cell {cell.key} failed: {err}")
                 report = write_report(out, sweep_cfg, list(records.values()), failed)

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from fl_metamorphosis.cli import main
 from fl_metamorphosis.metrics import read_jsonl
+from metamorphosis_cli.main import main
 
 
 @pytest.fixture(scope="module")

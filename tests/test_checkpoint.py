@@ -14,7 +14,7 @@ import torch
 
 from fl_metamorphosis import checkpoint as ck
 from fl_metamorphosis.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from fl_metamorphosis.cli import main
+from metamorphosis_cli.main import main
 
 
 class _RunsCode:

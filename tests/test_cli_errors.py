@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fl_metamorphosis import cli
-from fl_metamorphosis.cli import main
 from fl_metamorphosis.environment import DEBUG_ENV
+from metamorphosis_cli import main as cli
+from metamorphosis_cli.main import main
 
 
 def _one_error_line(stderr: str) -> str:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from fl_metamorphosis.cli import main
 from fl_metamorphosis.metrics.comparison import aggregate, compare_methods
+from metamorphosis_cli.main import main
 
 
 def test_aggregate_gives_mean_std_and_per_seed_values_and_keeps_labels():

@@ -13,9 +13,9 @@ from cryptography import x509
 from starlette.testclient import TestClient
 
 from fl_metamorphosis.config import ConfigError
+from fl_metamorphosis.deployment import launch as deploy
 from fl_metamorphosis.deployment.credentials import CredentialsExist, make_certificates, make_device_key
 from fl_metamorphosis.deployment.fleet_gateway import FLEET_ROUTES, MAX_BODY_BYTES, gateway_app
-from simulations import deploy
 
 
 @pytest.fixture

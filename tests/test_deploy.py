@@ -18,14 +18,15 @@ from netns import intruder_namespace
 
 from fl_metamorphosis.checkpoint import load_run
 from fl_metamorphosis.config import ConfigError, build_config
+from fl_metamorphosis.deployment import launch as deploy
 from fl_metamorphosis.deployment.credentials import certificate_names, make_certificates, make_device_key
+from fl_metamorphosis.deployment.flower_processes import RunFailed, processes_of
 from fl_metamorphosis.flower.messages import TrainReply, from_payload
 from fl_metamorphosis.flower.secagg_records import mean_error_bound
 from fl_metamorphosis.metrics import read_jsonl
 from fl_metamorphosis.privacy.device_state import DeviceState, ReplyMemo
-from simulations import deploy
 from simulations.loopback import free_port, log_text, loopback_federation, wait_for
-from simulations.simulate import APP_DIR, SimulationFailed, processes_of
+from simulations.simulate import APP_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -134,10 +135,10 @@ def test_registered_devices_train_over_tls_with_secure_aggregation_and_resume_af
     deploy.stop_tree(*federation.procs["server"])  # the SuperLink goes down between rounds
     first["thread"].join(120)
     # what happens: the run in flight fails, with a message that says so (no silent hang)
-    assert isinstance(first.get("error"), SimulationFailed)
+    assert isinstance(first.get("error"), RunFailed)
     federation.start_server()  # same state database: registrations and node ids survive
     wait_for(lambda: federation.online() == 3, "the devices to reconnect", 300)
-    deploy.run(federation.cfg, out, state, echo=lambda _line: None, resume=True)  # the resume path
+    deploy.run(federation.cfg, out, state, app_dir=APP_DIR, echo=lambda _line: None, resume=True)  # the resume path
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2, 3] and all(r["answered"] == 3 for r in rows)
     for name in ("summary.json", "report.md", "rounds.png", "attacks.png", "checkpoints/round_003.ckpt"):

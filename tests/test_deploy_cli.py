@@ -10,13 +10,13 @@ import sys
 import pytest
 from conftest import TINY_OVERRIDES
 
-from fl_metamorphosis.cli import main
-from fl_metamorphosis.cli_deploy import _foreground
 from fl_metamorphosis.config import ConfigError, build_config
+from fl_metamorphosis.deployment import launch as deploy
 from fl_metamorphosis.deployment.credentials import make_certificates
-from simulations import deploy
+from fl_metamorphosis.deployment.flower_processes import RunFailed, processes_of
+from metamorphosis_cli.deploy import _foreground
+from metamorphosis_cli.main import main
 from simulations.loopback import free_port
-from simulations.simulate import SimulationFailed, processes_of
 
 
 def test_a_supernode_that_stops_by_itself_is_explained_as_a_revocation(tmp_path, capsys):
@@ -89,7 +89,7 @@ def test_a_server_whose_gateway_cannot_start_leaves_nothing_running(tmp_path):
     with socket.socket() as taken:  # the public port is in use: the gateway exits at once
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        with pytest.raises(SimulationFailed, match="gateway exited"):
+        with pytest.raises(RunFailed, match="gateway exited"):
             deploy.start_server(certs.ca_cert.parent, "127.0.0.1", taken.getsockname()[1], tmp_path / "state",
                                 control_port=free_port())  # fmt: skip
     assert processes_of(deploy.flower_home(tmp_path / "state")) == []

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from fl_metamorphosis.deployment.flower_processes import processes_of, stop_processes
 from simulations.loopback import free_port
-from simulations.simulate import processes_of, stop_processes
 
 pytestmark = pytest.mark.slow
 

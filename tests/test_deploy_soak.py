@@ -20,11 +20,12 @@ import pytest
 from conftest import TINY_OVERRIDES
 
 from fl_metamorphosis.config import build_config
+from fl_metamorphosis.deployment import launch as deploy
+from fl_metamorphosis.deployment.flower_processes import processes_of
 from fl_metamorphosis.metrics import read_jsonl
 from fl_metamorphosis.privacy.device_state import DeviceState
-from simulations import deploy
 from simulations.loopback import loopback_federation
-from simulations.simulate import processes_of
+from simulations.simulate import APP_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ def test_devices_killed_and_restarted_at_random_for_ten_rounds_keep_ledgers_equa
         killer = threading.Thread(target=_killer, args=(fed, out, stop, kills), daemon=True)
         killer.start()
         try:
-            deploy.run(cfg, out, fed.server_state, echo=lambda _line: None)
+            deploy.run(cfg, out, fed.server_state, app_dir=APP_DIR, echo=lambda _line: None)
         finally:
             stop.set()
             killer.join(60)

@@ -5,11 +5,11 @@ import torch
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from fl_metamorphosis.cli import main
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.data.device_folder import DeviceDataError, read_device_folder, read_partition_id
 from fl_metamorphosis.deployment.credentials import certificate_names, make_certificates, make_device_key
-from simulations.deploy import device_command, prepare_data
+from fl_metamorphosis.deployment.launch import device_command, prepare_data
+from metamorphosis_cli.main import main
 
 
 def test_prepare_data_writes_each_devices_own_partition_and_reads_back(tmp_path, tiny_overrides):

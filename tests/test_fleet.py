@@ -180,9 +180,10 @@ def test_dropouts_are_missing_replies_the_round_survives_and_devices_count_what_
 
 
 def test_deploy_refuses_a_simulated_fleet(tmp_path):
-    from simulations import deploy
+    from fl_metamorphosis.deployment import launch as deploy
+    from simulations.simulate import APP_DIR
 
     cfg = build_config(None, ["federated.fleet.enabled=true"])
     with pytest.raises(ConfigError, match="federated.fleet.enabled=false"):
-        deploy.run(cfg, tmp_path / "out", tmp_path / "state")
+        deploy.run(cfg, tmp_path / "out", tmp_path / "state", app_dir=APP_DIR)
     assert not (tmp_path / "out").exists()

@@ -8,8 +8,9 @@ import pytest
 from conftest import TINY_OVERRIDES
 
 from fl_metamorphosis.config import build_config
+from fl_metamorphosis.deployment.flower_processes import processes_of
 from simulations.search import _round_reporter, run_search
-from simulations.simulate import processes_of, simulate
+from simulations.simulate import simulate
 from simulations.sweep_config import SweepConfig
 
 TINY = [*TINY_OVERRIDES, 'methods=["metamorphosis"]']

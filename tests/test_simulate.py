@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import TINY_OVERRIDES
 
-from fl_metamorphosis.cli import main
 from fl_metamorphosis.config import build_config
+from fl_metamorphosis.deployment.flower_processes import RunFailed, processes_of
 from fl_metamorphosis.metrics import read_jsonl
-from simulations.simulate import SimulationFailed, processes_of, simulate
+from metamorphosis_cli.main import main
+from simulations.simulate import simulate
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,7 @@ def test_a_crashing_server_app_fails_the_command_and_leaves_no_process(tmp_path)
     )
     out = tmp_path / "run"
     cfg = build_config(None, SIM_TINY)
-    with pytest.raises(SimulationFailed, match="deliberate ServerApp failure|finished:failed"):
+    with pytest.raises(RunFailed, match="deliberate ServerApp failure|finished:failed"):
         simulate(cfg, out, echo=lambda _line: None, app_dir=app)
     assert processes_of((out / ".flwr").resolve()) == []
     assert os.path.getsize(Path(out) / "flower.log") > 0
@@ -103,7 +104,7 @@ def _simulate_args(out, *extra):
 def test_a_simulation_killed_after_round_2_resumes_to_the_uninterrupted_figures(tmp_path):
     out = tmp_path / "killed"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "fl_metamorphosis.cli", *_simulate_args(out)],
+        [sys.executable, "-m", "metamorphosis_cli", *_simulate_args(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

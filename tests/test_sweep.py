@@ -14,8 +14,8 @@ import pytest
 from conftest import TINY_OVERRIDES
 
 from fl_metamorphosis.config import ConfigError
+from fl_metamorphosis.deployment.flower_processes import processes_of
 from fl_metamorphosis.metrics.sweep_report import attack_costs, pool_settings, recommend
-from simulations.simulate import processes_of
 from simulations.sweep_config import expand, read_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ strategies = [{{ name = "fedavg" }}, {{ name = "fedmedian" }}]
 def test_an_interrupted_sweep_resumes_without_redoing_finished_cells(tmp_path):
     config = _write(tmp_path, INTERRUPTED.replace("{tiny}", json.dumps([*TINY_OVERRIDES, "federated.rounds=3"])))
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "fl_metamorphosis.cli", "sweep", "--config", str(config), "--out", str(out)]
+    cmd = [sys.executable, "-m", "metamorphosis_cli", "sweep", "--config", str(config), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
     second = out / "cells" / "fedmedian_iid_seed1" / "metrics.jsonl"

@@ -6,8 +6,8 @@ import pytest
 from conftest import ROOT, TINY_OVERRIDES
 from test_image_files import make_celeba, make_folder, solid
 
-from fl_metamorphosis.cli import main
 from fl_metamorphosis.metrics import read_jsonl
+from metamorphosis_cli.main import main
 
 pytestmark = pytest.mark.slow
 

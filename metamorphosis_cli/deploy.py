@@ -1,4 +1,4 @@
-"""``metamorphosis deploy ...``: the real-device commands (launchers in ``simulations/deploy.py``).
+"""``metamorphosis deploy ...``: the real-device commands (launchers in ``fl_metamorphosis/deployment/launch.py``).
 
 On the server:   deploy certs, deploy server, deploy register / unregister, deploy prepare-data, deploy run
 On each board:   deploy device-key, deploy device
@@ -11,9 +11,10 @@ import signal
 import time
 from pathlib import Path
 
-from .cli import say, say_error
-from .config import ConfigError, load_config
-from .deployment import CONTROL_PORT
+from fl_metamorphosis.config import ConfigError, load_config
+from fl_metamorphosis.deployment import CONTROL_PORT
+
+from .main import say, say_error, use_checkout
 
 
 def add_parser(sub) -> None:
@@ -125,7 +126,7 @@ def _owner_limits(args) -> dict[str, str | int | float]:
     if args.require_secure_aggregation:
         limits["secure-aggregation"] = "required"
     if args.policy is not None:
-        from .privacy.device_policy import DevicePolicy, PolicyError
+        from fl_metamorphosis.privacy.device_policy import DevicePolicy, PolicyError
 
         try:
             DevicePolicy.load(args.policy)  # a bad file is the owner's error now, not a refusal at every request
@@ -138,7 +139,7 @@ def _owner_limits(args) -> dict[str, str | int | float]:
 def _foreground(procs: list, state: Path, what: str) -> int:
     """Wait on a server's or a device's processes; Ctrl-C or SIGTERM stops them and what they started.
     One exiting stops the others: a SuperLink without its gateway, or the reverse, serves no one."""
-    from simulations import deploy
+    from fl_metamorphosis.deployment import launch
 
     def _stop(signum, frame):
         raise KeyboardInterrupt
@@ -170,7 +171,7 @@ def _foreground(procs: list, state: Path, what: str) -> int:
         return 0
     finally:
         for proc in procs:
-            deploy.stop_tree(proc, state)
+            launch.stop_tree(proc, state)
 
 
 def _log_tail(log: Path, size: int = 4000) -> str:
@@ -183,8 +184,8 @@ def _log_tail(log: Path, size: int = 4000) -> str:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
+    from fl_metamorphosis.deployment import launch
     from fl_metamorphosis.deployment.credentials import make_certificates, make_device_key
-    from simulations import deploy
 
     match args.deploy_command:
         case "certs":
@@ -197,10 +198,10 @@ def run_deploy(args: argparse.Namespace) -> int:
             say(f"the CA's private key (0600): {files.ca_key}: keep its folder off the server, offline")
         case "server":
             host = args.host or ("127.0.0.1" if args.insecure else "0.0.0.0")
-            deploy.check_server_addresses(args.certs, host, args.insecure)
+            launch.check_server_addresses(args.certs, host, args.insecure)
             if args.insecure:
-                say(deploy.INSECURE_WARNING, "yellow")
-            procs = deploy.start_server(args.certs, host, args.port, args.state, control_port=args.control_port)
+                say(launch.INSECURE_WARNING, "yellow")
+            procs = launch.start_server(args.certs, host, args.port, args.state, control_port=args.control_port)
             say(
                 f"devices connect to {host}:{args.port}"
                 + (" (no TLS)" if args.insecure else f" (Fleet API only; log {args.state / 'gateway.log'})")
@@ -213,10 +214,10 @@ def run_deploy(args: argparse.Namespace) -> int:
             say(f"private key (0600, stays on this device): {private}")
             say(f"public key (give it to the operator for `deploy register`): {public}")
         case "register":
-            node_id = deploy.register(args.public_key, args.name, args.state)
+            node_id = launch.register(args.public_key, args.name, args.state)
             say(f"registered {args.name} as node {node_id}")
         case "unregister":
-            node_id = deploy.unregister(args.name, args.state)
+            node_id = launch.unregister(args.name, args.state)
             say(
                 f"revoked {args.name} (node {node_id}): the server refuses its key from its next request on, and "
                 "its SuperNode stops. To re-admit the board, it needs a new key (`deploy device-key --force` on "
@@ -224,17 +225,17 @@ def run_deploy(args: argparse.Namespace) -> int:
             )
         case "device":
             if args.reset_privacy_state:
-                from .privacy.device_state import reset_device_state
+                from fl_metamorphosis.privacy.device_state import reset_device_state
 
                 say(reset_device_state(args.data, args.state), "yellow")
                 return 0
             if args.superlink is None:
                 raise ConfigError("deploy device: give --superlink HOST:PORT (the server's Fleet gateway)")
             if args.insecure:
-                say(deploy.INSECURE_WARNING, "yellow")
+                say(launch.INSECURE_WARNING, "yellow")
             elif args.root_cert is None or args.key is None:
                 raise ConfigError("deploy device: give --root-cert and --key, or --insecure for loopback tests")
-            cmd = deploy.device_command(
+            cmd = launch.device_command(
                 args.superlink,
                 None if args.insecure else args.root_cert,
                 None if args.insecure else args.key,
@@ -245,15 +246,16 @@ def run_deploy(args: argparse.Namespace) -> int:
                 args.runtime_port,
                 _owner_limits(args),
             )
-            proc = deploy.start_device(cmd, args.state)
+            proc = launch.start_device(cmd, args.state)
             say(f"device {args.name} -> {args.superlink} (log: {args.state / 'supernode.log'})")
             return _foreground([proc], args.state, "SuperNode")
         case "prepare-data":
-            folders = deploy.prepare_data(load_config(args.config, args.overrides), args.devices, args.out)
+            folders = launch.prepare_data(load_config(args.config, args.overrides), args.devices, args.out)
             say(f"{len(folders)} device folders in {args.out}: copy device-N/ onto board N")
         case "run":
             cfg = load_config(args.config, args.overrides)
-            out = deploy.run(cfg, args.out, args.state, say, resume=args.resume)
+            app_dir = use_checkout("deploy run")
+            out = launch.run(cfg, args.out, args.state, app_dir=app_dir, echo=say, resume=args.resume)
             report = out / "report.md"
             print(report.read_text() if report.exists() else f"run folder: {out}")
     return 0

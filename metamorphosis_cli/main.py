@@ -21,10 +21,28 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from .config import ConfigError, load_config, preset_overrides
-from .environment import DEBUG_ENV
+from fl_metamorphosis.config import ConfigError, load_config, preset_overrides
+from fl_metamorphosis.environment import DEBUG_ENV
 
 console = Console(stderr=True)  # no file given: each print writes to the sys.stderr of that moment
+CHECKOUT = Path(__file__).resolve().parents[1]  # the repository this command runs from, when it is one
+
+
+def use_checkout(command: str) -> Path:
+    """The Flower app folder, with its ``simulations/`` importable; a clear error on an install without it.
+
+    The app is the repository's root: its pyproject.toml names the ServerApp and ClientApp, and ``flwr run``
+    ships the folder to the SuperLink and the devices. A wheel installs the library and this command only
+    (never generic names such as ``server``), which is all a device needs."""
+    if not (CHECKOUT / "simulations" / "simulate.py").is_file():
+        raise ConfigError(
+            f"`metamorphosis {command}` launches the Flower app, which is the repository's folder: run it from "
+            "a clone of the repository set up with `make setup` (this install holds the library and the device "
+            "commands only)"
+        )
+    if str(CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(CHECKOUT))
+    return CHECKOUT
 
 
 def say(line: str, style: str | None = None) -> None:
@@ -86,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="run the devices on this running Ray cluster (its head's GCS port; docs/ray-cluster.md)",
     )
-    from .methods import METHODS
+    from fl_metamorphosis.methods import METHODS
 
     compare = sub.choices["compare"]
     compare.add_argument(
@@ -113,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--out", type=Path, default=Path("runs/sweep"), help="sweep folder (default runs/sweep)")
     sweep.add_argument("--search", action="store_true", help="run the file's [search] study (Optuna) instead")
-    from .cli_deploy import add_parser as add_deploy_parser
+    from .deploy import add_parser as add_deploy_parser
 
     add_deploy_parser(sub)
     audit = sub.add_parser("audit", help="run every attack on a saved run or checkpoint; export released features")
@@ -136,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .audit.saved_run import write_audit, write_held_rows_audit
+    from fl_metamorphosis.audit.saved_run import write_audit, write_held_rows_audit
 
     if args.held_rounds is not None:
         if args.held_rounds != "all" and not (args.held_rounds.isdigit() and int(args.held_rounds) > 0):
@@ -160,12 +178,13 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    use_checkout("compare")
+    from fl_metamorphosis.deployment.flower_processes import RunFailed
     from simulations.compare import COMPARE_DEFAULTS, TINY_PRESET, compare, parse_sweep, sweep
-    from simulations.simulate import SimulationFailed
 
     quick = preset_overrides(TINY_PRESET) if args.quick else []
     cfg = load_config(args.config, [*COMPARE_DEFAULTS, *quick, *args.overrides])
-    from .methods import METHODS
+    from fl_metamorphosis.methods import METHODS
 
     try:
         if args.sweep:
@@ -174,7 +193,7 @@ def _compare(args: argparse.Namespace) -> int:
             say(f"{len(rows)} sweep runs: {args.out / 'sweep.json'}, {args.out / 'sweep.png'}")
             return 0
         compare(cfg, args.out, args.methods or list(METHODS), args.seeds, _echo)
-    except SimulationFailed as err:
+    except RunFailed as err:
         say_error("a run failed:", f"{err}  (finished runs are kept and reused on the next call)")
         return 1
     print((args.out / "comparison.md").read_text())
@@ -183,7 +202,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulations.simulate import SimulationFailed, resumed_config, simulate
+    use_checkout("simulate")
+    from fl_metamorphosis.deployment.flower_processes import RunFailed
+    from simulations.simulate import resumed_config, simulate
 
     if args.resume is not None:
         if args.config is not None:
@@ -192,7 +213,7 @@ def _simulate(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
     if args.policy is not None:
-        from .privacy.device_policy import POLICY_ENV, DevicePolicy, PolicyError
+        from fl_metamorphosis.privacy.device_policy import POLICY_ENV, DevicePolicy, PolicyError
 
         try:
             DevicePolicy.load(args.policy)
@@ -218,7 +239,7 @@ def _simulate(args: argparse.Namespace) -> int:
             resume=args.resume is not None,
             ray_address=args.ray_address,
         )
-    except SimulationFailed as err:
+    except RunFailed as err:
         say_error("simulation failed:", err)
         say(f"finished rounds are checkpointed: continue with `metamorphosis simulate --resume {args.out}`")
         return 1
@@ -234,7 +255,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _central(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     # Heavy imports after the config is known to be valid: a typo fails in a blink.
-    from .central import run_central
+    from fl_metamorphosis.central import run_central
 
     def on_epoch(row: dict) -> None:
         accs = "  ".join(f"{k.removeprefix('test_acc.')} {v:.3f}" for k, v in row.items() if k.startswith("test_acc."))
@@ -256,10 +277,10 @@ def _central(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    use_checkout("sweep")
+    from fl_metamorphosis.config import build_config
     from simulations.sweep import run_sweep
     from simulations.sweep_config import read_sweep
-
-    from .config import build_config
 
     sweep_cfg, base = read_sweep(args.config)
     base = build_config(base.model_dump(), args.overrides)
@@ -282,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        from .cli_deploy import run_deploy
+        from .deploy import run_deploy
 
         commands = {
             "simulate": _simulate,

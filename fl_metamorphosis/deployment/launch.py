@@ -1,4 +1,4 @@
-"""``metamorphosis deploy``: the same federation on real devices, over Flower 1.42's deployment runtime.
+"""The same federation on real devices, over Flower 1.42's deployment runtime (``metamorphosis deploy``).
 
 The launchers here start Flower's own processes with the right flags (docs/deploy.md; Flower 1.42 serves
 its Fleet, Control and Runtime APIs on one HTTPS port, unlike most public docs' separate ports):
@@ -33,12 +33,11 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
-from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
-from fl_metamorphosis.data.device_folder import read_partition_id, write_device_folder
-from fl_metamorphosis.deployment import CONTROL_PORT
-from fl_metamorphosis.environment import SIMULATION_ENV
-
-from .simulate import APP_DIR, SimulationFailed, clear_run_outputs, raise_interrupt, run_flower, stop_processes
+from ..config import ConfigError, ExperimentConfig, build_config
+from ..data.device_folder import read_partition_id, write_device_folder
+from ..environment import SIMULATION_ENV
+from . import CONTROL_PORT
+from .flower_processes import RunFailed, clear_run_outputs, raise_interrupt, run_flower, stop_processes
 
 CONNECTION = "metamorphosis"  # the connection entry in the server's own config home
 INSECURE_WARNING = (
@@ -158,11 +157,11 @@ def _wait_listening(proc: subprocess.Popen, host: str, port: int, log: Path, tim
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text()[-1500:] if log.exists() else ""
-            raise SimulationFailed(f"{log.stem} exited with code {proc.returncode} before listening on {port}:\n{tail}")
+            raise RunFailed(f"{log.stem} exited with code {proc.returncode} before listening on {port}:\n{tail}")
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return
         time.sleep(0.25)
-    raise SimulationFailed(f"{log.stem} did not listen on {host}:{port} within {timeout_s:.0f} s: see {log}")
+    raise RunFailed(f"{log.stem} did not listen on {host}:{port} within {timeout_s:.0f} s: see {log}")
 
 
 def _superlink_address(state: Path) -> tuple[str, int] | None:
@@ -184,7 +183,7 @@ def wait_for_superlink(state: Path, timeout_s: float = 60.0) -> None:
                 return
         if time.monotonic() > deadline:
             where = f" on {address[0]}:{address[1]}" if address else ""
-            raise SimulationFailed(
+            raise RunFailed(
                 f"no SuperLink answers{where} (--state {state}) after {timeout_s:.0f} s: is "
                 f"`metamorphosis deploy server --state {state}` running? Its log: {Path(state) / 'superlink.log'}"
             )
@@ -201,7 +200,7 @@ def _flwr(args: list[str], state: Path) -> subprocess.CompletedProcess:
 def registered_devices(state: Path) -> list[dict]:
     res = _flwr(["supernode", "list", CONNECTION, "--format", "json"], state)
     if res.returncode != 0:
-        raise SimulationFailed(f"flwr supernode list failed: {(res.stdout + res.stderr).strip()[-500:]}")
+        raise RunFailed(f"flwr supernode list failed: {(res.stdout + res.stderr).strip()[-500:]}")
     data = json.loads(res.stdout)
     return data.get("nodes", data.get("supernodes", []))
 
@@ -229,7 +228,7 @@ def register(public_key: Path, name: str, state: Path) -> int:
                 f"{public_key}: this key is registered already, or was revoked (a revoked key is never accepted "
                 "again). Make the board a new key (`deploy device-key --force` on the board) and register its .pub"
             )
-        raise SimulationFailed(f"registering {name}: {said[-500:]}")
+        raise RunFailed(f"registering {name}: {said[-500:]}")
     (Path(state) / "devices.json").write_text(json.dumps({**names, name: node_id}, indent=2) + "\n")
     return node_id
 
@@ -248,7 +247,7 @@ def unregister(name: str, state: Path) -> int:
         raise ConfigError(f"no device named {name!r} on this server (registered: {sorted(names) or 'none'})")
     res = _flwr(["supernode", "unregister", str(names[name]), CONNECTION], state)
     if res.returncode != 0:
-        raise SimulationFailed(f"unregistering {name}: {(res.stdout + res.stderr).strip()[-500:]}")
+        raise RunFailed(f"unregistering {name}: {(res.stdout + res.stderr).strip()[-500:]}")
     (Path(state) / "devices.json").write_text(json.dumps({k: v for k, v in names.items() if k != name}, indent=2))
     return names[name]
 
@@ -293,7 +292,7 @@ def start_device(cmd: list[str], state: Path, log: Path | None = None) -> subpro
 
 def prepare_data(cfg: ExperimentConfig, devices: int, out: Path) -> list[Path]:
     """One folder per device with its partition of the configured dataset (``device-N/``)."""
-    from fl_metamorphosis.data.partition import device_datasets
+    from ..data.partition import device_datasets
 
     tree = cfg.model_dump()
     tree["federated"]["num_devices"] = devices
@@ -308,7 +307,7 @@ def _waiting_line(line: str, state: Path) -> str:
     """The ServerApp's "waiting for devices" line, with the names of the registered devices not online."""
     try:
         online = {int(n["node-id"]) for n in registered_devices(state) if n.get("status") == "online"}
-    except SimulationFailed:
+    except RunFailed:
         return line
     missing = [f"{name} (node {node})" for name, node in _names(state).items() if node not in online]
     return f"{line}; not online: {', '.join(missing) or 'none of the registered devices'}"
@@ -326,8 +325,17 @@ def check_enough_devices(cfg: ExperimentConfig, state: Path) -> None:
         )
 
 
-def run(cfg: ExperimentConfig, out: Path, state: Path, echo: Callable[[str], None] = print, resume: bool = False):
+def run(
+    cfg: ExperimentConfig,
+    out: Path,
+    state: Path,
+    *,
+    app_dir: Path,
+    echo: Callable[[str], None] = print,
+    resume: bool = False,
+) -> Path:
     """Start the experiment on the running SuperLink of ``state`` and stream it; return the run folder.
+    ``app_dir`` is the Flower app (the repository's root, whose pyproject.toml names the ServerApp and ClientApp).
 
     A fresh run clears what an earlier run left in ``out`` (as ``simulate`` does). Ctrl-C, or SIGTERM to
     this process, stops the run on the SuperLink too (``flwr stop``), not only the stream."""
@@ -343,7 +351,7 @@ def run(cfg: ExperimentConfig, out: Path, state: Path, echo: Callable[[str], Non
     clear_run_outputs(out, resume)
     config_path = out / "config.json"
     config_path.write_text(cfg.model_dump_json(indent=2))
-    cmd = ["flwr", "run", str(APP_DIR), CONNECTION, "--stream", "--run-config",
+    cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config",
            f"config-path='{config_path}' out-dir='{out}' resume={str(resume).lower()} command='deploy'"]  # fmt: skip
     env = deployment_env(flower_home(state))
 

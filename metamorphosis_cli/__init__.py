@@ -1,0 +1,1 @@
+"""The ``metamorphosis`` command: the top of the layers, over the library, the Flower app and its launchers."""
