@@ -40,7 +40,7 @@ import ctypes
 import gc
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -50,6 +50,7 @@ from flwr.common.constant import ErrorCode
 
 from fl_metamorphosis.audit.poisoning import flip_labels, malicious_devices, poison_update
 from fl_metamorphosis.config import ExperimentConfig, PoisoningConfig
+from fl_metamorphosis.data import MultiTaskDataset
 from fl_metamorphosis.data.device_folder import read_device_folder
 from fl_metamorphosis.data.reference import reference_pairs
 from fl_metamorphosis.flower import messages as proto
@@ -214,8 +215,21 @@ def _attack(cfg: ExperimentConfig, device: int) -> PoisoningConfig | None:
     return poisoning if device in malicious_devices(poisoning, cfg.federated.num_devices, cfg.train.seed) else None
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+@dataclass
+class DeviceRequest:
+    """What the train and features handlers work from."""
+
+    cfg: ExperimentConfig  # the request's config, made no weaker than the owner's policy
+    server_round: int
+    device: int
+    data: MultiTaskDataset  # this device's training pairs (label-flipped if it plays that attack)
+    attack: PoisoningConfig | None
+    folder: Path  # the device's state folder
+    state: DeviceState  # under guard_device_state's lock until saved
+    randomness: Randomness
+
+
+def _request(msg: Message, context: Context, purpose: int) -> DeviceRequest:
     config = msg.content[proto.CONFIG]
     cfg = device_policy(context).stricter(proto.experiment_from(config))  # never weaker than the owner's
     device, data, _ = _local_data(cfg, context)
@@ -223,8 +237,16 @@ def train(msg: Message, context: Context) -> Message:
     if attack is not None and attack.attack == "label_flip":
         data = flip_labels(data)
     folder = state_dir(context)
-    state = DeviceState.load(folder, data_dir(context))  # under guard_device_state's lock until saved
-    randomness = _randomness(cfg, device, int(config[proto.SERVER_ROUND]), _TRAIN)
+    state = DeviceState.load(folder, data_dir(context))
+    server_round = int(config[proto.SERVER_ROUND])
+    randomness = _randomness(cfg, device, server_round, purpose)
+    return DeviceRequest(cfg, server_round, device, data, attack, folder, state, randomness)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    request = _request(msg, context, _TRAIN)
+    cfg, data, state, randomness = request.cfg, request.data, request.state, request.randomness
     plan = privacy_plan(cfg, data)
     if state.noise_multiplier is None:  # calibrated once, for taking part in every round, then kept
         state.noise_multiplier = plan.noise_multiplier(cfg.federated.rounds * cfg.federated.local_epochs)
@@ -239,18 +261,18 @@ def train(msg: Message, context: Context) -> Message:
         history=state.history,
         noise_multiplier=state.noise_multiplier,
         randomness=randomness,
-        proximal_mu=float(config.get(proto.PROXIMAL_MU, 0.0)),
+        proximal_mu=float(msg.content[proto.CONFIG].get(proto.PROXIMAL_MU, 0.0)),
     )
     state.history = update.history
     # before the reply leaves: whatever the server receives is counted
-    state.save(folder, durable=durable(context), data_dir=data_dir(context))
+    state.save(request.folder, durable=durable(context), data_dir=data_dir(context))
     weights = None
     if update.generator_weights is not None and update.head_weights is not None:
         weights = join_state(update.generator_weights, update.head_weights)
-        if attack is not None:
-            weights = poison_update(attack, weights, received, randomness.generator(), folder)
+        if request.attack is not None:
+            weights = poison_update(request.attack, weights, received, randomness.generator(), request.folder)
     reply = proto.TrainReply(
-        device=device,
+        device=request.device,
         num_examples=update.num_examples,
         train_loss=update.train_loss,
         epsilon=update.epsilon,
@@ -280,15 +302,8 @@ def features(msg: Message, context: Context) -> Message:
 
     The pairs are chosen by the release ledger (least released first, none past the cap); the ledger is
     saved to the device's state folder before the reply leaves."""
-    config = msg.content[proto.CONFIG]
-    cfg = device_policy(context).stricter(proto.experiment_from(config))  # never weaker than the owner's
-    device, data, _ = _local_data(cfg, context)
-    attack = _attack(cfg, device)
-    if attack is not None and attack.attack == "label_flip":
-        data = flip_labels(data)
-    folder = state_dir(context)
-    state = DeviceState.load(folder, data_dir(context))  # under guard_device_state's lock until saved
-    randomness = _randomness(cfg, device, int(config[proto.SERVER_ROUND]), _FEATURES)
+    request = _request(msg, context, _FEATURES)
+    cfg, data, state, randomness = request.cfg, request.data, request.state, request.randomness
     generator, _ = _global_model(cfg, msg, data)
     ledger = ReleaseLedger(len(data))
     if state.releases is not None:
@@ -317,14 +332,14 @@ def features(msg: Message, context: Context) -> Message:
                     released[:, t] = rows[:, t]
     ledger.record(idx)  # a pair counts as released if any of its tasks' features left
     state.releases = ledger.state_dict()
-    state.save(folder, durable=durable(context), data_dir=data_dir(context))
-    _log_gate(folder, int(config[proto.SERVER_ROUND]), decisions)
+    state.save(request.folder, durable=durable(context), data_dir=data_dir(context))
+    _log_gate(request.folder, request.server_round, decisions)
     tasks = {}
     for t, name in enumerate(data.task_names):
         keep = idx[:0] if name in withheld else idx
         order = torch.randperm(len(keep), generator=randomness.generator())  # rows of two tasks do not line up
         tasks[name] = (released[: len(keep)][order, t], data.labels[keep[order], t])  # a withheld task: 0 rows
-    reply = proto.FeaturesReply(device, ledger.max_releases, ledger.total_releases, tasks, withheld, noise)
+    reply = proto.FeaturesReply(request.device, ledger.max_releases, ledger.total_releases, tasks, withheld, noise)
     return Message(content=reply.to_record(), reply_to=msg)
 
 

@@ -59,12 +59,16 @@ def write_checkpoint(path: Path, kind: str, payload: dict[str, Any], *, durable:
     header = {"version": VERSION, "kind": kind, "length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, MAGIC + json.dumps(header).encode() + b"\n" + body, durable=durable)
+
+
+def write_atomically(path: Path, data: bytes, *, durable: bool) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so a reader sees the old file or the
+    new one, never a part; with ``durable``, flushed to disk, the rename included."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            f.write(json.dumps(header).encode() + b"\n")
-            f.write(body)
+            f.write(data)
             f.flush()
             if durable:
                 os.fsync(f.fileno())

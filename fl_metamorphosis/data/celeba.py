@@ -19,14 +19,13 @@ from pathlib import Path
 
 from .labelled_files import (
     IMAGE_SUFFIXES,
-    OUTSIDE_ROOT_FIX,
     DatasetFileError,
     LabelledFiles,
     check_root,
     check_tasks,
     drop_missing,
     finish,
-    outside_root,
+    refuse_outside,
     warn_skipped,
 )
 from .multitask import TaskSpec
@@ -114,18 +113,6 @@ def _lookup(mapping: dict[str, str], image: str, path: Path) -> str:
         raise DatasetFileError(f"{path}: no row for image {image!r}; expected one row per image") from None
 
 
-def _refuse_outside(images: Path, attr_path: Path, files: list[Path], rows: list[tuple[str, list[str]]]) -> None:
-    """Raise naming the first image whose name leads outside the images folder."""
-    escaping = outside_root(images, files)
-    if escaping:
-        i, target = escaping[0]
-        more = f" (and {len(escaping) - 1} more)" if len(escaping) > 1 else ""
-        raise DatasetFileError(
-            f"{attr_path}: image {rows[i][0]!r} leads to {str(target)!r}, outside the images folder "
-            f"{str(images)!r}{more}; {OUTSIDE_ROOT_FIX}"
-        )
-
-
 def read_celeba(
     root: Path, tasks: list[str], *, skip_bad: bool = False, allow_outside_root: bool = False
 ) -> LabelledFiles:
@@ -150,7 +137,7 @@ def read_celeba(
     columns = [names.index(task) for task in tasks]
     files = [images / image for image, _ in rows]
     if not allow_outside_root:
-        _refuse_outside(images, attr_path, files, rows)
+        refuse_outside(images, files, folder="images folder", name_of=lambda i: f"{attr_path}: image {rows[i][0]!r}")
     files, kept, missing = drop_missing(files, rows, skip_bad, _CELEBA_LAYOUT)
     warn_skipped(missing, len(rows), str(attr_path))
     return finish(

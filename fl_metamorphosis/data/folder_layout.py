@@ -17,14 +17,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .labelled_files import (
-    OUTSIDE_ROOT_FIX,
     DatasetFileError,
     LabelledFiles,
     check_root,
     check_tasks,
     drop_missing,
     finish,
-    outside_root,
+    refuse_outside,
     warn_skipped,
 )
 from .multitask import TaskSpec
@@ -129,7 +128,11 @@ def read_folder(
     identities = _identity_ids([r[identity_column] for _, r in records]) if identity_column in header else None
     files = [root / r[file_column] for _, r in records]
     if not allow_outside_root:
-        _refuse_outside(root, path, files, records, file_column)
+        def name_of(i: int) -> str:
+            line, record = records[i]
+            return f"{path} line {line}: {file_column!r} is {record[file_column]!r}, which"
+
+        refuse_outside(root, files, folder="dataset folder", name_of=name_of)
     ids = [{name: i for i, name in enumerate(names)} for names in classes]
     labels = [[ids[t][r[task]] for t, task in enumerate(tasks)] for _, r in records]
     keep = list(range(len(records)))
@@ -146,21 +149,6 @@ def read_folder(
         bad + missing,
         layout,
     )
-
-
-def _refuse_outside(
-    root: Path, path: Path, files: list[Path], records: list[tuple[int, dict[str, str]]], file_column: str
-) -> None:
-    """Raise naming the first row whose image path leads outside ``root``."""
-    escaping = outside_root(root, files)
-    if escaping:
-        i, target = escaping[0]
-        line, record = records[i]
-        more = f" (and {len(escaping) - 1} more row(s))" if len(escaping) > 1 else ""
-        raise DatasetFileError(
-            f"{path} line {line}: {file_column!r} is {record[file_column]!r}, which leads to {str(target)!r}, "
-            f"outside the dataset folder {str(root)!r}{more}; {OUTSIDE_ROOT_FIX}"
-        )
 
 
 def _folder_records(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +128,18 @@ def outside_root(root: Path, files: Sequence[Path]) -> list[tuple[int, Path]]:
         elif not inside:
             escaping.append((i, folder / name))
     return escaping
+
+
+def refuse_outside(root: Path, files: Sequence[Path], *, folder: str, name_of: Callable[[int], str]) -> None:
+    """Raise naming the first of ``files`` that leads outside ``root`` (see ``outside_root``); ``name_of(i)``
+    says where file i came from as the user wrote it (a row of a label file, a file name)."""
+    escaping = outside_root(root, files)
+    if escaping:
+        i, target = escaping[0]
+        more = f" (and {len(escaping) - 1} more)" if len(escaping) > 1 else ""
+        raise DatasetFileError(
+            f"{name_of(i)} leads to {str(target)!r}, outside the {folder} {str(root)!r}{more}; {OUTSIDE_ROOT_FIX}"
+        )
 
 
 def _missing_files(files: list[Path]) -> list[bool]:

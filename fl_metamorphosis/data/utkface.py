@@ -19,13 +19,12 @@ import numpy as np
 
 from .labelled_files import (
     IMAGE_SUFFIXES,
-    OUTSIDE_ROOT_FIX,
     DatasetFileError,
     LabelledFiles,
     check_root,
     check_tasks,
     finish,
-    outside_root,
+    refuse_outside,
     warn_skipped,
 )
 from .multitask import TaskSpec
@@ -68,18 +67,6 @@ def _utkface_images(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: (p.name, str(p)))
 
 
-def _refuse_outside(root: Path, files: list[Path]) -> None:
-    """Raise naming the first file (a symlink, or in a symlinked subfolder) that leads outside ``root``."""
-    escaping = outside_root(root, files)
-    if escaping:
-        i, target = escaping[0]
-        more = f" (and {len(escaping) - 1} more)" if len(escaping) > 1 else ""
-        raise DatasetFileError(
-            f"{str(files[i])!r} leads to {str(target)!r}, outside the dataset folder {str(root)!r}{more}; "
-            f"{OUTSIDE_ROOT_FIX}"
-        )
-
-
 def read_utkface(
     root: Path,
     tasks: list[str],
@@ -104,7 +91,7 @@ def read_utkface(
 
     candidates = _utkface_images(root)
     if not allow_outside_root:
-        _refuse_outside(root, candidates)
+        refuse_outside(root, candidates, folder="dataset folder", name_of=lambda i: repr(str(candidates[i])))
     files, labels, skipped = [], [], 0
     for path in candidates:
         match = _UTKFACE_PATTERN.fullmatch(path.name)

@@ -36,7 +36,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,7 +46,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, fsync_dir, read_checkpoint, write_checkpoint
+from ..checkpoint import CheckpointError, fsync_dir, read_checkpoint, write_atomically, write_checkpoint
 from .accounting import StepHistory
 
 STATE_FILE = "privacy_state.ckpt"
@@ -297,16 +296,4 @@ def _missing_message(folder: Path, data_dir: Path | None, what: str, record: dic
 
 def _write_json(path: Path, data: dict[str, Any], *, durable: bool) -> None:
     """Atomically (temporary file + rename), and with ``durable`` flushed to disk, rename included."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable:
-        fsync_dir(path.parent)
+    write_atomically(path, (json.dumps(data, indent=2) + "\n").encode(), durable=durable)
