@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flwr.serverapp import Grid
@@ -42,15 +43,22 @@ def poisoning_summary(cfg: ExperimentConfig) -> dict[str, Any]:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class AttackerDraw:
+    """The attacker's data and the label-only floors, drawn for one row count (``Federation.attacker``)."""
+
+    rows: int  # the rows the attacker learns from
+    data: AttackData
+    floors: dict[str, float]
+
+
 def attack_data(fed: Federation) -> tuple[AttackData, dict[str, float]]:
     rows = max(fed.cfg.audit.attacker_samples, fed.ledger.rows_received)
-    if fed.cache.get("attack_rows") != rows:
+    if fed.attacker is None or fed.attacker.rows != rows:
         # members for the membership attack: the devices' own training pairs
         data = AttackData.draw(fed.split, fed.cfg.audit, fed.cfg.train.seed, rows, federated_training_pairs(fed.cfg))
-        fed.cache.update(
-            attack_rows=rows, attack=data, floors=label_only_floor(data, fed.cfg.audit, fed.cfg.train.seed)
-        )
-    return fed.cache["attack"], fed.cache["floors"]
+        fed.attacker = AttackerDraw(rows, data, label_only_floor(data, fed.cfg.audit, fed.cfg.train.seed))
+    return fed.attacker.data, fed.attacker.floors
 
 
 def interim_audit(fed: Federation, rnd: int) -> dict[str, Any]:

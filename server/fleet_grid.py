@@ -1,6 +1,10 @@
 """The fleet model applied to a simulation's messages: a Grid around Flower's own.
 
-With ``federated.fleet.enabled`` the round loop talks to a ``FleetGrid`` instead of Flower's grid:
+With ``federated.fleet.enabled`` the run's participation (``round_attachments.Participation``) is
+``FleetParticipation``, chosen once at start: it puts a ``FleetGrid`` in front of Flower's grid, which
+the round loop then talks to, opens and closes each round of the fleet, and skips a round whose available
+devices are fewer than the strategy needs (Flower's sampling would wait for devices the fleet keeps
+offline). The ``FleetGrid``:
 
 * during a round, ``get_node_ids`` returns the nodes the fleet makes available, so the strategy samples
   among them (its own sampling, unchanged);
@@ -13,13 +17,15 @@ With ``federated.fleet.enabled`` the round loop talks to a ``FleetGrid`` instead
 Node ids are slots in sorted order. Flower draws node ids at random when a simulation starts, so which
 data partition sits in which slot (and so on which device class) changes between runs and on resume;
 the fleet itself (the classes' shares, every availability and dropout draw) does not.
-``end_round`` returns the round's fleet metrics for ``metrics.jsonl``.
+``end_round`` returns the round's fleet metrics for ``metrics.jsonl``; ``FleetParticipation`` adds the
+simulated time elapsed since the run's first round.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -27,6 +33,11 @@ from flwr.serverapp import Grid
 from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.fleet import Fleet, Work
 from fl_metamorphosis.flower import messages as proto
+
+if TYPE_CHECKING:
+    from .round_loop import Federation
+
+log = logging.getLogger(__name__)
 
 # Peak memory of a device's local round of the demo model, rounded up from the measured peak RSS of the
 # device process (docs/devices/raspberry-pi.md); a class with less memory is never available.
@@ -143,3 +154,40 @@ class FleetGrid(Grid):
 
     def pull_messages(self, message_ids):  # pragma: no cover
         return self.inner.pull_messages(message_ids)
+
+
+class FleetParticipation:
+    """Who takes part in a round under the fleet model (``round_attachments.Participation``)."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.grid: FleetGrid | None = None  # set by ``connect``
+
+    def connect(self, grid: Grid, fed: Federation) -> Grid:
+        """The fleet's view of ``grid``; no waiting for devices: a fleet keeps some offline on purpose,
+        its rounds skip instead (``enough_devices``)."""
+        self.grid = FleetGrid(grid, self.cfg)
+        return self.grid
+
+    def _fleet(self) -> FleetGrid:
+        if self.grid is None:
+            raise RuntimeError("FleetParticipation.connect must come before the rounds")
+        return self.grid
+
+    def open_round(self, rnd: int) -> None:
+        self._fleet().begin_round(rnd)
+
+    def enough_devices(self, grid: Grid, fed: Federation, rnd: int) -> bool:
+        online, needed = len(list(grid.get_node_ids())), fed.strategy.min_available_nodes
+        if online < needed:
+            log.warning(f"  round {rnd}: {online} devices available, the strategy needs {needed}: round skipped")
+            return False
+        return True
+
+    def close_round(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The round's fleet metrics, and the simulated seconds elapsed since the first round."""
+        stats = self._fleet().end_round()
+        stats["fleet.elapsed_seconds"] = stats["fleet.round_seconds"] + (
+            rows[-1].get("fleet.elapsed_seconds", 0.0) if rows else 0.0
+        )
+        return stats

@@ -5,11 +5,14 @@ another protocol version, or with a missing or extra record or field, is rejecte
 well-formed reply's weights are then checked against the global model's names, shapes, dtypes and for
 NaN/Inf. A node speaks for one device (``DeviceBinding``): a reply claiming another node's device, or a
 second reply of one node in a round, is rejected, so no device's spending, releases or FedAvg weight can
-be booked to another. Nothing here raises: one bad device never stops a round.
+be booked to another. ``book_report`` books a well-formed report in the server's ledger and checks the
+device's budget, for both train exchanges (plain and secure). Nothing here raises: one bad device never
+stops a round.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -22,6 +25,8 @@ from fl_metamorphosis.privacy import ServerLedger
 from fl_metamorphosis.privacy.accounting import pair_plan
 
 from .updates import InvalidUpdate, validate_update
+
+log = logging.getLogger(__name__)
 
 REPLY_TIMEOUT_S = 3600.0  # how long a round waits for its replies (Flower answers a dead node's earlier)
 
@@ -98,6 +103,22 @@ def record_report(ledger: ServerLedger, report: TrainReply, cfg: ExperimentConfi
         grouped=report.grouped,
         planned=server_plan(cfg, report),
     )
+
+
+def book_report(
+    ledger: ServerLedger, report: TrainReply, cfg: ExperimentConfig, rnd: int, *, aggregatable: bool
+) -> str | None:
+    """The one place a train report meets the ledger and the budget, with or without secure aggregation:
+    every well-formed report is booked (its update left the device whether or not it is aggregated), and
+    for an update that would be aggregated (``aggregatable``) the reason to leave it out when the
+    server's count puts its device past ``federated.device_epsilon_budget``; else None."""
+    lost = record_report(ledger, report, cfg)
+    if lost:
+        log.warning(f"  round {rnd}: device {report.device} {lost}")
+    budget = cfg.federated.device_epsilon_budget
+    if aggregatable and ledger.epsilon(report.device) > budget * (1 + 1e-9):
+        return f"the server's ledger puts device {report.device} past its budget {budget}"
+    return None
 
 
 def sender(msg: Message, destinations: Mapping[str, int]) -> int:

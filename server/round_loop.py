@@ -1,13 +1,18 @@
 """The federated round loop (ServerApp side), as named stages over the library.
 
 A round: ``sample`` devices (the strategy's own sampling and train messages: global encoder +
-Cross-SEC weights, the frozen heads, the experiment) -> ``train`` (send, collect) -> ``check_replies``
-(protocol, tensors, the privacy ledger; with ``federated.secure_aggregation``, ``secure_train`` replaces
-both and the server receives only the sum) -> ``aggregate`` (the strategy's rule) -> ``query_features``
-(released task features of the devices that answered) -> ``train_heads`` (head t on task t's features
-only) -> ``evaluate`` (the server's held-out set) -> ``checkpoint`` (the whole run state, atomically) ->
-``report`` (a metrics row and a log line). ``run_federated`` is the loop over them; a resumed run starts
-from the last checkpoint.
+Cross-SEC weights, the frozen heads, the experiment) -> the train exchange: ``train`` (send, collect)
+-> ``check_replies`` (protocol, tensors, the privacy ledger) -> ``aggregate`` (the strategy's rule) ->
+``query_features`` (released task features of the devices that answered) -> ``train_heads`` (head t on
+task t's features only) -> ``evaluate`` (the server's held-out set) -> ``checkpoint`` (the whole run
+state, atomically) -> ``report`` (a metrics row and a log line). ``run_federated`` is the loop over them;
+a resumed run starts from the last checkpoint.
+
+The fleet model and secure aggregation are attachments the stages call (``round_attachments.py``),
+chosen once in ``start`` from the config: the run's ``Participation`` (``FlowerParticipation`` here, or
+``FleetParticipation``: which devices can take part, a round skipped when too few can) and its
+``TrainExchange`` (``PlainExchange`` here: ``train`` then ``check_replies``; or ``SecureExchange``:
+SecAgg+, the server receives only the sum).
 
 The checkpoint is written before the round's metrics row: a crash between the two loses nothing, since
 a resumed run rewrites ``metrics.jsonl`` from the checkpoint's rows (no duplicate, no gap).
@@ -50,10 +55,11 @@ from fl_metamorphosis.model import FeatureGenerator, build_heads
 from fl_metamorphosis.privacy import ServerLedger
 from fl_metamorphosis.training import evaluate as evaluate_on
 
-from .final_report import final_report, interim_audit
-from .fleet_grid import FleetGrid
-from .replies import REPLY_TIMEOUT_S, DeviceBinding, SortedReplies, record_report, sender, sort_replies
-from .secure_aggregation import secure_train
+from .final_report import AttackerDraw, final_report, interim_audit
+from .fleet_grid import FleetParticipation
+from .replies import REPLY_TIMEOUT_S, DeviceBinding, SortedReplies, book_report, sender, sort_replies
+from .round_attachments import Participation, TrainExchange
+from .secure_aggregation import SecureExchange
 from .server_heads import train_head
 from .strategies import build_strategy
 from .strategy_state import load_strategy_state, strategy_state
@@ -63,7 +69,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Federation:
-    """What lives across rounds on the server; all of it is in every checkpoint."""
+    """What lives across rounds on the server; all of it is in every checkpoint but the attachments (a
+    resumed run chooses them again from its config) and the attacker draw (drawn again when needed)."""
 
     cfg: ExperimentConfig
     out: Path
@@ -72,15 +79,17 @@ class Federation:
     heads: nn.ModuleList
     strategy: Strategy
     ledger: ServerLedger
+    participation: Participation  # who takes part in a round (an attachment, chosen in ``start``)
+    exchange: TrainExchange  # a round's training, plain or secure (an attachment, chosen in ``start``)
     rows: list[dict[str, Any]] = field(default_factory=list)
     audits: list[dict[str, Any]] = field(default_factory=list)
     round: int = 0  # the last complete round
     resumed_from: int | None = None  # the checkpoint's round, when this process resumed the run
     started: float = field(default_factory=time.perf_counter)
     command: str = "simulate"  # the launcher: "simulate" or "deploy" (the report names it)
-    cache: dict[str, Any] = field(default_factory=dict)  # the audit's attacker data and floors
     round0: Releases | None = None  # round 0's query (before any training), reported in round 1's row
     binding: DeviceBinding = field(default_factory=DeviceBinding)  # which device each node speaks for
+    attacker: AttackerDraw | None = None  # the audit's attacker data and label-only floors, once drawn
 
     def __post_init__(self) -> None:
         self.plan = method_plan(self.cfg)  # resolved once for the run
@@ -119,6 +128,8 @@ def start(cfg: ExperimentConfig, out: Path, resume: bool) -> Federation:
         heads,
         build_strategy(cfg.federated),
         ServerLedger(cfg.dp_sgd.delta, cfg.dp_sgd.accountant),
+        FleetParticipation(cfg) if cfg.federated.fleet.enabled else FlowerParticipation(),
+        SecureExchange() if cfg.federated.secure_aggregation else PlainExchange(),
     )
     last = latest_run(out / "checkpoints") if resume else None
     if last is None:
@@ -145,11 +156,8 @@ def start(cfg: ExperimentConfig, out: Path, resume: bool) -> Federation:
 
 
 def sample(grid: Grid, fed: Federation, rnd: int) -> list[Message]:
-    if isinstance(grid, FleetGrid):  # Flower's sampling would wait for devices the fleet keeps offline
-        online, needed = len(list(grid.get_node_ids())), fed.strategy.min_available_nodes
-        if online < needed:
-            log.warning(f"  round {rnd}: {online} devices available, the strategy needs {needed}: round skipped")
-            return []
+    if not fed.participation.enough_devices(grid, fed, rnd):  # the round is skipped
+        return []
     return list(fed.strategy.configure_train(rnd, fed.arrays(), proto.config_record(fed.cfg), grid))
 
 
@@ -174,19 +182,23 @@ def check_replies(fed: Federation, replies: list[Message], sent: dict[str, int],
         binding=fed.binding,
         max_examples=fed.cfg.federated.max_device_examples,
     )
-    budget = fed.cfg.federated.device_epsilon_budget
     aggregatable = {id(m) for m in checked.valid}  # a set: a list lookup per report is quadratic in devices
     for reply, msg in checked.reports:
-        valid = id(msg) in aggregatable
-        lost = record_report(fed.ledger, reply, fed.cfg)
-        if lost:
-            log.warning(f"  round {rnd}: device {reply.device} {lost}")
-        if valid and fed.ledger.epsilon(reply.device) > budget * (1 + 1e-9):
-            checked.reject(msg, f"the server's ledger puts device {reply.device} past its budget {budget}")
+        past_budget = book_report(fed.ledger, reply, fed.cfg, rnd, aggregatable=id(msg) in aggregatable)
+        if past_budget is not None:
+            checked.reject(msg, past_budget)
     for node, reason in checked.rejected.items():
         log.warning(f"  round {rnd}: rejected reply of node {node}: {reason}")
     stop_if_too_few(fed, rnd, len(sent), checked.refused, "train")
     return checked
+
+
+class PlainExchange:
+    """The train exchange without secure aggregation (``round_attachments.TrainExchange``): the server
+    receives, checks and books each device's update."""
+
+    def exchange(self, grid: Grid, fed: Federation, messages: list[Message], rnd: int) -> SortedReplies:
+        return check_replies(fed, train(grid, messages), destinations(messages), rnd)
 
 
 def aggregate(fed: Federation, rnd: int, replies: SortedReplies) -> bool:
@@ -362,13 +374,9 @@ def report(fed: Federation, row: dict[str, Any]) -> None:
 
 def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
     t0 = time.perf_counter()
-    if isinstance(grid, FleetGrid):
-        grid.begin_round(rnd)
+    fed.participation.open_round(rnd)
     messages = sample(grid, fed, rnd)
-    if fed.cfg.federated.secure_aggregation:  # the server receives the sum of the updates only
-        replies = secure_train(grid, fed, messages, rnd)
-    else:
-        replies = check_replies(fed, train(grid, messages), destinations(messages), rnd)
+    replies = fed.exchange.exchange(grid, fed, messages, rnd)
     for device, reason in replies.declined.items():  # the operator must see why a device sat a round out
         log.warning(f"  round {rnd}: device {device} declined to train: {reason}")
     aggregated = aggregate(fed, rnd, replies)
@@ -378,10 +386,33 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
     released = query_features(grid, fed, answered or some_devices(grid, fed), rnd)
     train_heads(fed, released, rnd)
     accuracy = evaluate(fed, rnd)
-    row = {
+    row = round_row(fed, rnd, len(messages), replies, aggregated, accuracy, released, t0)
+    add_refusals_and_round0(fed, rnd, row, replies, released)
+    row.update(fed.participation.close_round(fed.rows))
+    every = fed.cfg.federated.audit_every
+    if audit and fed.cfg.audit.enabled and every and rnd % every == 0 and rnd < fed.cfg.federated.rounds:
+        fed.audits.append(interim_audit(fed, rnd))
+        JsonlWriter(fed.out / "audits.jsonl").write(fed.audits[-1])
+    fed.rows.append(row)
+    checkpoint(fed, rnd)
+    report(fed, row)
+
+
+def round_row(
+    fed: Federation,
+    rnd: int,
+    sampled: int,
+    replies: SortedReplies,
+    aggregated: bool,
+    accuracy: dict[str, float],
+    released: Releases,
+    t0: float,
+) -> dict[str, Any]:
+    """The round's metrics row (``t0``: when the round began)."""
+    return {
         "method": fed.method,
         "round": rnd,
-        "sampled": len(messages),
+        "sampled": sampled,
         "answered": len(replies.contributors),
         "declined": len(replies.declined),
         "rejected": len(replies.rejected),
@@ -397,6 +428,12 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
         "withheld": {t: len(released.withheld.get(t, [])) for t in fed.tasks},  # devices whose gate withheld t
         "seconds": time.perf_counter() - t0,
     }
+
+
+def add_refusals_and_round0(
+    fed: Federation, rnd: int, row: dict[str, Any], replies: SortedReplies, released: Releases
+) -> None:
+    """Round 0's query in round 1's row (it has no row of its own), the refusals and the gate's reasons."""
     if rnd == 1 and fed.round0 is not None:
         row["released_rows_round0"] = fed.round0.rows(fed.tasks)
         row["released_noise_round0"] = fed.round0.least_noise()
@@ -410,18 +447,24 @@ def run_round(grid: Grid, fed: Federation, rnd: int, audit: bool) -> None:
     reasons = {t: released.reasons[t] for t in released.withheld}
     if reasons:
         row["withheld_reasons"] = reasons
-    if isinstance(grid, FleetGrid):
-        row.update(grid.end_round())
-        row["fleet.elapsed_seconds"] = row["fleet.round_seconds"] + (
-            fed.rows[-1].get("fleet.elapsed_seconds", 0.0) if fed.rows else 0.0
-        )
-    every = fed.cfg.federated.audit_every
-    if audit and fed.cfg.audit.enabled and every and rnd % every == 0 and rnd < fed.cfg.federated.rounds:
-        fed.audits.append(interim_audit(fed, rnd))
-        JsonlWriter(fed.out / "audits.jsonl").write(fed.audits[-1])
-    fed.rows.append(row)
-    checkpoint(fed, rnd)
-    report(fed, row)
+
+
+class FlowerParticipation:
+    """Who takes part in a round without the fleet model (``round_attachments.Participation``): every
+    connected node, as Flower's grid shows them; the strategy's sampling waits for the ones it needs."""
+
+    def connect(self, grid: Grid, fed: Federation) -> Grid:
+        wait_for_devices(grid, fed)
+        return grid
+
+    def open_round(self, rnd: int) -> None:
+        pass
+
+    def enough_devices(self, grid: Grid, fed: Federation, rnd: int) -> bool:
+        return True
+
+    def close_round(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {}
 
 
 def wait_for_devices(grid: Grid, fed: Federation, every_s: float = 15.0) -> None:
@@ -445,10 +488,7 @@ def run_federated(
     fed.command = command
     if command != "deploy":  # a resumed simulation numbers its nodes afresh: only real nodes keep their ids
         fed.binding = DeviceBinding()
-    if cfg.federated.fleet.enabled:
-        grid = FleetGrid(grid, cfg)
-    else:  # a fleet keeps devices offline on purpose; its rounds skip instead (sample)
-        wait_for_devices(grid, fed)
+    grid = fed.participation.connect(grid, fed)  # Flower's grid, or the fleet's view of it
     if fed.round == 0:  # round 0: heads learn from the initial encoder's features before the first local round
         fed.round0 = query_features(grid, fed, some_devices(grid, fed), 0)
         train_heads(fed, fed.round0, 0)

@@ -1,6 +1,8 @@
 """The round's training through Flower's SecAgg+: the server learns the sum of the updates, not each one.
 
-Used when ``federated.secure_aggregation`` is on, in place of the ``train`` and ``check_replies`` stages.
+With ``federated.secure_aggregation`` on, the run's train exchange (``round_attachments.TrainExchange``)
+is ``SecureExchange``, chosen once at start: the round calls it where a plain run calls ``train`` and
+``check_replies`` (``PlainExchange``).
 Flower 1.42 runs SecAgg+ only as a legacy workflow (``SecAggPlusWorkflow`` over a ``LegacyContext``
 and a legacy ``Strategy``), so this module hands it the round: ``sample`` chose the devices and built
 their requests as always; a one-round legacy strategy passes them to the workflow (``configure_fit``)
@@ -43,7 +45,7 @@ from fl_metamorphosis.config import SecAggConfig
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.flower import secagg_records
 
-from .replies import SortedReplies, record_report
+from .replies import SortedReplies, book_report
 
 if TYPE_CHECKING:
     from .round_loop import Federation
@@ -91,6 +93,13 @@ def workflow(secagg: SecAggConfig) -> SecAggPlusWorkflow:
     )
 
 
+class SecureExchange:
+    """The train exchange under SecAgg+ (``round_attachments.TrainExchange``): ``secure_train``."""
+
+    def exchange(self, grid: Grid, fed: Federation, messages: list[Message], rnd: int) -> SortedReplies:
+        return secure_train(grid, fed, messages, rnd)
+
+
 def secure_train(grid: Grid, fed: Federation, messages: list[Message], rnd: int) -> SortedReplies:
     """Run the round's training under SecAgg+; ``valid`` holds one reply: the weights plus the mean update."""
     if not messages:
@@ -135,7 +144,6 @@ def secure_train(grid: Grid, fed: Federation, messages: list[Message], rnd: int)
 def _record_reports(fed: Federation, results: list[tuple[ClientProxy, FitRes]], out: SortedReplies, rnd: int) -> bool:
     """Every clear report to the ledger; False when the sum holds an update the server must not use."""
     usable = True
-    budget = fed.cfg.federated.device_epsilon_budget
     secagg = fed.cfg.federated.secagg
     for proxy, fitres in results:
         node = proxy.node_id
@@ -158,17 +166,14 @@ def _record_reports(fed: Federation, results: list[tuple[ClientProxy, FitRes]], 
             usable = False
             continue
         out.reports.append((report, None))
-        contributes = report.declined is None
-        lost = record_report(fed.ledger, report, fed.cfg)
-        if lost:
-            log.warning(f"  round {rnd}: device {report.device} {lost}")
-        if not contributes:
+        past_budget = book_report(fed.ledger, report, fed.cfg, rnd, aggregatable=report.declined is None)
+        if report.declined is not None:
             out.declined[report.device] = report.declined
             continue
         out.contributors.append(node)
         out.contributing_devices[node] = report.device
-        if fed.ledger.epsilon(report.device) > budget * (1 + 1e-9):
-            out.rejected[node] = f"the server's ledger puts device {report.device} past its budget {budget}"
+        if past_budget is not None:
+            out.rejected[node] = past_budget
             usable = False
         if clipped:
             log.warning(

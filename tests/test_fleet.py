@@ -10,7 +10,10 @@ from fl_metamorphosis.fleet import DeviceClass, Fleet, FleetConfig, Work, assign
 from fl_metamorphosis.metrics import read_jsonl
 from fl_metamorphosis.metrics.fleet_report import write_fleet_report
 from fl_metamorphosis.privacy.device_state import DeviceState
-from server.round_loop import run_federated
+from server import round_loop
+from server.fleet_grid import FleetGrid, FleetParticipation
+from server.round_loop import FlowerParticipation, PlainExchange, run_federated
+from server.secure_aggregation import SecureExchange
 
 
 def _class(name, share, speed=1.0, *, up=8.0, down=8.0, availability=1.0, dropout=0.0, memory=4096):
@@ -126,6 +129,23 @@ def test_fleet_config_errors_name_the_field(tmp_path):
     default = build_config(None, ["federated.fleet.enabled=true"]).federated.fleet
     assert [c.name for c in default.classes] == ["rpi4", "rpi5", "jetson-nano", "jetson-orin", "phone"]
     assert sum(c.share for c in default.classes) == pytest.approx(1.0)
+
+
+def test_the_fleet_and_secure_aggregation_are_attachments_chosen_once_at_start(tmp_path):
+    """The round's stages call the run's attachments; ``start`` chooses them from the config."""
+
+    def started(*overrides):
+        cfg = build_config(None, [*TINY_OVERRIDES, "federated.num_devices=3", *overrides])
+        return round_loop.start(cfg, tmp_path / "_".join(overrides or ("plain",)), resume=False)
+
+    plain = started()
+    assert type(plain.participation) is FlowerParticipation and type(plain.exchange) is PlainExchange
+    fleet = started("federated.fleet.enabled=true")
+    assert type(fleet.participation) is FleetParticipation and type(fleet.exchange) is PlainExchange
+    grid = InProcessGrid(client_app, 3, tmp_path / "devices")
+    assert isinstance(fleet.participation.connect(grid, fleet), FleetGrid)  # the grid every stage then uses
+    secure = started("federated.secure_aggregation=true")
+    assert type(secure.participation) is FlowerParticipation and type(secure.exchange) is SecureExchange
 
 
 @pytest.mark.slow

@@ -1,13 +1,13 @@
 """Audit every round's releases the server holds, each under the weights it was released with.
 
 Threat model: the server itself. In round r (0..R) it sends its weights W_r to devices and receives their
-released (clipped and noised) task features; it keeps all of those rows, and it knows every W_r because it
-chose them. The final model's audit (``run_audit.py``) attacks only releases under W_R; but rows released
-under an early, barely trained W_r can leak far more (docs/results.md has the figures). So for each held round this module does what such a
-server can do: release labelled images under W_r through the same feature-DP mechanism with its own
-noise, train the cross-task attackers (``cross_task_probe.py``) on them, and score them on held-out
-images released under W_r. Weighting each round by the rows the server holds from it gives the "held
-rows" figure: what the attack gets on an average row the server keeps.
+released (clipped and noised) task features; it keeps all of those rows, and it knows every W_r because
+it chose them. The final model's audit (``run_audit.py``) attacks only releases under W_R; but rows
+released under an early, barely trained W_r can leak far more (docs/results.md has the figures). So for
+each held round this module does what such a server can do: release labelled images under W_r through the
+same feature-DP mechanism with its own noise, train the cross-task attackers (``cross_task_probe.py``) on
+them, and score them on held-out images released under W_r. Weighting each round by the rows the server
+holds from it gives the "held rows" figure: what the attack gets on an average row the server keeps.
 
 This is the library layer: it reads a run folder through ``checkpoint.py`` and never imports Flower, so
 the same audit runs from the CLI on a finished run, inside the server app, and in tests without a
