@@ -4,7 +4,7 @@ fixed by the seed, a device plays an attack only in a simulation, and the server
 import pytest
 import torch
 from conftest import TINY_OVERRIDES
-from test_federated_apps import _context, _train_message
+from device_messages import device_context, train_message
 
 from clients.client_app import PoisoningRefused
 from clients.client_app import app as client_app
@@ -86,9 +86,9 @@ def _attack_cfg(*extra):
 
 def test_a_device_outside_a_simulation_refuses_to_attack(tmp_path, monkeypatch):
     monkeypatch.delenv(SIMULATION_ENV, raising=False)
-    msg, _ = _train_message(_attack_cfg())
+    msg, _ = train_message(_attack_cfg())
     with pytest.raises(PoisoningRefused, match="attack='none'"):
-        client_app(msg, _context(tmp_path))
+        client_app(msg, device_context(tmp_path))
 
 
 def test_a_poisoned_device_in_a_simulation_sends_its_flipped_update(tmp_path, monkeypatch):
@@ -97,8 +97,8 @@ def test_a_poisoned_device_in_a_simulation_sends_its_flipped_update(tmp_path, mo
     device = min(malicious_devices(cfg.federated.poisoning, cfg.federated.num_devices, cfg.train.seed))
 
     def sent(run_cfg, folder):
-        msg, gen = _train_message(run_cfg)
-        context = _context(folder)
+        msg, gen = train_message(run_cfg)
+        context = device_context(folder)
         context.node_config["partition-id"] = device
         return TrainReply.from_record(client_app(msg, context).content).weights, gen
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_files import make_folder, make_utkface
 from PIL import Image
 from pydantic import ValidationError
 from test_dataset_loading import coded_celeba, coded_folder, coded_image, idx_bytes, make_mnist, write_file
-from test_image_files import make_folder, make_utkface
 
 from fl_metamorphosis import checkpoint as ck
 from fl_metamorphosis.checkpoint import CheckpointError, read_checkpoint, write_checkpoint

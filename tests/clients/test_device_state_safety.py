@@ -13,18 +13,15 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import TINY_OVERRIDES, operator_policy_file
-from flwr.app import ArrayRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from device_messages import train_message
+from flwr.app import Context, RecordDict
 
 from clients.client_app import app as client_app
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.data.device_folder import write_device_folder
 from fl_metamorphosis.data.partition import device_datasets
-from fl_metamorphosis.flower.messages import POLICY_REFUSED, config_record, is_policy_refusal
-from fl_metamorphosis.flower.model_state import joint_state
-from fl_metamorphosis.model import build_heads
+from fl_metamorphosis.flower.messages import POLICY_REFUSED, is_policy_refusal
 from fl_metamorphosis.privacy.device_state import (
     PARTICIPATION_FILE,
     RESET_HINT,
@@ -36,7 +33,6 @@ from fl_metamorphosis.privacy.device_state import (
     participation,
     reset_device_state,
 )
-from fl_metamorphosis.training.local_round import build_generator
 
 CFG = build_config(None, [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "release_gate.enabled=false"])
 
@@ -144,32 +140,18 @@ def _board(tmp_path: Path) -> Context:
     return Context(run_id=1, node_id=101, node_config=node_config, state=RecordDict(), run_config={})
 
 
-def _train_message(rnd: int) -> Message:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    data, _ = device_datasets(CFG.data, CFG.federated, 0, CFG.train.seed)
-    torch.manual_seed(0)
-    gen = build_generator(CFG, data)
-    heads = build_heads(gen.feature_shape, [10, 10], CFG.model)
-    content = RecordDict(
-        {"arrays": ArrayRecord(joint_state(gen, heads)), "config": config_record(CFG, **{"server-round": rnd})}
-    )
-    msg = Message(content=content, message_type="train", dst_node_id=101, group_id=str(rnd))
-    msg.metadata.__dict__["_message_id"] = f"m{rnd}"
-    return msg
-
-
 def test_a_board_whose_state_folder_was_deleted_refuses_as_a_refusal_until_reset(tmp_path):
     context = _board(tmp_path)
     state, data = Path(context.node_config["state-dir"]), Path(context.node_config["data-dir"])
-    first = client_app(_train_message(1), context)
+    first = client_app(train_message(CFG, 1)[0], context)
     assert not first.has_error() and (data / PARTICIPATION_FILE).exists()
     shutil.rmtree(state)
-    refused = client_app(_train_message(2), context)
+    refused = client_app(train_message(CFG, 2)[0], context)
     assert refused.has_error() and is_policy_refusal(refused.error.reason)  # the server books it as a refusal
     assert refused.error.reason.startswith(POLICY_REFUSED) and str(state) in refused.error.reason
     assert RESET_HINT in refused.error.reason and not (state / STATE_FILE).exists()  # nothing trained
     reset_device_state(data, state)
-    again = client_app(_train_message(2), context)
+    again = client_app(train_message(CFG, 2)[0], context)
     assert not again.has_error() and again.content["metrics"]["steps"] == first.content["metrics"]["steps"]
 
 

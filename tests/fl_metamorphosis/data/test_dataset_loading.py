@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_files import CELEBA_ATTRIBUTES, make_celeba, make_folder, make_utkface, solid
 from PIL import Image
 from pydantic import ValidationError
-from test_image_files import CELEBA_ATTRIBUTES, make_celeba, make_folder, make_utkface, solid
 
 from fl_metamorphosis.config import ConfigError, DataConfig, build_config
 from fl_metamorphosis.data import load_dataset

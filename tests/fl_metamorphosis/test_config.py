@@ -1,4 +1,5 @@
 import pytest
+from conftest import ROOT
 
 from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config, load_config
 
@@ -87,6 +88,5 @@ def test_malformed_override():
 
 
 def test_shipped_demo_file_is_the_defaults():
-    from pathlib import Path
 
-    assert load_config(Path(__file__).parent.parent / "configs" / "demo.toml") == build_config()
+    assert load_config(ROOT / "configs" / "demo.toml") == build_config()

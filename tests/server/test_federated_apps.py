@@ -1,67 +1,28 @@
 """ClientApp handlers and the ServerApp round loop, run in-process through a test Grid (no SuperLink)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, operator_policy_file
-from flwr.app import ArrayRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from device_messages import device_context, fed_cfg, train_message
+from flwr.app import ArrayRecord
 from inprocess_grid import InProcessGrid
 
 from clients.client_app import NoStateFolder
 from clients.client_app import app as client_app
 from fl_metamorphosis.checkpoint import load_run
-from fl_metamorphosis.config import ConfigError, build_config
+from fl_metamorphosis.config import ConfigError
 from fl_metamorphosis.data.partition import device_datasets, device_sources, train_sources
 from fl_metamorphosis.environment import SIMULATION_ENV
-from fl_metamorphosis.flower.messages import config_record
-from fl_metamorphosis.flower.model_state import joint_state
 from fl_metamorphosis.metrics import read_jsonl
-from fl_metamorphosis.model import build_heads
 from fl_metamorphosis.privacy.device_policy import DevicePolicy
 from fl_metamorphosis.privacy.device_state import DeviceState
-from fl_metamorphosis.training.local_round import build_generator
 from server import round_loop
 from server.round_loop import run_federated
 
-# the release gate is tested on its own (test_release_gate.py, test_lying_server.py): off here, so that what
-# these tests count does not depend on what a probe reads from the tiny model
-FED_TINY = [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "release_gate.enabled=false"]
-
-
-def _cfg(*extra):
-    return build_config(None, [*FED_TINY, *extra])
-
-
-def _train_message(cfg, rnd=1):
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
-    torch.manual_seed(0)
-    gen = build_generator(cfg, data)
-    heads = build_heads(gen.feature_shape, [10, 10], cfg.model)
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(joint_state(gen, heads)),
-            "config": config_record(cfg, **{"server-round": rnd}),
-        }
-    )
-    msg = Message(content=content, message_type="train", dst_node_id=101, group_id=str(rnd))
-    msg.metadata.__dict__["_message_id"] = f"m{rnd}"
-    return msg, gen
-
-
-def _context(state_dir, cfg=None):
-    """A device whose privacy policy is the operator's config (as in a simulation; the defaults' refusals
-    are tests/test_lying_server.py's subject)."""
-    policy = operator_policy_file(Path(state_dir).parent / f"{Path(state_dir).name}-owner", cfg or _cfg())
-    node_config = {"partition-id": 0, "num-partitions": 3, "state-dir": str(state_dir), "policy-file": policy}
-    return Context(run_id=1, node_id=101, node_config=node_config, state=RecordDict(), run_config={})
-
 
 def test_partitions_are_disjoint_and_cover_the_train_digits():
-    cfg = _cfg("federated.partitioning=dirichlet", "federated.dirichlet_alpha=0.3")
+    cfg = fed_cfg("federated.partitioning=dirichlet", "federated.dirichlet_alpha=0.3")
     parts = [set(device_sources(cfg.data, cfg.federated, d, 0)) for d in range(3)]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     assert set().union(*parts) == set(train_sources(cfg.data, 0))
@@ -70,10 +31,10 @@ def test_partitions_are_disjoint_and_cover_the_train_digits():
 
 
 def test_train_handler_reports_cumulative_epsilon_and_plain_weights(tmp_path):
-    cfg = _cfg()
-    context = _context(tmp_path)
-    first = client_app(_train_message(cfg, 1)[0], context)
-    second = client_app(_train_message(cfg, 2)[0], context)
+    cfg = fed_cfg()
+    context = device_context(tmp_path)
+    first = client_app(train_message(cfg, 1)[0], context)
+    second = client_app(train_message(cfg, 2)[0], context)
     m1, m2 = first.content["metrics"], second.content["metrics"]
     assert m1["declined"] == 0 and 0 < m1["epsilon"] < m2["epsilon"]  # cumulative over the rounds taken part in
     assert not any(k.startswith("_module") for k in second.content["arrays"])
@@ -82,10 +43,10 @@ def test_train_handler_reports_cumulative_epsilon_and_plain_weights(tmp_path):
 
 
 def test_features_handler_sends_each_task_only_its_own_labels(tmp_path):
-    cfg = _cfg()
-    msg, _ = _train_message(cfg)
+    cfg = fed_cfg()
+    msg, _ = train_message(cfg)
     msg.metadata.__dict__["_message_type"] = "query.features"
-    reply = client_app(msg, _context(tmp_path))
+    reply = client_app(msg, device_context(tmp_path))
     data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
     assert set(reply.content.array_records) == {"task.left", "task.right"}
     for t, name in enumerate(["left", "right"]):
@@ -99,11 +60,11 @@ def test_features_handler_sends_each_task_only_its_own_labels(tmp_path):
 
 
 def test_features_handler_never_releases_a_pair_past_its_cap_and_keeps_the_count(tmp_path):
-    cfg = _cfg("feature_dp.max_releases_per_pair=1")
-    context = _context(tmp_path)
+    cfg = fed_cfg("feature_dp.max_releases_per_pair=1")
+    context = device_context(tmp_path)
     rows = []
     for rnd in range(4):  # round 0, the 2 rounds, and one query more than the schedule
-        msg, _ = _train_message(cfg, rnd)
+        msg, _ = train_message(cfg, rnd)
         msg.metadata.__dict__["_message_type"] = "query.features"
         reply = client_app(msg, context)
         rows.append(len(reply.content["task.left"]["labels"].numpy()))
@@ -113,10 +74,10 @@ def test_features_handler_never_releases_a_pair_past_its_cap_and_keeps_the_count
 
 
 def test_a_device_limit_in_its_node_config_refuses_a_server_that_asks_for_more(tmp_path):
-    cfg = _cfg("feature_dp.max_releases_per_pair=none")
-    context = _context(tmp_path, cfg)
+    cfg = fed_cfg("feature_dp.max_releases_per_pair=none")
+    context = device_context(tmp_path, cfg)
     context.node_config["max-releases-per-pair"] = 1
-    msg, _ = _train_message(cfg, 0)
+    msg, _ = train_message(cfg, 0)
     msg.metadata.__dict__["_message_type"] = "query.features"
     reason = client_app(msg, context).error.reason
     assert "feature_dp.max_releases_per_pair: the server asked None" in reason and "at most 1" in reason
@@ -126,10 +87,10 @@ def test_a_device_limit_in_its_node_config_refuses_a_server_that_asks_for_more(t
 def test_task_records_are_shuffled_apart(tmp_path):
     # rows of the two task records must not line up: the server cannot pair one task's features with
     # another task's labels by position
-    cfg = _cfg("feature_dp.max_releases_per_pair=none", "federated.feature_samples_per_device=200")
-    msg, _ = _train_message(cfg, 0)
+    cfg = fed_cfg("feature_dp.max_releases_per_pair=none", "federated.feature_samples_per_device=200")
+    msg, _ = train_message(cfg, 0)
     msg.metadata.__dict__["_message_type"] = "query.features"
-    reply = client_app(msg, _context(tmp_path, cfg))
+    reply = client_app(msg, device_context(tmp_path, cfg))
     data, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
     left, right = (reply.content[f"task.{n}"]["labels"].numpy() for n in ("left", "right"))
     # all 200 pairs released: as multisets the labels are the device's, but the row order differs per task
@@ -141,7 +102,7 @@ def test_task_records_are_shuffled_apart(tmp_path):
 @pytest.fixture(scope="module")
 def federated_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fed")
-    cfg = _cfg("federated.audit_every=1")
+    cfg = fed_cfg("federated.audit_every=1")
     grid = InProcessGrid(client_app, 3, out / "devices", policy=DevicePolicy.from_config(cfg))
     summary = run_federated(grid, cfg, out)
     return out, summary, grid
@@ -186,7 +147,7 @@ def test_round_loop_writes_rows_checkpoints_and_summary(federated_run):
 
 @pytest.mark.slow
 def test_an_uncapped_run_composes_every_release_and_runs_the_averaging_attacker(tmp_path):
-    cfg = _cfg("feature_dp.max_releases_per_pair=none", "federated.feature_samples_per_device=150")
+    cfg = fed_cfg("feature_dp.max_releases_per_pair=none", "federated.feature_samples_per_device=150")
     summary = run_federated(
         InProcessGrid(client_app, 3, tmp_path / "devices", policy=DevicePolicy.from_config(cfg)), cfg, tmp_path
     )
@@ -222,7 +183,7 @@ def _poison(kind):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nan", "missing"])
 def test_malformed_or_nan_update_is_rejected_and_the_round_goes_on(tmp_path, kind, caplog):
-    cfg = _cfg("federated.rounds=1", "federated.min_train_devices=2")
+    cfg = fed_cfg("federated.rounds=1", "federated.min_train_devices=2")
     run_federated(
         InProcessGrid(client_app, 3, tmp_path / "devices", tamper=_poison(kind), policy=DevicePolicy.from_config(cfg)),
         cfg,
@@ -236,7 +197,7 @@ def test_malformed_or_nan_update_is_rejected_and_the_round_goes_on(tmp_path, kin
 
 @pytest.mark.slow
 def test_too_few_valid_replies_are_not_aggregated(tmp_path):
-    cfg = _cfg("federated.rounds=1", "federated.min_train_devices=3")
+    cfg = fed_cfg("federated.rounds=1", "federated.min_train_devices=3")
     grid = InProcessGrid(
         client_app, 3, tmp_path / "devices", tamper=_poison("nan"), policy=DevicePolicy.from_config(cfg)
     )
@@ -251,7 +212,7 @@ def test_too_few_valid_replies_are_not_aggregated(tmp_path):
 @pytest.mark.slow
 def test_over_budget_devices_decline_are_never_aggregated_and_the_operator_sees_why(tmp_path, caplog):
     # sigma 1.5, 6 steps a round at q = 1/3: epsilon 3.64 after one round, 4.92 after two > budget 4
-    cfg = _cfg(
+    cfg = fed_cfg(
         "dp_sgd.target_epsilon=none",
         "dp_sgd.noise_multiplier=1.5",
         "federated.device_epsilon_budget=4.0",
@@ -272,11 +233,11 @@ def test_over_budget_devices_decline_are_never_aggregated_and_the_operator_sees_
 
 
 def test_synthetic_set_splits_across_devices_iid_and_skewed_by_the_chosen_task():
-    cfg = _cfg('data.name="synthetic"')
+    cfg = fed_cfg('data.name="synthetic"')
     shares = [device_datasets(cfg.data, cfg.federated, d, 0)[0] for d in range(3)]
     assert sum(len(s) for s in shares) == cfg.data.train_pairs
     assert shares[0].task_names == ["shape", "colour"] and shares[0].image_shape == (3, 16, 16)
-    skewed = _cfg(
+    skewed = fed_cfg(
         'data.name="synthetic"',
         "federated.partitioning=pathological",
         "federated.classes_per_device=1",
@@ -287,12 +248,12 @@ def test_synthetic_set_splits_across_devices_iid_and_skewed_by_the_chosen_task()
     for p in parts:  # one colour per device, every shape
         assert len(p.labels[:, 1].unique()) == 1 and len(p.labels[:, 0].unique()) == 3
     with pytest.raises(ConfigError, match="partition_task='size' is not a task"):
-        _cfg('data.name="synthetic"', 'federated.partition_task="size"')
+        fed_cfg('data.name="synthetic"', 'federated.partition_task="size"')
 
 
 def _budget_cfg():
     # sigma 1.5, 6 steps a round at q = 1/3: epsilon 3.64 after one round, 4.92 after two > budget 4
-    return _cfg(
+    return fed_cfg(
         "dp_sgd.target_epsilon=none",
         "dp_sgd.noise_multiplier=1.5",
         "federated.device_epsilon_budget=4.0",
@@ -302,47 +263,47 @@ def _budget_cfg():
 
 def test_a_restarted_device_keeps_its_spent_epsilon_and_declines_past_its_budget(tmp_path):
     cfg = _budget_cfg()
-    first = client_app(_train_message(cfg, 1)[0], _context(tmp_path))
+    first = client_app(train_message(cfg, 1)[0], device_context(tmp_path))
     spent = first.content["metrics"]["epsilon"]
     assert first.content["metrics"]["declined"] == 0 and 3.5 < spent < 4.0
     # the process restarts: Flower's in-memory context.state is gone, the state folder is not
-    restarted = client_app(_train_message(cfg, 2)[0], _context(tmp_path))
+    restarted = client_app(train_message(cfg, 2)[0], device_context(tmp_path))
     m = restarted.content["metrics"]
     assert m["declined"] == 1 and "budget" in restarted.content["status"]["declined"]
     assert m["epsilon"] == spent and m["steps"] == first.content["metrics"]["steps"]
     assert DeviceState.load(tmp_path).history.steps == m["steps"]
     # control: the same request to a device whose state folder is empty trains (the folder is what counts)
-    assert client_app(_train_message(cfg, 2)[0], _context(tmp_path / "wiped")).content["metrics"]["declined"] == 0
+    assert client_app(train_message(cfg, 2)[0], device_context(tmp_path / "wiped")).content["metrics"]["declined"] == 0
 
 
 def test_a_repeated_request_gets_the_same_reply_and_costs_nothing(tmp_path):
-    cfg = _cfg()
-    msg, _ = _train_message(cfg, 1)
-    first = client_app(msg, _context(tmp_path))
+    cfg = fed_cfg()
+    msg, _ = train_message(cfg, 1)
+    first = client_app(msg, device_context(tmp_path))
     steps = DeviceState.load(tmp_path).history.steps
-    again = client_app(_train_message(cfg, 1)[0], _context(tmp_path))  # the same round, asked again
+    again = client_app(train_message(cfg, 1)[0], device_context(tmp_path))  # the same round, asked again
     assert DeviceState.load(tmp_path).history.steps == steps  # not counted twice: nothing new was released
     for key, array in first.content["arrays"].items():
         assert array.data == again.content["arrays"][key].data  # byte for byte
     assert dict(first.content["metrics"]) == dict(again.content["metrics"])
-    changed = client_app(_train_message(_cfg("federated.local_lr=0.002"), 1)[0], _context(tmp_path))
+    changed = client_app(train_message(fed_cfg("federated.local_lr=0.002"), 1)[0], device_context(tmp_path))
     assert DeviceState.load(tmp_path).history.steps == 2 * steps  # any other request trains, and counts
     assert changed.content["metrics"]["steps"] == 2 * steps
 
 
 def test_a_device_outside_a_simulation_needs_a_state_folder(tmp_path, monkeypatch):
     monkeypatch.delenv(SIMULATION_ENV, raising=False)
-    context = _context(tmp_path)
+    context = device_context(tmp_path)
     del context.node_config["state-dir"]
     with pytest.raises(NoStateFolder, match="state-dir"):
-        client_app(_train_message(_cfg(), 1)[0], context)
+        client_app(train_message(fed_cfg(), 1)[0], context)
 
 
 @pytest.mark.slow
 def test_a_run_that_crashes_in_round_3_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     # seeded device randomness (a simulation): the resumed run can then be compared bit for bit
     monkeypatch.setenv(SIMULATION_ENV, "1")
-    cfg = _cfg("federated.rounds=4", "randomness.source=seeded", "federated.strategy.name=fedadam")
+    cfg = fed_cfg("federated.rounds=4", "randomness.source=seeded", "federated.strategy.name=fedadam")
     whole = tmp_path / "whole"
     run_federated(
         InProcessGrid(client_app, 3, whole / "devices", policy=DevicePolicy.from_config(cfg)), cfg, whole, audit=False

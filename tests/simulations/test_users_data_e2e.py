@@ -4,7 +4,7 @@ import json
 
 import pytest
 from conftest import ROOT, TINY_OVERRIDES
-from test_image_files import make_celeba, make_folder, solid
+from image_files import make_celeba, make_folder, solid
 
 from fl_metamorphosis.metrics import read_jsonl
 from metamorphosis_cli.main import main

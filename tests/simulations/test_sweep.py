@@ -8,17 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES
+from conftest import ROOT, TINY_OVERRIDES
 
 from fl_metamorphosis.config import ConfigError
 from fl_metamorphosis.deployment.flower_processes import processes_of
 from fl_metamorphosis.metrics.sweep_report import attack_costs, pool_settings, recommend
 from simulations.sweep_config import expand, read_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
 SWEEP = """
 seeds = [1, 2]
 set = {tiny}

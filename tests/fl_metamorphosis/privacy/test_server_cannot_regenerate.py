@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import operator_policy_file
+from device_messages import fed_cfg, train_message
 from flwr.app import Context, RecordDict
-from test_federated_apps import _cfg, _train_message
 
 from clients.client_app import SIMULATION_ENV, SeededNoiseRefused
 from clients.client_app import app as client_app
@@ -36,7 +36,7 @@ def _context(cfg):
 
 
 def _features(cfg, rnd=1):
-    msg, generator = _train_message(cfg, rnd)
+    msg, generator = train_message(cfg, rnd)
     msg.metadata.__dict__["_message_type"] = "query.features"
     reply = client_app(msg, _context(cfg))
     return {n: torch.from_numpy(reply.content[f"task.{n}"]["features"].numpy()) for n in ("left", "right")}, generator
@@ -61,7 +61,7 @@ def _server_guesses(cfg, shape, device=0, rnd=1):
 
 
 def test_seeded_noise_is_reproducible_so_only_simulation_may_use_it(monkeypatch):
-    cfg = _cfg(*ALL_PAIRS, "randomness.source=seeded")
+    cfg = fed_cfg(*ALL_PAIRS, "randomness.source=seeded")
     monkeypatch.delenv(SIMULATION_ENV, raising=False)
     with pytest.raises(SeededNoiseRefused, match="randomness.source"):
         _features(cfg)
@@ -73,7 +73,7 @@ def test_seeded_noise_is_reproducible_so_only_simulation_may_use_it(monkeypatch)
 
 def test_the_server_cannot_regenerate_the_feature_noise(monkeypatch):
     monkeypatch.setenv(SIMULATION_ENV, "1")  # even where seeded noise would be allowed, the default is secret
-    cfg = _cfg(*ALL_PAIRS)
+    cfg = fed_cfg(*ALL_PAIRS)
     released, generator = _features(cfg)
     again, _ = _features(cfg)
     clean = _clean(cfg, generator)
@@ -92,7 +92,7 @@ def test_the_server_cannot_regenerate_the_feature_noise(monkeypatch):
 
 
 def _train_weights(cfg, rnd=1):
-    msg, _ = _train_message(cfg, rnd)
+    msg, _ = train_message(cfg, rnd)
     reply = client_app(msg, _context(cfg))
     return {k: torch.from_numpy(v.numpy()) for k, v in reply.content["arrays"].items()}
 
@@ -106,9 +106,9 @@ def test_the_server_cannot_replay_dp_sgd(monkeypatch):
     monkeypatch.setenv(SIMULATION_ENV, "1")
     torch.set_num_threads(1)  # one reduction order: a seeded replay must then be exact
     try:
-        seeded = _cfg("randomness.source=seeded")
+        seeded = fed_cfg("randomness.source=seeded")
         assert _relative_distance(_train_weights(seeded), _train_weights(seeded)) == 0.0
-        secret = _cfg()
+        secret = fed_cfg()
         a, b = _train_weights(secret), _train_weights(secret)
         # the same message twice: different Poisson batches and Gaussian noise, so a different update
         assert _relative_distance(a, b) > 1e-3
