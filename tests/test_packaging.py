@@ -1,5 +1,6 @@
 """The wheel a board installs: the library and the command, no generic top-level names, device commands work."""
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -11,8 +12,12 @@ from conftest import ROOT
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)]
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist")
+    for name in ("pyproject.toml", "README.md"):  # built from a copy: setuptools writes build/ beside the source
+        shutil.copy(ROOT / name, source / name)
+    for package in ("fl_metamorphosis", "metamorphosis_cli"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(source)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     (built,) = out.glob("fl_metamorphosis-*.whl")
     return built
