@@ -180,7 +180,9 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
     }
     if not (audit and cfg.audit.enabled):  # rounds only (tests of the bookkeeping, timing runs)
         summary = {
+            "summary_version": SUMMARY_VERSION,
             "command": fed.command,
+            "tasks": fed.tasks,
             "history": fed.rows,
             "audited": False,
             "dp_sgd": model.dp_sgd,

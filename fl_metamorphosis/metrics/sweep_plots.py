@@ -4,6 +4,7 @@ time when the cells ran on a simulated fleet. Lines and bars are means over seed
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,13 @@ def plot_sweep_final(settings: list[dict[str, Any]], path: Path) -> None:
         spans = [[m - s["accuracy"]["min"] for m, s in zip(means, group, strict=True)],
                  [s["accuracy"]["max"] - m for m, s in zip(means, group, strict=True)]]  # fmt: skip
         ax_acc.barh(y, means, xerr=spans, capsize=3, color="tab:blue", label="final accuracy")
-        attack = [sum(s["cross_task_attack"].values()) / len(s["cross_task_attack"]) for s in group]
-        chance = sum(group[0]["cross_task_chance"].values()) / len(group[0]["cross_task_chance"])
+        # a setting run without the audit has no attack figure: no bar (its row says "not audited")
+        attack = [statistics.fmean(s["cross_task_attack"].values()) if s["cross_task_attack"] else 0.0 for s in group]
         ax_attack.barh(y, attack, color="tab:red", label="cross-task attack accuracy")
-        ax_attack.axvline(chance, color="k", ls="--", lw=0.8, label="chance")
+        audited = [s for s in group if s["cross_task_chance"]]
+        if audited:
+            ax_attack.axvline(statistics.fmean(audited[0]["cross_task_chance"].values()), color="k", ls="--", lw=0.8,
+                              label="chance")  # fmt: skip
         for ax in (ax_acc, ax_attack):
             ax.set_yticks(list(y), labels, fontsize=7)
         ax_acc.set(title=f"{name}: utility (higher is better)", xlabel="accuracy, mean over tasks")

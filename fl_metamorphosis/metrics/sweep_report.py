@@ -15,11 +15,16 @@ from typing import Any
 
 
 def cell_figures(summary: dict[str, Any]) -> dict[str, Any]:
-    """The figures of one finished run (``summary.json`` of ``simulate``)."""
+    """The figures of one finished run (``summary.json`` of ``simulate``). A run without the audit
+    (``audit.enabled = false``) has no attack or SSIM figures, and its final accuracy is its last round's
+    on the server's held-out set."""
     tasks = summary["tasks"]
-    method = next(iter(summary["methods"]))
-    m = summary["methods"][method]
-    accuracy = {t: m["tasks"][t]["accuracy"] for t in tasks}
+    audited = "methods" in summary
+    m = summary["methods"][next(iter(summary["methods"]))] if audited else {}
+    if audited:
+        accuracy = {t: m["tasks"][t]["accuracy"] for t in tasks}
+    else:
+        accuracy = {t: summary["history"][-1][f"test_acc.{t}"] for t in tasks}
     curve, simulated = [], 0.0
     for row in summary["history"]:
         simulated += row.get("fleet.round_seconds", 0.0)
@@ -27,15 +32,17 @@ def cell_figures(summary: dict[str, Any]) -> dict[str, Any]:
         if "fleet.round_seconds" in row:
             point["simulated_seconds"] = simulated
         curve.append(point)
+    attacks = m.get("cross_task_attack", {})
     return {
         "accuracy": accuracy,
         "mean_accuracy": statistics.fmean(accuracy.values()),
         "curve": curve,
-        "epsilon": m["dp_sgd"].get("epsilon"),
-        "cross_task_attack": {p: v["accuracy"] for p, v in m["cross_task_attack"].items()},
-        "cross_task_chance": {p: v["chance"] for p, v in m["cross_task_attack"].items()},
-        "ssim": {t: m["reconstruction"][t]["ssim"] for t in tasks},
-        "poisoned_devices": summary["federated"].get("poisoning", {}).get("devices", []),
+        "epsilon": (m["dp_sgd"] if audited else summary["dp_sgd"]).get("epsilon"),
+        "audited": audited,
+        "cross_task_attack": {p: v["accuracy"] for p, v in attacks.items()},
+        "cross_task_chance": {p: v["chance"] for p, v in attacks.items()},
+        "ssim": {t: m["reconstruction"][t]["ssim"] for t in tasks} if audited else {},
+        "poisoned_devices": summary.get("federated", {}).get("poisoning", {}).get("devices", []),
         "server_wall_seconds": summary.get("server_wall_seconds"),
     }
 
@@ -61,6 +68,7 @@ def pool_settings(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rounds = min(len(f["curve"]) for f in figs)
         curve = [statistics.fmean(f["curve"][i]["accuracy"] for f in figs) for i in range(rounds)]
         pairs = list(figs[0]["cross_task_attack"])
+        audited = all(f.get("audited", True) for f in figs)
         pooled.append(
             {
                 "setting": setting,
@@ -74,9 +82,14 @@ def pool_settings(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if "simulated_seconds" in figs[0]["curve"][0]
                 else None,
                 "epsilon": max((f["epsilon"] or 0.0) for f in figs),
-                "cross_task_attack": {p: statistics.fmean(f["cross_task_attack"][p] for f in figs) for p in pairs},
-                "cross_task_chance": {p: statistics.fmean(f["cross_task_chance"][p] for f in figs) for p in pairs},
-                "ssim": statistics.fmean(statistics.fmean(f["ssim"].values()) for f in figs),
+                # privacy figures only where every seed was audited (None: not measured)
+                "cross_task_attack": {p: statistics.fmean(f["cross_task_attack"][p] for f in figs) for p in pairs}
+                if audited
+                else {},
+                "cross_task_chance": {p: statistics.fmean(f["cross_task_chance"][p] for f in figs) for p in pairs}
+                if audited
+                else {},
+                "ssim": statistics.fmean(statistics.fmean(f["ssim"].values()) for f in figs) if audited else None,
             }
         )
     return pooled
@@ -155,6 +168,15 @@ def attack_costs(pooled: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _attack_cell(attacks: dict[str, float]) -> str:
+    """The cross-task attack per pair, or "not audited" for cells run with ``audit.enabled = false``."""
+    return ", ".join(f"{p} {a:.3f}" for p, a in attacks.items()) or "not audited"
+
+
+def _number(value: float | None) -> str:
+    return "not audited" if value is None else f"{value:.3f}"
+
+
 def render_sweep(report: dict[str, Any]) -> str:
     """``sweep.md``: every setting, the attacks' cost, then the recommendation per scenario."""
     lines = [f"# Sweep: {report['cells_done']} of {report['cells_total']} cells", ""]
@@ -165,11 +187,10 @@ def render_sweep(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for s in sorted(report["settings"], key=lambda s: (scenario(s), -s["accuracy"]["mean"])):
-        attack = ", ".join(f"{p} {a:.3f}" for p, a in s["cross_task_attack"].items())
         a = s["accuracy"]
         lines.append(
             f"| {scenario(s)} | {strategy_label(s)} | {a['mean']:.3f} | {a['min']:.3f}-{a['max']:.3f} | "
-            f"{s['epsilon']:.2f} | {attack} | {s['ssim']:.3f} |"
+            f"{s['epsilon']:.2f} | {_attack_cell(s['cross_task_attack'])} | {_number(s['ssim'])} |"
         )
     if report["attack_costs"]:
         lines += ["", "## What each attack costs (accuracy without the attack minus with it, same setting)", ""]
@@ -192,10 +213,10 @@ def render_sweep(report: dict[str, Any]) -> str:
         b, ru = r["best_accuracy"], r["runner_up_accuracy"]
         runner = f"{r['runner_up_label']} | {ru['mean']:.3f} ({ru['min']:.3f}-{ru['max']:.3f})" if ru else "- | -"
         gap = f"{r['gap']:+.3f}" if r["gap"] is not None else "-"
-        attack = ", ".join(f"{p} {a:.3f}" for p, a in r["cross_task_attack"].items())
         lines.append(
             f"| {r['scenario']} | {r['best_label']} | {b['mean']:.3f} ({b['min']:.3f}-{b['max']:.3f}) | {runner} | "
-            f"{gap} | {'yes' if r['separated'] else 'no'} | {r['epsilon']:.2f} | {attack} | {r['ssim']:.3f} |"
+            f"{gap} | {'yes' if r['separated'] else 'no'} | {r['epsilon']:.2f} | "
+            f"{_attack_cell(r['cross_task_attack'])} | {_number(r['ssim'])} |"
         )
     if report.get("failed"):
         lines += ["", "## Cells that failed", ""] + [f"- `{k}`: {why}" for k, why in report["failed"].items()]

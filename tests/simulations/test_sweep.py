@@ -14,7 +14,7 @@ from conftest import ROOT, TINY_OVERRIDES
 
 from fl_metamorphosis.config import ConfigError
 from fl_metamorphosis.deployment.flower_processes import processes_of
-from fl_metamorphosis.metrics.sweep_report import attack_costs, pool_settings, recommend
+from fl_metamorphosis.metrics.sweep_report import attack_costs, cell_figures, pool_settings, recommend
 from simulations.sweep_config import expand, read_sweep
 
 SWEEP = """
@@ -175,3 +175,28 @@ def test_the_report_plots_accuracy_against_simulated_time_when_the_cells_ran_on_
     assert all((tmp_path / p).stat().st_size > 0 for p in report["plots"])
     assert report["settings"][0]["simulated_seconds"] == [40.0, 80.0]
     assert "| iid, no attack | fedavg |" in (tmp_path / "sweep.md").read_text()
+
+
+def test_a_sweep_run_without_the_audit_still_gets_its_report(tmp_path):
+    from simulations.sweep import write_report
+    from simulations.sweep_config import SweepConfig
+
+    def unaudited(acc):  # what the ServerApp writes with audit.enabled = false
+        history = [{"round": 1, "test_acc.left": acc / 2, "test_acc.right": acc / 2},
+                   {"round": 2, "test_acc.left": acc, "test_acc.right": acc - 0.1}]  # fmt: skip
+        return {"summary_version": 2, "command": "simulate", "tasks": ["left", "right"], "history": history,
+                "audited": False, "dp_sgd": {"epsilon": 4.0}, "device_privacy": {}}  # fmt: skip
+
+    cells = []
+    for seed, acc in ((1, 0.8), (2, 0.6)):
+        cell = _cell("fedavg_iid", seed, acc)
+        cell["figures"] = cell_figures(unaudited(acc))
+        cells.append(cell)
+    assert cells[0]["figures"]["accuracy"] == {"left": 0.8, "right": pytest.approx(0.7)}  # the last round's
+    assert cells[0]["figures"]["epsilon"] == 4.0 and cells[0]["figures"]["cross_task_attack"] == {}
+    report = write_report(tmp_path, SweepConfig(), cells, failed={})
+    (setting,) = report["settings"]
+    assert setting["accuracy"]["mean"] == pytest.approx(0.65) and setting["ssim"] is None
+    markdown = (tmp_path / "sweep.md").read_text()
+    assert "| iid, no attack | fedavg | 0.650 |" in markdown and "not audited" in markdown
+    assert all((tmp_path / p).stat().st_size > 0 for p in report["plots"])
