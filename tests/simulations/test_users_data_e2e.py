@@ -12,12 +12,15 @@ from metamorphosis_cli.main import main
 pytestmark = pytest.mark.slow
 
 
+def _tiny(settings: list[str]) -> list[str]:
+    """``--set`` arguments: the tiny preset, then ``settings``."""
+    return [arg for item in [*TINY_OVERRIDES, *settings] for arg in ("--set", item)]
+
+
 def test_a_64px_rgb_celeba_layout_trains_federated_by_identity_end_to_end(tmp_path):
     root = make_celeba(tmp_path / "celeba", n=90)  # 30 train, 30 val, 30 test images; 45 people
     out = tmp_path / "run"
-    args = ["simulate", "--config", str(ROOT / "configs" / "rgb64.toml"), "--out", str(out)]
-    for item in [
-        *TINY_OVERRIDES,
+    settings = [
         'data.name="celeba"',
         f'data.root="{root}"',
         f'data.cache_dir="{tmp_path / "cache"}"',
@@ -25,9 +28,9 @@ def test_a_64px_rgb_celeba_layout_trains_federated_by_identity_end_to_end(tmp_pa
         'federated.partitioning="identity"',
         "audit.eval_samples=30",
         "audit.attacker_samples=60",
-    ]:
-        args += ["--set", item]
-    assert main(args) == 0
+    ]
+    config = ROOT / "configs" / "rgb64.toml"
+    assert main(["simulate", "--config", str(config), "--out", str(out), *_tiny(settings)]) == 0
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2] and all(r["answered"] == 3 for r in rows)
     summary = json.loads((out / "summary.json").read_text())
@@ -51,9 +54,7 @@ def test_a_folder_with_a_csv_trains_centrally_and_counts_the_images_it_was_told_
     rows.append({"file": "items/missing.png", "shape": "disc", "colour": "red", "split": "train"})
     make_folder(folder, rows)
     out = tmp_path / "run"
-    args = ["central", "--out", str(out)]
-    for item in [
-        *TINY_OVERRIDES,
+    settings = [
         "data.name=folder",
         f'data.root="{folder}"',
         f'data.cache_dir="{tmp_path / "cache"}"',
@@ -62,9 +63,8 @@ def test_a_folder_with_a_csv_trains_centrally_and_counts_the_images_it_was_told_
         "data.skip_bad_files=true",
         "audit.eval_samples=20",
         "audit.attacker_samples=50",
-    ]:
-        args += ["--set", item]
-    assert main(args) == 0
+    ]
+    assert main(["central", "--out", str(out), *_tiny(settings)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"] == {"name": "folder", "train": 40, "test": 20, "skipped": 1}
     assert summary["tasks"] == ["shape", "colour"]

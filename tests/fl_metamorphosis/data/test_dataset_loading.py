@@ -452,6 +452,11 @@ def fed_cfg(root: Path, cache: Path, *extra: str):
     )
 
 
+def by_smiling(celeba_dirs, scheme: str, *extra: str):
+    """The CelebA config partitioned by ``scheme`` on the Smiling attribute."""
+    return fed_cfg(*celeba_dirs, f"federated.partitioning={scheme}", *extra, "federated.partition_task=Smiling")
+
+
 def device_codes(cfg) -> tuple[list[list[int]], list[list[int]]]:
     """Each device's train and local test items (by their codes)."""
     parts = [device_datasets(cfg.data, cfg.federated, d, cfg.train.seed) for d in range(cfg.federated.num_devices)]
@@ -487,14 +492,7 @@ def smiling_share(items: list[int]) -> float:
 
 @pytest.mark.filterwarnings("ignore:The specified min_partition_size:UserWarning")
 def test_dirichlet_partitioning_skews_the_devices_by_the_partition_task(celeba_dirs):
-    train, _ = device_codes(
-        fed_cfg(
-            *celeba_dirs,
-            "federated.partitioning=dirichlet",
-            "federated.dirichlet_alpha=0.2",
-            "federated.partition_task=Smiling",
-        )
-    )
+    train, _ = device_codes(by_smiling(celeba_dirs, "dirichlet", "federated.dirichlet_alpha=0.2"))
     assert_disjoint_cover(train, TRAIN_ROWS)
     assert all(len(items) >= 2 for items in train)
     shares = [smiling_share(items) for items in train]
@@ -515,14 +513,7 @@ def test_dirichlet_shares_depend_on_the_partition_tasks_labels_only(celeba_dirs,
 
 @pytest.mark.filterwarnings("ignore:Classes:UserWarning")
 def test_pathological_partitioning_with_one_class_per_device_gives_each_device_one_smiling_value(celeba_dirs):
-    train, _ = device_codes(
-        fed_cfg(
-            *celeba_dirs,
-            "federated.partitioning=pathological",
-            "federated.classes_per_device=1",
-            "federated.partition_task=Smiling",
-        )
-    )
+    train, _ = device_codes(by_smiling(celeba_dirs, "pathological", "federated.classes_per_device=1"))
     flat = [k for items in train for k in items]
     assert len(flat) == len(set(flat)) and set(flat) <= TRAIN_ROWS
     for items in train:
