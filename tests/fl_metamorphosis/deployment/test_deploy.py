@@ -129,7 +129,7 @@ def test_registered_devices_train_over_tls_with_secure_aggregation_and_resume_af
     federation,
 ):
     out, state = federation.root / "run", federation.server_state
-    first = _in_thread(deploy.run, federation.cfg, out, state, echo=lambda _line: None)
+    first = _in_thread(deploy.run, federation.cfg, out, state, app_dir=APP_DIR, echo=lambda _line: None)
     wait_for(lambda: (out / "checkpoints" / "round_001.ckpt").exists() or "error" in first, "round 1", 600)
     assert "error" not in first, first.get("error")
     deploy.stop_tree(*federation.procs["server"])  # the SuperLink goes down between rounds
@@ -243,7 +243,7 @@ def test_a_killed_device_is_lost_for_its_round_and_rejoins_with_its_epsilon_and_
     )  # fmt: skip
     with loopback_federation(tmp_path, cfg) as fed:
         out, killed = tmp_path / "run", fed.devices[0]
-        box = _in_thread(deploy.run, cfg, out, fed.server_state, echo=lambda _line: None)
+        box = _in_thread(deploy.run, cfg, out, fed.server_state, app_dir=APP_DIR, echo=lambda _line: None)
         # round 0's features reply is saved by device 0; the next ClientApp process is round 1's training
         home = deploy.flower_home(killed.state)
         wait_for(lambda: ReplyMemo(killed.state).last("query.features") is not None, "round 0 on device 0", 300)
