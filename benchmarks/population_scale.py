@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fl_metamorphosis.config import build_config  # noqa: E402
+from fl_metamorphosis.deployment.flower_processes import processes_of  # noqa: E402
 from fl_metamorphosis.metrics import read_jsonl  # noqa: E402
-from simulations.simulate import processes_of, simulate  # noqa: E402
+from simulations.simulate import simulate  # noqa: E402
 
 
 def _peak_kb(pid: int) -> tuple[str, int] | None:
