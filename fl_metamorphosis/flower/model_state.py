@@ -13,11 +13,9 @@ from torch import nn
 
 
 def join_state(generator: Mapping[str, torch.Tensor], heads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One flat state dict of the generator's and the heads' state dicts (detached copies)."""
-    return {
-        **{f"generator.{k}": v.detach().clone() for k, v in generator.items()},
-        **{f"heads.{k}": v.detach().clone() for k, v in heads.items()},
-    }
+    """One flat state dict of the generator's and the heads' state dicts (the same tensors, renamed: a
+    ``state_dict`` is already detached, and the message copies them into its own arrays)."""
+    return {**{f"generator.{k}": v for k, v in generator.items()}, **{f"heads.{k}": v for k, v in heads.items()}}
 
 
 def joint_state(generator: nn.Module, heads: nn.ModuleList) -> dict[str, torch.Tensor]:
