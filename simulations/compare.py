@@ -34,6 +34,7 @@ from fl_metamorphosis.metrics.comparison_plots import (
 from fl_metamorphosis.metrics.frontier import render_frontier
 
 from .simulate import APP_DIR, simulate
+from .warm_runtime import WarmRuntime
 
 # The comparison's own defaults (before the user's --set): every run must fit the hour on two cores, so
 # 10 rounds (what 10 rounds cost in accuracy against 30: docs/comparison.md, docs/federated.md). The
@@ -70,10 +71,15 @@ def _train_size(data_json: str, seed: int) -> int:
 
 
 def run_or_reuse(
-    cfg: ExperimentConfig, out: Path, echo: Callable[[str], None], app_dir: Path, cores: int | None = None
+    cfg: ExperimentConfig,
+    out: Path,
+    echo: Callable[[str], None],
+    app_dir: Path,
+    cores: int | None = None,
+    runtime: WarmRuntime | None = None,
 ) -> dict[str, Any]:
-    """One simulate run: the finished one already in ``out`` for the same experiment, the interrupted one
-    resumed from its last checkpoint, or a new one."""
+    """One simulate run (on ``runtime``, the caller's warm runtime, if given): the finished one already in
+    ``out`` for the same experiment, the interrupted one resumed from its last checkpoint, or a new one."""
     summary_file = out / "summary.json"
     stop_processes((out / ".flwr").resolve())  # a killed launcher's Flower may still be running this run
     if summary_file.exists():
@@ -90,7 +96,7 @@ def run_or_reuse(
     if resume:
         echo(f"  resuming the interrupted run in {out}")
     started = time.perf_counter()
-    simulate(cfg, out, echo=echo, app_dir=app_dir, resume=resume, cores=cores)
+    simulate(cfg, out, echo=echo, app_dir=app_dir, resume=resume, cores=cores, runtime=runtime)
     summary = json.loads(summary_file.read_text())
     summary["launcher_wall_seconds"] = time.perf_counter() - started
     return summary
@@ -113,18 +119,19 @@ def compare(
     tasks: list[str] = []
     grids: dict[str, Path] = {}
     comparison: dict[str, Any] = {}
-    for seed in seeds:
-        for method in methods:
-            echo(f"[compare] {method}, seed {seed} ({len(methods) * len(seeds)} runs in all)")
-            run_out = out / "runs" / f"{method}_seed{seed}"
-            summary = run_or_reuse(run_config(cfg, method, seed, out=out), run_out, echo, app_dir)
-            figures = summary["methods"][method]
-            figures["wall_seconds"] = summary.get("server_wall_seconds", figures.get("wall_seconds"))
-            runs.setdefault(method, {})[seed] = figures
-            tasks = summary["tasks"]
-            grids.setdefault(method, run_out / "reconstruction_grid.png")
-        done = {m: r for m, r in runs.items() if len(r) == len(runs[methods[0]])}
-        comparison = _write(cfg, out, done, tasks, grids)
+    with WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime:
+        for seed in seeds:
+            for method in methods:
+                echo(f"[compare] {method}, seed {seed} ({len(methods) * len(seeds)} runs in all)")
+                run_out = out / "runs" / f"{method}_seed{seed}"
+                summary = run_or_reuse(run_config(cfg, method, seed, out=out), run_out, echo, app_dir, None, runtime)
+                figures = summary["methods"][method]
+                figures["wall_seconds"] = summary.get("server_wall_seconds", figures.get("wall_seconds"))
+                runs.setdefault(method, {})[seed] = figures
+                tasks = summary["tasks"]
+                grids.setdefault(method, run_out / "reconstruction_grid.png")
+            done = {m: r for m, r in runs.items() if len(r) == len(runs[methods[0]])}
+            comparison = _write(cfg, out, done, tasks, grids)
     return comparison
 
 
@@ -188,33 +195,34 @@ def sweep(
     ]
     rows: list[dict[str, Any]] = []
     tasks: list[str] = []
-    for key, value, method, run_cfg in configs:
-        echo(f"[sweep] {key}={value}, {method}")
-        summary = run_or_reuse(run_cfg, out / "sweep" / f"{key}={value}_{method}", echo, app_dir)
-        m, tasks = summary["methods"][method], summary["tasks"]
-        dp_eps, feature_eps = m["dp_sgd"].get("epsilon"), m["feature_dp"].get("epsilon")
-        measured = dp_eps if key.startswith("dp_sgd") else feature_eps if key.startswith("feature_dp") else None
-        rows.append(
-            {
-                "method": method,
-                "key": key,
-                "set": value,
-                # x axis: the epsilon the swept mechanism actually spent (the set value where it has none)
-                "value": measured if measured is not None else _number_or_text(value),
-                "dp_sgd_epsilon": dp_eps,
-                "feature_epsilon": feature_eps,
-                "accuracy": {t: m["tasks"][t]["accuracy"] for t in tasks},
-                "attack": {p: v["accuracy"] for p, v in m["cross_task_attack"].items()},
-                "attack_floor": {
-                    p: max(v["chance"], v.get("label_floor") or 0.0) for p, v in m["cross_task_attack"].items()
-                },
-                "ssim": {t: m["reconstruction"][t]["ssim"] for t in tasks},
-                "ssim_features_and_label": {t: m["reconstruction"][t]["ssim_features_and_label"] for t in tasks},
-                "ssim_label_only": {t: m["reconstruction"][t]["ssim_label_only"] for t in tasks},
-            }
-        )
-        write_json(out / "sweep.json", {"seed": seed, "rows": rows})
-        (out / "sweep.md").write_text(render_frontier(rows, f"Sweep, seed {seed}: privacy-utility frontier"))
+    with WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime:
+        for key, value, method, run_cfg in configs:
+            echo(f"[sweep] {key}={value}, {method}")
+            summary = run_or_reuse(run_cfg, out / "sweep" / f"{key}={value}_{method}", echo, app_dir, None, runtime)
+            m, tasks = summary["methods"][method], summary["tasks"]
+            dp_eps, feature_eps = m["dp_sgd"].get("epsilon"), m["feature_dp"].get("epsilon")
+            measured = dp_eps if key.startswith("dp_sgd") else feature_eps if key.startswith("feature_dp") else None
+            rows.append(
+                {
+                    "method": method,
+                    "key": key,
+                    "set": value,
+                    # x axis: the epsilon the swept mechanism actually spent (the set value where it has none)
+                    "value": measured if measured is not None else _number_or_text(value),
+                    "dp_sgd_epsilon": dp_eps,
+                    "feature_epsilon": feature_eps,
+                    "accuracy": {t: m["tasks"][t]["accuracy"] for t in tasks},
+                    "attack": {p: v["accuracy"] for p, v in m["cross_task_attack"].items()},
+                    "attack_floor": {
+                        p: max(v["chance"], v.get("label_floor") or 0.0) for p, v in m["cross_task_attack"].items()
+                    },
+                    "ssim": {t: m["reconstruction"][t]["ssim"] for t in tasks},
+                    "ssim_features_and_label": {t: m["reconstruction"][t]["ssim_features_and_label"] for t in tasks},
+                    "ssim_label_only": {t: m["reconstruction"][t]["ssim_label_only"] for t in tasks},
+                }
+            )
+            write_json(out / "sweep.json", {"seed": seed, "rows": rows})
+            (out / "sweep.md").write_text(render_frontier(rows, f"Sweep, seed {seed}: privacy-utility frontier"))
     plot_sweep(rows, tasks, out / "sweep.png")
     plot_frontier(rows, out / "frontier.png")
     return rows

@@ -33,6 +33,7 @@ from fl_metamorphosis.metrics.sweep_report import cell_figures
 from .compare import run_config
 from .simulate import APP_DIR, simulate
 from .sweep_config import SearchConfig, SweepConfig, cell_overrides
+from .warm_runtime import WarmRuntime
 
 STUDY = "search"
 
@@ -173,7 +174,8 @@ def run_search(
         echo(f"[search] trial {trial.number}: {shown}")
         prefix = lambda line: echo(f"[trial {trial.number}] {line}")  # noqa: E731
         started = time.perf_counter()
-        simulate(cfg, run_out, echo=_round_reporter(trial, run_out / "metrics.jsonl", prefix), app_dir=app_dir)
+        report = _round_reporter(trial, run_out / "metrics.jsonl", prefix)
+        simulate(cfg, run_out, echo=report, app_dir=app_dir, runtime=runtime)
         figures = cell_figures(json.loads((run_out / "summary.json").read_text()))
         trial.set_user_attr("epsilon", figures["epsilon"])
         trial.set_user_attr("cross_task_attack", figures["cross_task_attack"])
@@ -187,5 +189,6 @@ def run_search(
     if left > 0:
         timeout = search.minutes * 60 if search.minutes else None
         # a run that fails is a failed trial (Optuna records it), not the end of the study
-        study.optimize(objective, n_trials=left, timeout=timeout, callbacks=[after_trial], catch=(RunFailed,))
+        with WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime:
+            study.optimize(objective, n_trials=left, timeout=timeout, callbacks=[after_trial], catch=(RunFailed,))
     return _summarise(study, search, out)

@@ -26,6 +26,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fl_metamorphosis.checkpoint import latest_run, load_run
 from fl_metamorphosis.config import ConfigError, ExperimentConfig, build_config
@@ -37,6 +38,9 @@ from fl_metamorphosis.deployment.flower_processes import (
     stop_processes,
 )
 from fl_metamorphosis.environment import CORES_ENV, SIMULATION_ENV
+
+if TYPE_CHECKING:
+    from .warm_runtime import WarmRuntime
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower App: pyproject.toml's [tool.flwr.app]
 # Settings a resumed run may change: more (or fewer, not below those done) rounds, how often and how hard
@@ -135,6 +139,7 @@ def simulate(
     resume: bool = False,
     ray_address: str | None = None,
     cores: int | None = None,
+    runtime: WarmRuntime | None = None,
 ) -> Path:
     """Run ``cfg`` as a Flower simulation of ``app_dir`` (``resume``: go on from ``out``'s last checkpoint);
     return the run folder or raise RunFailed.
@@ -145,7 +150,10 @@ def simulate(
     run on a node of that cluster (the driver joins its local raylet).
 
     ``cores``: the cores this run may use, when others run beside it (a sweep's parallel cells): Ray gets
-    that many CPUs, so as many device actors, and the ServerApp as many threads."""
+    that many CPUs, so as many device actors, and the ServerApp as many threads.
+
+    ``runtime``: run it on this warm runtime (``warm_runtime.py``: a sweep's, a comparison's) instead of
+    starting Flower, Ray and the imports for this run alone."""
     if ray_address is not None:
         check_ray_address(ray_address)
     prepare_dataset(cfg.data, cfg.train.seed)
@@ -154,10 +162,47 @@ def simulate(
     home = out / ".flwr"
     stop_processes(home)  # a launcher killed without cleaning up leaves its SuperLink running the run
     clear_run_outputs(out, resume)
-    home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     config_path = out / "config.json"
     config_path.write_text(cfg.model_dump_json(indent=2))
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():  # a killed launcher still cleans up
+        previous_handler = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        if runtime is not None:
+            runtime.run(cfg, out, config_path, resume=resume, cores=cores, echo=echo)
+        else:
+            _run_cold(cfg, out, config_path, echo, app_dir, resume, ray_address, cores)
+        if cfg.federated.fleet.enabled:  # both privacy views need the devices' folders: only here are both
+            from fl_metamorphosis.metrics.fleet_report import write_fleet_report  # plots: only when asked
+
+            fleet = write_fleet_report(out, cfg, json.loads((out / "summary.json").read_text()))
+            tt = fleet["time_to_target"]
+            echo(
+                f"fleet: {fleet['totals']['fleet.dropped']} dropped, {fleet['totals']['fleet.stragglers']} late over "
+                f"{fleet['simulated_seconds']:.0f} simulated s; accuracy {tt['target']:.3f} at round {tt['round']} "
+                f"({out / 'fleet.json'})"
+            )
+        return out
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _run_cold(
+    cfg: ExperimentConfig,
+    out: Path,
+    config_path: Path,
+    echo: Callable[[str], None],
+    app_dir: Path,
+    resume: bool,
+    ray_address: str | None,
+    cores: int | None,
+) -> None:
+    """One ``flwr run`` with a SuperLink, a simulation process and (unless ``ray_address``) a Ray of its own,
+    all stopped when it ends, however it ends."""
+    home = out / ".flwr"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     ray_tmp = None if ray_address else Path(tempfile.mkdtemp(prefix="mm-ray-"))
     staged = stage_app(Path(app_dir), Path(tempfile.mkdtemp(prefix="mm-app-")) / "app")
     env = flower_env(home, ray_tmp)
@@ -179,26 +224,10 @@ def simulate(
         "--run-config",
         f"config-path='{config_path}' out-dir='{out}' resume={str(resume).lower()}",
     ]
-    previous_handler = None
-    if threading.current_thread() is threading.main_thread():  # a killed launcher still cleans up
-        previous_handler = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         run_flower(cmd, env, out, "local", echo)
-        if cfg.federated.fleet.enabled:  # both privacy views need the devices' folders: only here are both
-            from fl_metamorphosis.metrics.fleet_report import write_fleet_report  # plots: only when asked
-
-            fleet = write_fleet_report(out, cfg, json.loads((out / "summary.json").read_text()))
-            tt = fleet["time_to_target"]
-            echo(
-                f"fleet: {fleet['totals']['fleet.dropped']} dropped, {fleet['totals']['fleet.stragglers']} late over "
-                f"{fleet['simulated_seconds']:.0f} simulated s; accuracy {tt['target']:.3f} at round {tt['round']} "
-                f"({out / 'fleet.json'})"
-            )
-        return out
     finally:
         stop_processes(home)
         shutil.rmtree(staged.parent, ignore_errors=True)
         if ray_tmp is not None:
             shutil.rmtree(ray_tmp, ignore_errors=True)
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)

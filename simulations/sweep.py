@@ -4,7 +4,8 @@ The sweep file (``sweep_config.py``) expands into cells; each cell is one ordina
 ``OUT/cells/<cell>``, audited like any run (its attacker learns on as many released features as the
 server received). Running the same sweep again reuses every finished cell and resumes an interrupted
 one from its last checkpoint (``compare.run_or_reuse``), so a killed sweep loses at most the rounds of
-the cells it was in. ``parallel`` cells run at once, each a simulation with its own SuperLink and Ray. After every
+the cells it was in. The cells run on one warm runtime (``warm_runtime.py``), started once for the sweep,
+``parallel`` at once, each slot with its own Ray and its share of the cores. After every
 cell the report is rewritten: ``sweep.json`` (every cell's figures, every setting pooled over seeds, the
 attacks' cost, the recommendation), ``sweep.md`` and the plots.
 """
@@ -29,6 +30,7 @@ from fl_metamorphosis.metrics.sweep_report import attack_costs, cell_figures, po
 from .compare import run_config, run_or_reuse
 from .simulate import APP_DIR
 from .sweep_config import Cell, SweepConfig, expand
+from .warm_runtime import WarmRuntime
 
 
 def cell_record(cell: Cell) -> dict[str, Any]:
@@ -99,9 +101,13 @@ def run_sweep(
             echo(f"[cell {index}/{len(cells)} {cell.key}] {line}")
 
         cfg = run_config(cell.cfg, method_plan(cell.cfg).name, cell.seed, out=out)
-        return run_or_reuse(cfg, out / "cells" / cell.key, cell_echo, app_dir, cores)
+        return run_or_reuse(cfg, out / "cells" / cell.key, cell_echo, app_dir, cores, runtime)
 
-    with ThreadPoolExecutor(max_workers=sweep_cfg.parallel) as pool:
+    # the runtime closes first on the way out: an interrupted sweep's cells end with their runners
+    with (
+        ThreadPoolExecutor(max_workers=sweep_cfg.parallel) as pool,
+        WarmRuntime(out / ".runtime", slots=sweep_cfg.parallel, cores=cores, app_dir=app_dir) as runtime,
+    ):
         futures = {pool.submit(run_cell, i, c): c for i, c in enumerate(cells, 1)}
         for future in as_completed(futures):
             cell = futures[future]

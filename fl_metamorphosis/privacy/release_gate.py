@@ -53,9 +53,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.stats import binom
-from sklearn.linear_model import RidgeClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ..config import FeatureDPConfig, ReleaseGateConfig
@@ -94,6 +91,11 @@ def _task_features(generator: nn.Module, images: torch.Tensor, batch_size: int =
 def _probe_correct(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> int:
     if len(np.unique(y_train)) < 2:  # one class only: the probe is the label-blind guess
         return int((y_test == y_train[0]).sum())
+    # here, not at the top: a device whose gate is off (and each ClientApp process) skips scikit-learn's import
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     model = make_pipeline(StandardScaler(), RidgeClassifier(alpha=1.0)).fit(x_train, y_train)
     return int((model.predict(x_test) == y_test).sum())
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from fl_metamorphosis.audit import cross_task_attacks, dependence_report, image_scores, reconstruction_attack
+from fl_metamorphosis.audit import cross_task_attacks, dependence_report, image_scores
+from fl_metamorphosis.audit.reconstruction_attack import reconstruction_attack
 from fl_metamorphosis.config import AuditConfig, ModelConfig
 
 
