@@ -188,6 +188,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
             "dp_sgd": model.dp_sgd,
             "device_privacy": devices,
             "resumed_from_round": fed.resumed_from,
+            "config": cfg.model_dump(),  # what a sweep compares to reuse the run
             **release_summary(fed),
         }
         write_json(out / "summary.json", {**summary, "server_wall_seconds": time.perf_counter() - fed.started})

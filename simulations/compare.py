@@ -84,7 +84,7 @@ def run_or_reuse(
     stop_processes((out / ".flwr").resolve())  # a killed launcher's Flower may still be running this run
     if summary_file.exists():
         done = json.loads(summary_file.read_text())
-        if done.get("config") == cfg.model_dump() and "methods" in done:
+        if done.get("config") == cfg.model_dump() and ("methods" in done or not cfg.audit.enabled):
             echo(f"  reusing the finished run in {out}")
             return done
     config_file = out / "config.json"

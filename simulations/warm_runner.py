@@ -63,7 +63,7 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)  # the Ray holder's stdin closes with us, and it stops Ray
 
 
-def run_one(job: dict[str, Any], app_dir: Path, server_app: Any, client_app: Any, cpus: int) -> None:
+def run_one(job: dict[str, Any], app_dir: Path, server_app: Any, client_app: Any, cpus: int, cores: str | None) -> None:
     """One simulation, as ``flwr-simulation`` runs one for a SuperLink (flwr/simulation/app.py)."""
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
@@ -81,8 +81,10 @@ def run_one(job: dict[str, Any], app_dir: Path, server_app: Any, client_app: Any
             f"federated.cpus_per_device={job['cpus_per_device']}: this warm runtime's slot has {cpus} CPUs; "
             "lower it, or run fewer cells at once (sweep parallel)"
         )
-    if job["cores"]:
+    if job["cores"]:  # the run's own share of the cores, else what the runner was started with (``cores``)
         os.environ[CORES_ENV] = str(job["cores"])
+    elif cores is not None:
+        os.environ[CORES_ENV] = cores
     else:
         os.environ.pop(CORES_ENV, None)
     run = Run.create_empty(run_id=random.SystemRandom().getrandbits(63))
@@ -107,7 +109,9 @@ def run_one(job: dict[str, Any], app_dir: Path, server_app: Any, client_app: Any
 
 
 def main() -> None:
-    app_dir, cpus = Path(sys.argv[1]).resolve(), int(sys.argv[2])
+    from fl_metamorphosis.environment import CORES_ENV
+
+    app_dir, cpus, cores = Path(sys.argv[1]).resolve(), int(sys.argv[2]), os.environ.get(CORES_ENV)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     sys.path.insert(0, str(app_dir))
     holder = _start_ray(cpus)
@@ -118,7 +122,7 @@ def main() -> None:
         for line in sys.stdin:
             result: dict[str, Any] = {"ok": True}
             try:
-                run_one(json.loads(line), app_dir, server_app, client_app, cpus)
+                run_one(json.loads(line), app_dir, server_app, client_app, cpus, cores)
             except Exception as err:  # the run failed, the runner goes on: the launcher reports it
                 traceback.print_exc()
                 result = {"ok": False, "error": f"{type(err).__name__}: {err}"}

@@ -81,8 +81,11 @@ class _Runner:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         with (out / "flower.log").open("w") as log:
-            self.proc.stdin.write(json.dumps(job) + "\n")  # type: ignore[union-attr]
-            self.proc.stdin.flush()  # type: ignore[union-attr]
+            try:
+                self.proc.stdin.write(json.dumps(job) + "\n")  # type: ignore[union-attr]
+                self.proc.stdin.flush()  # type: ignore[union-attr]
+            except OSError:  # it ended since its last run: the check below says so
+                pass
             result = self._read_until(DONE_MARK, log, echo)
         if result is None:
             self.stop()

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -5,8 +6,17 @@ import torch
 
 from fl_metamorphosis.config import build_config, preset_overrides
 from fl_metamorphosis.data import load_dataset
+from fl_metamorphosis.environment import CORES_ENV
 
-torch.set_num_threads(2)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers side by side (pytest-xdist): each test, and every run and device it
+    # starts, uses one thread per process. Two runs' OpenMP pools on two cores spin against each other: a
+    # tiny audit's gradient-boosted probe took minutes that way.
+    os.environ.setdefault(CORES_ENV, "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +49,9 @@ def operator_policy_file(folder, cfg) -> str:
     path = Path(folder) / "policy.json"
     DevicePolicy.from_config(cfg).save(path)
     return str(path)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow end-to-end runs first (a stable sort keeps their order): ``make test`` spreads the tests over
+    workers (pytest-xdist), and a long run left to the end of one worker's queue would finish alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
