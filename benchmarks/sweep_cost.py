@@ -9,6 +9,7 @@ runtime's start (its runner's imports and Ray): it is shown apart, and the later
 a sweep pays for each cell after its first.
 
     python benchmarks/sweep_cost.py [--cells 4] [--set key=value ...] [--default-sweep OUT]
+    python benchmarks/sweep_cost.py --cells 0 --default-sweep OUT      # the default sweep alone
 """
 
 from __future__ import annotations
@@ -99,13 +100,14 @@ def default_sweep(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cells", type=int, default=4, help="tiny cells of each kind (default 4)")
+    parser.add_argument("--cells", type=int, default=4, help="tiny cells of each kind (default 4; 0: none)")
     parser.add_argument("--set", action="append", default=[], help="extra overrides of the tiny cell")
     parser.add_argument("--default-sweep", type=Path, metavar="OUT", help="also time configs/sweep.toml into OUT")
     args = parser.parse_args()
     print(machine_description())
-    with tempfile.TemporaryDirectory(prefix="sweep-cost-") as scratch:
-        tiny_cells(args.cells, args.set, Path(scratch))
+    if args.cells > 0:
+        with tempfile.TemporaryDirectory(prefix="sweep-cost-") as scratch:
+            tiny_cells(args.cells, args.set, Path(scratch))
     if args.default_sweep:
         default_sweep(args.default_sweep)
 
