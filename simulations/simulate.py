@@ -1,4 +1,5 @@
-"""``metamorphosis simulate``: one federated experiment through ``flwr run`` on a local Ray simulation.
+"""``metamorphosis simulate``: one federated experiment through ``flwr run`` on a local Ray simulation (or,
+for a sweep, a comparison or a search, on their warm runtime: ``warm_runtime.py``).
 
 The launcher only orchestrates: it writes the validated experiment next to the run folder, gives Flower a
 private ``FLWR_HOME`` and free ports under the run folder (so runs never attach to someone else's
@@ -155,6 +156,8 @@ def simulate(
     ``runtime``: run it on this warm runtime (``warm_runtime.py``: a sweep's, a comparison's) instead of
     starting Flower, Ray and the imports for this run alone."""
     if ray_address is not None:
+        if runtime is not None:
+            raise ConfigError("--ray-address: a warm runtime holds its own Ray; give one or the other")
         check_ray_address(ray_address)
     prepare_dataset(cfg.data, cfg.train.seed)
     out = Path(out).resolve()

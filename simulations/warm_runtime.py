@@ -36,6 +36,7 @@ from typing import IO, Any
 from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.deployment.flower_processes import PROGRESS, RunFailed, stop_processes
 
+from .simulate import APP_DIR, flower_env  # the cold launcher's environment, so both run alike
 from .warm_runner import DONE_MARK, READY
 
 
@@ -120,18 +121,16 @@ class WarmRuntime:
     ``home``: the runtime's own folder (logs, and the mark its processes carry). ``cores``: the cores of
     each slot (default: all of this machine's, shared out between the slots)."""
 
-    def __init__(self, home: Path, *, slots: int = 1, cores: int | None = None, app_dir: Path | None = None) -> None:
-        from .simulate import APP_DIR, flower_env  # the cold launcher's environment, so both run alike
-
+    def __init__(self, home: Path, *, slots: int = 1, cores: int | None = None, app_dir: Path = APP_DIR) -> None:
         self.home = Path(home).resolve()
         self.cores = cores or max(1, (os.cpu_count() or 1) // slots)
         stop_processes(self.home)  # a runtime killed outright, in this folder, may have left processes
         self.home.mkdir(parents=True, exist_ok=True)
         env = flower_env(self.home, None)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(app_dir or APP_DIR), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(app_dir), env.get("PYTHONPATH")]))
         self._idle: queue.Queue[_Runner] = queue.Queue()
         for slot in range(slots):
-            self._idle.put(_Runner(Path(app_dir or APP_DIR), self.cores, env, self.home / f"runner-{slot}.log"))
+            self._idle.put(_Runner(Path(app_dir), self.cores, env, self.home / f"runner-{slot}.log"))
         self._all = list(self._idle.queue)
 
     def run(
