@@ -124,7 +124,7 @@ def compare(
             for method in methods:
                 echo(f"[compare] {method}, seed {seed} ({len(methods) * len(seeds)} runs in all)")
                 run_out = out / "runs" / f"{method}_seed{seed}"
-                summary = run_or_reuse(run_config(cfg, method, seed, out=out), run_out, echo, app_dir, None, runtime)
+                summary = run_or_reuse(run_config(cfg, method, seed, out=out), run_out, echo, app_dir, runtime=runtime)
                 figures = summary["methods"][method]
                 figures["wall_seconds"] = summary.get("server_wall_seconds", figures.get("wall_seconds"))
                 runs.setdefault(method, {})[seed] = figures
@@ -198,7 +198,7 @@ def sweep(
     with WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime:
         for key, value, method, run_cfg in configs:
             echo(f"[sweep] {key}={value}, {method}")
-            summary = run_or_reuse(run_cfg, out / "sweep" / f"{key}={value}_{method}", echo, app_dir, None, runtime)
+            summary = run_or_reuse(run_cfg, out / "sweep" / f"{key}={value}_{method}", echo, app_dir, runtime=runtime)
             m, tasks = summary["methods"][method], summary["tasks"]
             dp_eps, feature_eps = m["dp_sgd"].get("epsilon"), m["feature_dp"].get("epsilon")
             measured = dp_eps if key.startswith("dp_sgd") else feature_eps if key.startswith("feature_dp") else None

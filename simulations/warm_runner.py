@@ -29,6 +29,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from fl_metamorphosis.environment import CORES_ENV
+
 DONE_MARK = "\x1fwarm-runner-done "
 READY = "\x1fwarm-runner-ready"
 _RAY_HOLDER = (
@@ -74,19 +76,16 @@ def run_one(job: dict[str, Any], app_dir: Path, server_app: Any, client_app: Any
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
-    from fl_metamorphosis.environment import CORES_ENV
-
     if job["cpus_per_device"] > cpus:
         raise ValueError(
             f"federated.cpus_per_device={job['cpus_per_device']}: this warm runtime's slot has {cpus} CPUs; "
             "lower it, or run fewer cells at once (sweep parallel)"
         )
-    if job["cores"]:  # the run's own share of the cores, else what the runner was started with (``cores``)
-        os.environ[CORES_ENV] = str(job["cores"])
-    elif cores is not None:
-        os.environ[CORES_ENV] = cores
-    else:
+    share = str(job["cores"]) if job["cores"] else cores  # the run's own share, else the runner's
+    if share is None:
         os.environ.pop(CORES_ENV, None)
+    else:
+        os.environ[CORES_ENV] = share
     run = Run.create_empty(run_id=random.SystemRandom().getrandbits(63))
     run.primary_task_id = random.SystemRandom().getrandbits(63)
     run.federation_id = NOOP_FEDERATION_ID
@@ -109,8 +108,6 @@ def run_one(job: dict[str, Any], app_dir: Path, server_app: Any, client_app: Any
 
 
 def main() -> None:
-    from fl_metamorphosis.environment import CORES_ENV
-
     app_dir, cpus, cores = Path(sys.argv[1]).resolve(), int(sys.argv[2]), os.environ.get(CORES_ENV)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     sys.path.insert(0, str(app_dir))

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fl_metamorphosis.config import ExperimentConfig
-from fl_metamorphosis.deployment.flower_processes import PROGRESS, RunFailed, stop_processes
+from fl_metamorphosis.deployment.flower_processes import RunFailed, relay, stop_processes
 
 from .simulate import APP_DIR, flower_env  # the cold launcher's environment, so both run alike
 from .warm_runner import DONE_MARK, READY
@@ -72,10 +72,7 @@ class _Runner:
         for line in self.proc.stdout:  # type: ignore[union-attr]
             if line.startswith(mark):
                 return line[len(mark) :]
-            log.write(line)
-            log.flush()
-            if line.startswith(PROGRESS) or "Error" in line:
-                echo(line.rstrip())  # may raise to stop the run (Ctrl-C, a pruned search trial)
+            relay(line, log, echo)
         return None
 
     def run(self, job: dict[str, Any], out: Path, echo: Callable[[str], None]) -> None:

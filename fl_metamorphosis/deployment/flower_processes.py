@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 # the ServerApp's log lines the launcher shows (the rest is in flower.log)
 PROGRESS = ("[round", "  round", "  waiting", "auditing", "resuming", "no complete", "device-side", "Traceback")
@@ -59,6 +60,15 @@ def stop_processes(home: Path, grace_s: float = 10.0) -> None:
             pass
 
 
+def relay(line: str, log: IO[str], echo: Callable[[str], None]) -> None:
+    """One line of a run's output: into its log, and to ``echo`` if it is progress or an error. ``echo`` may
+    raise to stop the run (Ctrl-C, a pruned search trial)."""
+    log.write(line)
+    log.flush()
+    if line.startswith(PROGRESS) or "Error" in line:
+        echo(line.rstrip())
+
+
 def raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -94,12 +104,9 @@ def run_flower(cmd: list[str], env: dict[str, str], out: Path, connection: str, 
         ):
             try:
                 for line in proc.stdout:  # type: ignore[union-attr]
-                    log.write(line)
-                    log.flush()
                     if match := re.search(r"Successfully started run (\d+)", line):
                         run_id = int(match.group(1))
-                    if line.startswith(PROGRESS) or "Error" in line:
-                        echo(line.rstrip())  # may raise to stop the run (Ctrl-C, a pruned search trial)
+                    relay(line, log, echo)
             except BaseException:
                 proc.terminate()  # stop streaming; the caller's cleanup stops the run's processes
                 raise
