@@ -34,6 +34,8 @@ from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.fleet import Fleet, Work
 from fl_metamorphosis.flower import messages as proto
 
+from .grid_view import GridView
+
 if TYPE_CHECKING:
     from .round_loop import Federation
 
@@ -55,11 +57,11 @@ def _pairs(reply: Message) -> int:
     return int(reply.content.metric_records[proto.METRICS].get("num-examples", 0))
 
 
-class FleetGrid(Grid):
+class FleetGrid(GridView):
     """Flower's grid, seen through the fleet: availability, dropouts, deadline, simulated time."""
 
     def __init__(self, inner: Grid, cfg: ExperimentConfig) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.nodes = sorted(inner.get_node_ids())
         self.slot = {node: i for i, node in enumerate(self.nodes)}
         self.fleet = Fleet(cfg.federated.fleet, len(self.nodes), ROUND_MEMORY_MB)
@@ -137,23 +139,6 @@ class FleetGrid(Grid):
         works = self._works(messages, replies, 1)
         self.stats["fleet.bytes_up"] += sum(w.bytes_up for w in works.values())
         self.stats["fleet.features_seconds"] += self.fleet.release_phase(list(works.values()))
-
-    # --- the rest is Flower's grid -----------------------------------------------------------------
-    def set_run(self, run):  # pragma: no cover - the runtime sets the inner grid's run
-        self.inner.set_run(run)
-
-    @property
-    def run(self):  # pragma: no cover
-        return self.inner.run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # pragma: no cover
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def push_messages(self, messages):  # pragma: no cover - the round loop uses send_and_receive
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids):  # pragma: no cover
-        return self.inner.pull_messages(message_ids)
 
 
 class FleetParticipation:
