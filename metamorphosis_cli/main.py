@@ -17,11 +17,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
 from rich.console import Console
 from rich.text import Text
 
-from fl_metamorphosis.config import ConfigError, load_config, preset_overrides
+from fl_metamorphosis.config import ConfigError, Method, load_config, preset_overrides
 from fl_metamorphosis.environment import DEBUG_ENV
 
 console = Console(stderr=True)  # no file given: each print writes to the sys.stderr of that moment
@@ -104,11 +105,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="run the devices on this running Ray cluster (its head's GCS port; docs/ray-cluster.md)",
     )
-    from fl_metamorphosis.methods import METHODS
-
     compare = sub.choices["compare"]
-    compare.add_argument(
-        "--methods", nargs="+", choices=list(METHODS), help="default: all (with --sweep: metamorphosis)"
+    compare.add_argument(  # the config's names, not fl_metamorphosis.methods: every command would import torch
+        "--methods", nargs="+", choices=list(get_args(Method)), help="default: all (with --sweep: metamorphosis)"
     )
     compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
     compare.add_argument("--quick", action="store_true", help="configs/tiny.toml: 3 devices, 2 rounds (tests)")

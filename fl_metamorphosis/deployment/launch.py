@@ -34,7 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import ConfigError, ExperimentConfig, build_config
-from ..data.device_folder import read_partition_id, write_device_folder
 from ..environment import SIMULATION_ENV
 from . import CONTROL_PORT
 from .flower_processes import RunFailed, clear_run_outputs, raise_interrupt, run_flower, stop_processes
@@ -268,6 +267,8 @@ def device_command(
 ) -> list[str]:
     """``limits``: the device owner's own node config (``epsilon-budget``, ``max-releases-per-pair``,
     ``secure-aggregation``, ``secure-aggregation-min-devices``), which bound whatever the server asks."""
+    from ..data.device_folder import read_partition_id  # torch: only the commands that read data import it
+
     node_config = (
         f"partition-id={read_partition_id(data)} data-dir='{Path(data).resolve()}' "
         f"state-dir='{Path(state).resolve()}' threads={threads} name='{name}'"
@@ -295,6 +296,7 @@ def start_device(cmd: list[str], state: Path, log: Path | None = None) -> subpro
 
 def prepare_data(cfg: ExperimentConfig, devices: int, out: Path) -> list[Path]:
     """One folder per device with its partition of the configured dataset (``device-N/``)."""
+    from ..data.device_folder import write_device_folder
     from ..data.partition import device_datasets
 
     tree = cfg.model_dump()

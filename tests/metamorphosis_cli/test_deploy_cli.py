@@ -93,3 +93,14 @@ def test_a_server_whose_gateway_cannot_start_leaves_nothing_running(tmp_path):
             deploy.start_server(certs.ca_cert.parent, "127.0.0.1", taken.getsockname()[1], tmp_path / "state",
                                 control_port=free_port())  # fmt: skip
     assert processes_of(deploy.flower_home(tmp_path / "state")) == []
+
+
+def test_the_command_and_the_deploy_launchers_load_without_torch():
+    """Every `metamorphosis` call pays its imports (10 calls in docs/deploy.md's recipe; torch alone is about
+    1 s here and several on a board): only the commands that train, read data or audit load torch."""
+    probe = (
+        "import sys; import metamorphosis_cli.main, metamorphosis_cli.deploy, fl_metamorphosis.deployment.launch; "
+        "from metamorphosis_cli.main import _parser; _parser(); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
