@@ -22,6 +22,7 @@ the audit switched off, measured in one process on this machine, one after the o
   on the devices or the server can remove.
 
     python benchmarks/federation_cost.py [--devices 10 100] [--rounds 3 10] [--pairs 20000] [--no-floor]
+                                         [--gate-off-too]
 """
 
 from __future__ import annotations
@@ -190,6 +191,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, nargs=2, default=[3, 10])
     p.add_argument("--pairs", type=int, default=20_000)
     p.add_argument("--no-floor", action="store_true", help="skip Flower's floor (the do-nothing App)")
+    p.add_argument(
+        "--gate-off-too",
+        action="store_true",
+        help="beside each population, the same runs with the devices' release gate off (what the gate costs)",
+    )
     args = p.parse_args()
     short, long = sorted(args.rounds)
     common = [f"data.train_pairs={args.pairs}", "audit.enabled=false", 'methods=["metamorphosis"]']
@@ -198,13 +204,18 @@ def main() -> None:
     print(f"central: {args.pairs} pairs, {long} epochs: {epoch_s:.2f} s an epoch (accuracy left {acc:.3f})", flush=True)
     parameters = model_parameters(common)
     rows = []
+    variants = [("", [])] + ([(", release gate off", ["release_gate.enabled=false"])] if args.gate_off_too else [])
     for n in args.devices:
-        (a, rounds_a), (b, rounds_b) = (simulation_seconds(common, n, r) for r in (short, long))
-        print(f"simulate {n} devices: {short} rounds {a:.1f} s, {long} rounds {b:.1f} s" + _span(rounds_a + rounds_b))
-        lengths, timed = (b - a) / (long - short), statistics.median(rounds_a + rounds_b)
-        row = [f"{n} devices", f"{a:.1f}", f"{b:.1f}", f"{a - short * timed:.1f}", f"{lengths:.2f}", f"{timed:.2f}"]
-        row += [f"{timed / epoch_s:.2f}x", f"{(timed - epoch_s) / n * 1e3:.0f}"]
-        rows.append(row)
+        for label, extra in variants:
+            (a, rounds_a), (b, rounds_b) = (simulation_seconds([*common, *extra], n, r) for r in (short, long))
+            print(
+                f"simulate {n} devices{label}: {short} rounds {a:.1f} s, {long} rounds {b:.1f} s"
+                + _span(rounds_a + rounds_b)
+            )
+            lengths, timed = (b - a) / (long - short), statistics.median(rounds_a + rounds_b)
+            row = [f"{n} devices{label}", f"{a:.1f}", f"{b:.1f}", f"{a - short * timed:.1f}", f"{lengths:.2f}"]
+            row += [f"{timed:.2f}", f"{timed / epoch_s:.2f}x", f"{(timed - epoch_s) / n * 1e3:.0f}"]
+            rows.append(row)
         if args.no_floor:
             continue
         sampled = simulation_config(common, n, short).federated.sampled_per_round()
