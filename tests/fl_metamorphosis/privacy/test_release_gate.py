@@ -1,13 +1,18 @@
 """The release gate on features whose leak is known by construction (no training: fast and exact)."""
 
+import numpy as np
+import pytest
 import torch
+from sklearn.linear_model import RidgeClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from fl_metamorphosis.config import DataConfig, FeatureDPConfig, ReleaseGateConfig
 from fl_metamorphosis.data import load_dataset
 from fl_metamorphosis.data.reference import reference_pairs
 from fl_metamorphosis.privacy.randomness import Randomness
-from fl_metamorphosis.privacy.release_gate import release_gate
+from fl_metamorphosis.privacy.release_gate import release_gate, ridge_probe_predict
 
 N, D, K = 1200, 16, 10
 
@@ -146,3 +151,19 @@ def test_the_reference_is_the_datasets_test_split_where_the_device_can_build_it(
     assert reference_pairs(synthetic, 0, own, torch.Generator()) is None  # not alike
     missing = DataConfig(name="mnist_pairs", root=tmp_path / "absent")
     assert reference_pairs(missing, 0, own, torch.Generator()) is None  # files the device does not have
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_gates_closed_form_probe_predicts_as_scikit_learns_pipeline(seed):
+    """The probe the gate fits is scikit-learn's StandardScaler + RidgeClassifier, computed in closed form: the
+    same predictions on two and on many classes, separable or not, with a constant column, float32 rows."""
+    rng = np.random.default_rng(seed)
+    for classes, rows, dims in [(2, 300, 64), (10, 3000, 64), (7, 60, 128), (10, 200, 16)]:
+        y = rng.integers(0, classes, rows)
+        x = (rng.normal(size=(classes, dims))[y] * rng.uniform(0, 2) + rng.normal(size=(rows, dims))).astype(np.float32)
+        x[:, 3] = 2.5
+        train = rows * 3 // 4
+        expected = (
+            make_pipeline(StandardScaler(), RidgeClassifier(alpha=1.0)).fit(x[:train], y[:train]).predict(x[train:])
+        )
+        np.testing.assert_array_equal(ridge_probe_predict(x[:train], y[:train], x[train:]), expected)
