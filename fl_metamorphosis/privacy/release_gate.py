@@ -102,8 +102,9 @@ def ridge_probe_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.nda
     (benchmarks/release_gate_cost.py, docs/federated.md).
     ``tests/fl_metamorphosis/privacy/test_release_gate.py`` holds it to scikit-learn's predictions."""
     mean, var = x_train.mean(0, dtype=np.float64), x_train.var(0, dtype=np.float64)
+    n, eps = len(x_train), np.finfo(np.float64).eps
     scale = np.sqrt(var)
-    scale[var <= 10 * np.finfo(np.float64).eps * np.maximum(1.0, mean**2)] = 1.0  # a constant column: as sklearn
+    scale[var <= n * eps * var + (n * mean * eps) ** 2] = 1.0  # a constant column, by StandardScaler's own test
     x, x_new = (x_train - mean) / scale, (x_test - mean) / scale
     classes, index = np.unique(y_train, return_inverse=True)
     targets = -np.ones((len(y_train), len(classes)))  # RidgeClassifier's {-1, 1} coding, one column per class
