@@ -8,6 +8,7 @@ metamorphosis audit RUN_OR_CHECKPOINT [--out DIR] [--export FILE.npz] [--attacke
 metamorphosis compare [--config FILE] [--set key=value ...] [--out DIR] [--methods M ...] [--seeds S ...]
                       [--quick] [--sweep KEY=V1,V2 ...]
 metamorphosis sweep --config SWEEP.toml [--set key=value ...] [--out DIR] [--search]
+metamorphosis export RUN_OR_CHECKPOINT --out DIR [--method M] [--quantize int8]
 """
 
 from __future__ import annotations
@@ -149,7 +150,36 @@ def _parser() -> argparse.ArgumentParser:
         "rounds spread over the run and refined around the worst); writes held_rows.json, held_rows.md, "
         "round_attacks.png",
     )
+    export = sub.add_parser("export", help="the trained device part and task heads as ONNX, for the edge runtime")
+    export.add_argument("source", type=Path, help="run folder of central/simulate, or a .ckpt checkpoint")
+    export.add_argument("--out", type=Path, required=True, help="the export folder (ONNX files, manifest.json)")
+    export.add_argument("--method", help="which model of a central run holding several")
+    export.add_argument("--quantize", choices=["int8"], help="also int8 models (ONNX Runtime), their accuracy measured")
     return p
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fl_metamorphosis.export import export_run
+
+    say(f"exporting {args.source} -> {args.out}", "bold")
+    manifest = export_run(args.source, args.out, method=args.method, quantize=args.quantize)
+    acc = manifest.accuracy
+    for task in manifest.tasks:
+        if not task.released:
+            say(f"  {task.name}: not released (every device withheld it in the run's last round)")
+            continue
+        line = (
+            f"  {task.name}: noise {task.noise_std:g} ({manifest.mechanism}, clip {manifest.clip_norm:g}), "
+            f"epsilon {task.epsilon:.2f} per image; accuracy torch {acc['torch'][task.name]['mean']:.3f}, "
+            f"onnx {acc['onnx_fp32'][task.name]['mean']:.3f}"
+        )
+        if "onnx_int8" in acc:
+            drop = acc["int8_drop"][task.name]["mean"]
+            line += f", int8 {acc['onnx_int8'][task.name]['mean']:.3f} (drop {drop:+.3f})"
+        say(line)
+    diff = acc["onnx_vs_torch_max_abs_diff"]
+    say(f"ONNX vs PyTorch, noise off: max difference {max(diff.values()):.1e}; manifest: {args.out / 'manifest.json'}")
+    return 0
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -311,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             "compare": _compare,
             "sweep": _sweep,
             "deploy": run_deploy,
+            "export": _export,
         }
         return commands[args.command](args)
     except ConfigError as err:

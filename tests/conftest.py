@@ -55,3 +55,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The slow end-to-end runs first (a stable sort keeps their order): ``make test`` spreads the tests over
     workers (pytest-xdist), and a long run left to the end of one worker's queue would finish alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory):
+    """A tiny central MetaMorphosis run (no audit) and its export with int8 models: (run, export folder)."""
+    from fl_metamorphosis.central import run_central
+    from fl_metamorphosis.export import export_run
+
+    root = tmp_path_factory.mktemp("export")
+    cfg = build_config(None, [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "audit.enabled=false"])
+    run_central(cfg, root / "run")
+    export_run(root / "run", root / "export", quantize="int8")
+    return root / "run", root / "export"
