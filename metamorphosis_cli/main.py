@@ -8,7 +8,7 @@ metamorphosis audit RUN_OR_CHECKPOINT [--out DIR] [--export FILE.npz] [--attacke
 metamorphosis compare [--config FILE] [--set key=value ...] [--out DIR] [--methods M ...] [--seeds S ...]
                       [--quick] [--sweep KEY=V1,V2 ...]
 metamorphosis sweep --config SWEEP.toml [--set key=value ...] [--out DIR] [--search]
-metamorphosis export RUN_OR_CHECKPOINT --out DIR [--method M] [--quantize int8]
+metamorphosis export RUN_OR_CHECKPOINT --out DIR [--method M] [--quantize int8] [--samples N]
 """
 
 from __future__ import annotations
@@ -155,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="the export folder (ONNX files, manifest.json)")
     export.add_argument("--method", help="which model of a central run holding several")
     export.add_argument("--quantize", choices=["int8"], help="also int8 models (ONNX Runtime), their accuracy measured")
+    export.add_argument(
+        "--samples",
+        type=int,
+        help="test images (and labels) to write as samples.npz (default 64 for the embedded data, 0 for your own)",
+    )
     return p
 
 
@@ -162,7 +167,9 @@ def _export(args: argparse.Namespace) -> int:
     from fl_metamorphosis.export import export_run
 
     say(f"exporting {args.source} -> {args.out}", "bold")
-    manifest = export_run(args.source, args.out, method=args.method, quantize=args.quantize)
+    if args.samples is not None and args.samples < 0:
+        raise ConfigError(f"--samples {args.samples}: give 0 or more")
+    manifest = export_run(args.source, args.out, method=args.method, quantize=args.quantize, samples=args.samples)
     acc = manifest.accuracy
     for task in manifest.tasks:
         if not task.released:

@@ -36,6 +36,7 @@ from ..metrics import read_jsonl
 from ..privacy.feature_noise import clip_features, gaussian_epsilon
 
 DEVICE_MODEL = "device.onnx"
+PUBLIC_DATA = ("digits", "synthetic")  # embedded or generated: samples of them may travel with an export
 OPSET = 17
 
 
@@ -141,15 +142,17 @@ def export_run(
     *,
     method: str | None = None,
     quantize: str | None = None,
-    samples: int = 64,
+    samples: int | None = None,
 ) -> Manifest:
-    """Write ``device.onnx``, ``head_<task>.onnx``, ``manifest.json`` and ``samples.npz`` (a few test images
-    and labels to try the edge runtime on) into ``out``; with ``quantize="int8"`` also the int8 models.
+    """Write ``device.onnx``, ``head_<task>.onnx`` and ``manifest.json`` into ``out``, and ``samples.npz`` (a few
+    test images and their labels, to try the edge runtime on); with ``quantize="int8"`` also the int8 models.
 
     Keyword-only arguments:
         method: which model of a ``central`` run folder holding several.
         quantize: ``"int8"`` for ONNX Runtime's dynamic int8 quantisation of every graph, or None.
-        samples: how many test images go into samples.npz.
+        samples: how many test images go into samples.npz. By default 64 for the embedded public data (digits,
+            synthetic) and none for a user's own: an export travels to boards and task owners, and a
+            dataset's images are not theirs to receive unless the user says so.
     """
     source = Path(source)
     model = _pick(load_saved(source), method)
@@ -211,13 +214,16 @@ def export_run(
         manifest = quantize_export(out, manifest)
     elif quantize is not None:
         raise ConfigError(f"--quantize {quantize!r}: the one quantisation is int8")
-    n = min(samples, len(test))
-    np.savez_compressed(
-        out / "samples.npz",
-        images=test.images[:n].numpy(),
-        labels=test.labels[:n].numpy(),
-        task_names=np.array(test.task_names),
-    )
+    if samples is None:
+        samples = 64 if cfg.data.name in PUBLIC_DATA else 0
+    if samples > 0:
+        n = min(samples, len(test))
+        np.savez_compressed(
+            out / "samples.npz",
+            images=test.images[:n].numpy(),
+            labels=test.labels[:n].numpy(),
+            task_names=np.array(test.task_names),
+        )
     from .verify import verify_export
 
     manifest.write(out)  # the runtime that verifies the export reads it as a device would

@@ -97,7 +97,8 @@ def test_a_task_the_gate_noised_harder_keeps_its_noise_and_a_withheld_one_is_not
     with (copy / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"round": 9, "released_noise": {"left": 2.0}, "withheld": {"left": 0, "right": 3}}) + "\n")
     assert last_release_steps(copy, ["left", "right"]) == {"left": 2.0, "right": None}
-    manifest = export_run(copy, tmp_path / "export")
+    manifest = export_run(copy, tmp_path / "export", samples=0)
+    assert not (tmp_path / "export" / "samples.npz").exists()  # no data images unless asked
     left, right = manifest.tasks
     assert left.released and left.noise_std == pytest.approx(2 * load_saved(copy)[0].cfg.feature_dp.noise_std)
     assert not right.released and right.noise_std is None
