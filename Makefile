@@ -12,7 +12,7 @@ OUT ?= runs/demo
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "pip==26.3"
-	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[dev,tracking]"
 	$(BIN)/python -c "import dcor"
 	touch $(STAMP)
 

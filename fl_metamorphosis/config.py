@@ -593,6 +593,21 @@ class FederatedConfig(_Strict):
         return self
 
 
+class TrackingConfig(_Strict):
+    """Where a run's config, metrics and files are also logged (``fl_metamorphosis/tracking``); the run folder
+    is written either way. Not part of the experiment: runs that differ only here are the same run."""
+
+    backend: Literal["none", "mlflow", "tensorboard"] = Field(
+        "none", description="none, mlflow, or tensorboard (event files in the run folder's tensorboard/)"
+    )
+    uri: str | None = Field(
+        None,
+        description="mlflow: the tracking URI (a team's server, http://host:5000); default a local store beside "
+        "the run folder (sqlite:///<parent>/mlflow.db)",
+    )
+    experiment: str = Field("fl-metamorphosis", min_length=1, description="mlflow: the experiment's name")
+
+
 class ExperimentConfig(_Strict):
     """One experiment. Defaults are the embedded demo."""
 
@@ -608,6 +623,11 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def experiment_dump(self) -> dict[str, Any]:
+        """The config without ``tracking``: what makes two runs the same run."""
+        return self.model_dump(exclude={"tracking"})
 
     @model_validator(mode="after")
     def _dp_safe_loss(self) -> ExperimentConfig:

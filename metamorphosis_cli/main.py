@@ -69,6 +69,20 @@ def _echo(line: str) -> None:
     say(line)
 
 
+def _add_track(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--track",
+        choices=["mlflow", "tensorboard"],
+        help="also log the config, every round and the results to MLflow or TensorBoard (docs/tracking.md); "
+        "the same as --set tracking.backend=NAME",
+    )
+
+
+def _with_track(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides, with ``--track``'s."""
+    return [*args.overrides, f"tracking.backend={args.track}"] if args.track else args.overrides
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metamorphosis", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -89,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
             help="override one config value, e.g. --set train.epochs=3 (repeatable)",
         )
         cmd.add_argument("--out", type=Path, default=Path(f"runs/{name}"), help=f"run folder (default runs/{name})")
+        _add_track(cmd)
     sub.choices["simulate"].add_argument(
         "--resume",
         type=Path,
@@ -131,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--out", type=Path, default=Path("runs/sweep"), help="sweep folder (default runs/sweep)")
     sweep.add_argument("--search", action="store_true", help="run the file's [search] study (Optuna) instead")
+    _add_track(sweep)
     from .deploy import add_parser as add_deploy_parser
 
     add_deploy_parser(sub)
@@ -219,7 +235,7 @@ def _compare(args: argparse.Namespace) -> int:
     from simulations.compare import COMPARE_DEFAULTS, TINY_PRESET, compare, parse_sweep, sweep
 
     quick = preset_overrides(TINY_PRESET) if args.quick else []
-    cfg = load_config(args.config, [*COMPARE_DEFAULTS, *quick, *args.overrides])
+    cfg = load_config(args.config, [*COMPARE_DEFAULTS, *quick, *_with_track(args)])
     from fl_metamorphosis.methods import METHODS
 
     try:
@@ -245,9 +261,9 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.config is not None:
             raise ConfigError("--resume continues a run with its own config: drop --config (use --set for safe keys)")
-        args.out, cfg = args.resume, resumed_config(args.resume, args.overrides)
+        args.out, cfg = args.resume, resumed_config(args.resume, _with_track(args))
     else:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, _with_track(args))
     if args.policy is not None:
         from fl_metamorphosis.privacy.device_policy import POLICY_ENV, DevicePolicy, PolicyError
 
@@ -289,9 +305,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _central(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, _with_track(args))
     # Heavy imports after the config is known to be valid: a typo fails in a blink.
     from fl_metamorphosis.central import run_central
+    from fl_metamorphosis.tracking import TrackedRun
 
     def on_epoch(row: dict) -> None:
         accs = "  ".join(f"{k.removeprefix('test_acc.')} {v:.3f}" for k, v in row.items() if k.startswith("test_acc."))
@@ -301,7 +318,8 @@ def _central(args: argparse.Namespace) -> int:
             f"{accs}{eps}  ({row['seconds']:.0f} s)"
         )
 
-    summary = run_central(cfg, args.out, on_epoch, on_stage=lambda msg: say(msg, "bold"))
+    with TrackedRun(args.out, cfg, by_method=len(cfg.methods) > 1):
+        summary = run_central(cfg, args.out, on_epoch, on_stage=lambda msg: say(msg, "bold"))
     report = (args.out / "report.md").read_text()
     print(report)
     failed = [c for c in summary["checks"] if not c["passed"]]
@@ -319,7 +337,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from simulations.sweep_config import read_sweep
 
     sweep_cfg, base = read_sweep(args.config)
-    base = build_config(base.model_dump(), args.overrides)
+    base = build_config(base.model_dump(), _with_track(args))
     if args.search:
         from simulations.search import run_search
 

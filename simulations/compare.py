@@ -32,6 +32,7 @@ from fl_metamorphosis.metrics.comparison_plots import (
     plot_sweep,
 )
 from fl_metamorphosis.metrics.frontier import render_frontier
+from fl_metamorphosis.tracking import TrackedRun, config_params
 
 from .simulate import APP_DIR, simulate
 from .warm_runtime import WarmRuntime
@@ -63,6 +64,9 @@ def run_config(
     return build_config(tree)
 
 
+COMPARE_FILES = ("comparison.md", "comparison.json", "sweep.md", "sweep.json", "*.png")
+
+
 @functools.cache
 def _train_size(data_json: str, seed: int) -> int:
     """The train split's size, loaded once per dataset and seed: every method (and swept value) of a
@@ -77,26 +81,30 @@ def run_or_reuse(
     app_dir: Path,
     cores: int | None = None,
     runtime: WarmRuntime | None = None,
+    tracking_parent: TrackedRun | None = None,
 ) -> dict[str, Any]:
     """One simulate run (on ``runtime``, the caller's warm runtime, if given): the finished one already in
-    ``out`` for the same experiment, the interrupted one resumed from its last checkpoint, or a new one."""
+    ``out`` for the same experiment, the interrupted one resumed from its last checkpoint, or a new one
+    (tracked under ``tracking_parent``, a sweep's or comparison's tracked run)."""
     summary_file = out / "summary.json"
     stop_processes((out / ".flwr").resolve())  # a killed launcher's Flower may still be running this run
     if summary_file.exists():
         done = json.loads(summary_file.read_text())
-        if done.get("config") == cfg.model_dump() and ("methods" in done or not cfg.audit.enabled):
+        same = {k: v for k, v in (done.get("config") or {}).items() if k != "tracking"} == cfg.experiment_dump()
+        if same and ("methods" in done or not cfg.audit.enabled):
             echo(f"  reusing the finished run in {out}")
             return done
     config_file = out / "config.json"
     resume = (
         latest_run(out / "checkpoints") is not None
         and config_file.exists()
-        and ExperimentConfig.model_validate_json(config_file.read_text()) == cfg
+        and ExperimentConfig.model_validate_json(config_file.read_text()).experiment_dump() == cfg.experiment_dump()
     )
     if resume:
         echo(f"  resuming the interrupted run in {out}")
     started = time.perf_counter()
-    simulate(cfg, out, echo=echo, app_dir=app_dir, resume=resume, cores=cores, runtime=runtime)
+    simulate(cfg, out, echo=echo, app_dir=app_dir, resume=resume, cores=cores, runtime=runtime,
+             tracking_parent=tracking_parent)  # fmt: skip
     summary = json.loads(summary_file.read_text())
     summary["launcher_wall_seconds"] = time.perf_counter() - started
     return summary
@@ -119,12 +127,17 @@ def compare(
     tasks: list[str] = []
     grids: dict[str, Path] = {}
     comparison: dict[str, Any] = {}
-    with WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime:
+    params = {**config_params(cfg), "compare.methods": json.dumps(methods), "compare.seeds": json.dumps(seeds)}
+    with (
+        WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime,
+        TrackedRun(out, cfg, title=f"compare {out.name}", params=params, resume=True, files=COMPARE_FILES) as parent,
+    ):
         for seed in seeds:
             for method in methods:
                 echo(f"[compare] {method}, seed {seed} ({len(methods) * len(seeds)} runs in all)")
                 run_out = out / "runs" / f"{method}_seed{seed}"
-                summary = run_or_reuse(run_config(cfg, method, seed, out=out), run_out, echo, app_dir, runtime=runtime)
+                run_cfg = run_config(cfg, method, seed, out=out)
+                summary = run_or_reuse(run_cfg, run_out, echo, app_dir, runtime=runtime, tracking_parent=parent)
                 figures = summary["methods"][method]
                 figures["wall_seconds"] = summary.get("server_wall_seconds", figures.get("wall_seconds"))
                 runs.setdefault(method, {})[seed] = figures
@@ -195,10 +208,15 @@ def sweep(
     ]
     rows: list[dict[str, Any]] = []
     tasks: list[str] = []
-    with WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime:
+    params = {**config_params(cfg), "compare.sweep": json.dumps(sweeps), "compare.methods": json.dumps(methods)}
+    with (
+        WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime,
+        TrackedRun(out, cfg, title=f"compare {out.name}", params=params, resume=True, files=COMPARE_FILES) as parent,
+    ):
         for key, value, method, run_cfg in configs:
             echo(f"[sweep] {key}={value}, {method}")
-            summary = run_or_reuse(run_cfg, out / "sweep" / f"{key}={value}_{method}", echo, app_dir, runtime=runtime)
+            run_out = out / "sweep" / f"{key}={value}_{method}"
+            summary = run_or_reuse(run_cfg, run_out, echo, app_dir, runtime=runtime, tracking_parent=parent)
             m, tasks = summary["methods"][method], summary["tasks"]
             dp_eps, feature_eps = m["dp_sgd"].get("epsilon"), m["feature_dp"].get("epsilon")
             measured = dp_eps if key.startswith("dp_sgd") else feature_eps if key.startswith("feature_dp") else None

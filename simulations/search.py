@@ -29,6 +29,8 @@ from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import read_jsonl, write_json
 from fl_metamorphosis.metrics.plots import plt
 from fl_metamorphosis.metrics.sweep_report import cell_figures
+from fl_metamorphosis.tracking import TrackedRun, config_params
+from fl_metamorphosis.tracking.base import flatten
 
 from .compare import run_config
 from .simulate import APP_DIR, simulate
@@ -36,6 +38,7 @@ from .sweep_config import SearchConfig, SweepConfig, cell_overrides
 from .warm_runtime import WarmRuntime
 
 STUDY = "search"
+SEARCH_FILES = ("search.md", "search.json", "*.png")
 
 
 def _trial_config(search: SearchConfig, base: ExperimentConfig, params: dict[str, float]) -> ExperimentConfig:
@@ -175,7 +178,9 @@ def run_search(
         prefix = lambda line: echo(f"[trial {trial.number}] {line}")  # noqa: E731
         started = time.perf_counter()
         report = _round_reporter(trial, run_out / "metrics.jsonl", prefix)
-        simulate(cfg, run_out, echo=report, app_dir=app_dir, runtime=runtime)
+        trial_params = {"trial.number": str(trial.number), **{f"trial.{k}": repr(v) for k, v in params.items()}}
+        simulate(cfg, run_out, echo=report, app_dir=app_dir, runtime=runtime, tracking_parent=tracked,
+                 tracking_params=trial_params)  # fmt: skip
         figures = cell_figures(json.loads((run_out / "summary.json").read_text()))
         trial.set_user_attr("epsilon", figures["epsilon"])
         trial.set_user_attr("cross_task_attack", figures["cross_task_attack"])
@@ -189,6 +194,11 @@ def run_search(
     if left > 0:
         timeout = search.minutes * 60 if search.minutes else None
         # a run that fails is a failed trial (Optuna records it), not the end of the study
-        with WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime:
+        params = {**config_params(base), **{f"search.{k}": str(v) for k, v in flatten(search.model_dump()).items()}}
+        title = f"search {out.name}"
+        with (
+            TrackedRun(out, base, title=title, params=params, resume=True, files=SEARCH_FILES) as tracked,
+            WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime,
+        ):
             study.optimize(objective, n_trials=left, timeout=timeout, callbacks=[after_trial], catch=(RunFailed,))
     return _summarise(study, search, out)

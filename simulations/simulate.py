@@ -39,6 +39,7 @@ from fl_metamorphosis.deployment.flower_processes import (
     stop_processes,
 )
 from fl_metamorphosis.environment import CORES_ENV, SIMULATION_ENV
+from fl_metamorphosis.tracking import TrackedRun, config_params
 
 if TYPE_CHECKING:
     from .warm_runtime import WarmRuntime
@@ -46,7 +47,9 @@ if TYPE_CHECKING:
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower App: pyproject.toml's [tool.flwr.app]
 # Settings a resumed run may change: more (or fewer, not below those done) rounds, how often and how hard
 # the audit attacks, and how many cores the devices use. Everything else shaped the finished rounds.
-RESUME_SAFE = ("federated.rounds", "federated.audit_every", "federated.cpus_per_device", "train.threads", "audit.")
+RESUME_SAFE = (
+    "federated.rounds", "federated.audit_every", "federated.cpus_per_device", "train.threads", "audit.", "tracking.",
+)  # fmt: skip
 
 
 def _free_port() -> int:
@@ -141,6 +144,8 @@ def simulate(
     ray_address: str | None = None,
     cores: int | None = None,
     runtime: WarmRuntime | None = None,
+    tracking_parent: TrackedRun | None = None,
+    tracking_params: dict[str, str] | None = None,
 ) -> Path:
     """Run ``cfg`` as a Flower simulation of ``app_dir`` (``resume``: go on from ``out``'s last checkpoint);
     return the run folder or raise RunFailed.
@@ -154,7 +159,10 @@ def simulate(
     that many CPUs, so as many device actors, and the ServerApp as many threads.
 
     ``runtime``: run it on this warm runtime (``warm_runtime.py``: a sweep's, a comparison's) instead of
-    starting Flower, Ray and the imports for this run alone."""
+    starting Flower, Ray and the imports for this run alone.
+
+    ``tracking_parent``: the sweep's, search's or comparison's tracked run, to nest this run's under
+    (``cfg.tracking``); ``tracking_params``: what to log as its parameters besides the config."""
     if ray_address is not None:
         if runtime is not None:
             raise ConfigError("--ray-address: a warm runtime holds its own Ray; give one or the other")
@@ -170,25 +178,31 @@ def simulate(
     previous_handler = None
     if threading.current_thread() is threading.main_thread():  # a killed launcher still cleans up
         previous_handler = signal.signal(signal.SIGTERM, raise_interrupt)
+    params = None if tracking_params is None else {**config_params(cfg), **tracking_params}
     try:
-        if runtime is not None:
-            runtime.run(cfg, out, config_path, resume=resume, cores=cores, echo=echo)
-        else:
-            _run_cold(cfg, out, config_path, echo, app_dir, resume, ray_address, cores)
-        if cfg.federated.fleet.enabled:  # both privacy views need the devices' folders: only here are both
-            from fl_metamorphosis.metrics.fleet_report import write_fleet_report  # plots: only when asked
-
-            fleet = write_fleet_report(out, cfg, json.loads((out / "summary.json").read_text()))
-            tt = fleet["time_to_target"]
-            echo(
-                f"fleet: {fleet['totals']['fleet.dropped']} dropped, {fleet['totals']['fleet.stragglers']} late over "
-                f"{fleet['simulated_seconds']:.0f} simulated s; accuracy {tt['target']:.3f} at round {tt['round']} "
-                f"({out / 'fleet.json'})"
-            )
-        return out
+        with TrackedRun(out, cfg, resume=resume, parent=tracking_parent, params=params):
+            if runtime is not None:
+                runtime.run(cfg, out, config_path, resume=resume, cores=cores, echo=echo)
+            else:
+                _run_cold(cfg, out, config_path, echo, app_dir, resume, ray_address, cores)
+            if cfg.federated.fleet.enabled:  # both privacy views need the devices' folders: only here are both
+                _fleet_report(cfg, out, echo)
+            return out
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _fleet_report(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None]) -> None:
+    from fl_metamorphosis.metrics.fleet_report import write_fleet_report  # plots: only when asked
+
+    fleet = write_fleet_report(out, cfg, json.loads((out / "summary.json").read_text()))
+    tt = fleet["time_to_target"]
+    echo(
+        f"fleet: {fleet['totals']['fleet.dropped']} dropped, {fleet['totals']['fleet.stragglers']} late over "
+        f"{fleet['simulated_seconds']:.0f} simulated s; accuracy {tt['target']:.3f} at round {tt['round']} "
+        f"({out / 'fleet.json'})"
+    )
 
 
 def _run_cold(

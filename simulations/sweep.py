@@ -26,6 +26,8 @@ from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import write_json
 from fl_metamorphosis.metrics.sweep_plots import plot_sweep_final, plot_sweep_rounds
 from fl_metamorphosis.metrics.sweep_report import attack_costs, cell_figures, pool_settings, recommend, render_sweep
+from fl_metamorphosis.tracking import TrackedRun, config_params
+from fl_metamorphosis.tracking.base import flatten
 
 from .compare import run_config, run_or_reuse
 from .simulate import APP_DIR
@@ -79,6 +81,9 @@ def write_report(out: Path, sweep_cfg: SweepConfig, cells: list[dict[str, Any]],
     return report
 
 
+SWEEP_FILES = ("sweep.md", "sweep.json", "*.png")
+
+
 def run_sweep(
     sweep_cfg: SweepConfig,
     base: ExperimentConfig,
@@ -101,10 +106,13 @@ def run_sweep(
             echo(f"[cell {index}/{len(cells)} {cell.key}] {line}")
 
         cfg = run_config(cell.cfg, method_plan(cell.cfg).name, cell.seed, out=out)
-        return run_or_reuse(cfg, out / "cells" / cell.key, cell_echo, app_dir, cores, runtime)
+        return run_or_reuse(cfg, out / "cells" / cell.key, cell_echo, app_dir, cores, runtime, tracked)
 
-    # the runtime closes first on the way out: an interrupted sweep's cells end with their runners
+    # every cell a tracked run under the sweep's (cfg.tracking); the runtime closes first on the way out:
+    # an interrupted sweep's cells end with their runners
+    params = {**config_params(base), **{k: str(v) for k, v in flatten(sweep_cfg.model_dump(), "sweep.").items()}}
     with (
+        TrackedRun(out, base, title=f"sweep {out.name}", params=params, resume=True, files=SWEEP_FILES) as tracked,
         ThreadPoolExecutor(max_workers=sweep_cfg.parallel) as pool,
         WarmRuntime(out / ".runtime", slots=sweep_cfg.parallel, cores=cores, app_dir=app_dir) as runtime,
     ):

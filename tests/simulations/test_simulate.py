@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_OVERRIDES
+from mlflow.tracking import MlflowClient
 
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.deployment.flower_processes import RunFailed, processes_of
@@ -103,8 +104,8 @@ def _simulate_args(out, *extra):
 
 def test_a_simulation_killed_after_round_2_resumes_to_the_uninterrupted_figures(tmp_path):
     out = tmp_path / "killed"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "metamorphosis_cli", *_simulate_args(out)],
+    launcher = subprocess.Popen(  # tracked in MLflow: the resumed run must continue its tracked run
+        [sys.executable, "-m", "metamorphosis_cli", *_simulate_args(out), "--track", "mlflow"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -120,6 +121,12 @@ def test_a_simulation_killed_after_round_2_resumes_to_the_uninterrupted_figures(
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2, 3, 4]  # one row per round: no duplicate, no gap
     assert processes_of((out / ".flwr").resolve()) == []  # nothing of either launch left behind
+    # one tracked run (the resume took --track from the run's config), each round once, as metrics.jsonl
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = json.loads((out / "tracking.json").read_text())["run_id"]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    history = client.get_metric_history(run_id, "epsilon_max")
+    assert sorted((m.step, m.value) for m in history) == [(r["round"], r["epsilon_max"]) for r in rows]
 
     whole = tmp_path / "whole"
     assert main(_simulate_args(whole)) == 0

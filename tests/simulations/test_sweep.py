@@ -10,6 +10,7 @@ import time
 
 import pytest
 from conftest import ROOT, TINY_OVERRIDES
+from mlflow.tracking import MlflowClient
 
 from fl_metamorphosis.config import ConfigError
 from fl_metamorphosis.deployment.flower_processes import processes_of
@@ -132,6 +133,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_cells(tmp_path):
     config = _write(tmp_path, INTERRUPTED.replace("{tiny}", json.dumps(tiny)))
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "metamorphosis_cli", "sweep", "--config", str(config), "--out", str(out)]
+    cmd += ["--track", "mlflow"]  # every cell a run under the sweep's, across the interruption
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
     second = out / "cells" / "fedmedian_iid_seed1" / "metrics.jsonl"
@@ -162,6 +164,14 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_cells(tmp_path):
     rows = [json.loads(line) for line in second.read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]  # each round once: the resumed cell did not start over
     assert (out / "sweep.md").read_text().count("| iid, no attack |") >= 2
+    parent = json.loads((out / "tracking.json").read_text())["run_id"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the sweep's store holds its cells
+    for cell in ("fedavg_iid_seed1", "fedmedian_iid_seed1"):
+        run_id = json.loads((out / "cells" / cell / "tracking.json").read_text())["run_id"]
+        tracked = client.get_run(run_id)
+        assert tracked.data.tags["mlflow.parentRunId"] == parent and tracked.info.status == "FINISHED"
+        history = client.get_metric_history(run_id, "epsilon_max")
+        assert sorted(m.step for m in history) == [1, 2, 3]  # the resumed cell: each round once
 
 
 def test_the_report_plots_accuracy_against_simulated_time_when_the_cells_ran_on_a_fleet(tmp_path):
