@@ -9,6 +9,7 @@ metamorphosis compare [--config FILE] [--set key=value ...] [--out DIR] [--metho
                       [--quick] [--sweep KEY=V1,V2 ...]
 metamorphosis sweep --config SWEEP.toml [--set key=value ...] [--out DIR] [--search]
 metamorphosis export RUN_OR_CHECKPOINT --out DIR [--method M] [--quantize int8] [--samples N]
+metamorphosis track RUN_DIR --to {mlflow,tensorboard} [--uri URI]
 """
 
 from __future__ import annotations
@@ -176,7 +177,32 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="test images (and labels) to write as samples.npz (default 64 for the embedded data, 0 for your own)",
     )
+    track = sub.add_parser("track", help="log a finished run folder to MLflow or TensorBoard (as --track would have)")
+    track.add_argument("run", type=Path, help="a run folder of central or simulate")
+    track.add_argument("--to", choices=["mlflow", "tensorboard"], required=True, help="the backend")
+    track.add_argument("--uri", help="mlflow: a tracking server (default: mlflow.db beside the run folder)")
     return p
+
+
+def _track(args: argparse.Namespace) -> int:
+    import json
+
+    from fl_metamorphosis.config import build_config
+    from fl_metamorphosis.tracking import TrackedRun
+
+    config = args.run / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"{args.run}: no config.json: pass the run folder of `metamorphosis central` or `simulate`")
+    overrides = [f"tracking.backend={args.to}", *([f"tracking.uri={args.uri}"] if args.uri else [])]
+    cfg = build_config(json.loads(config.read_text()), overrides)
+    central = any(args.run.glob("model_*.ckpt"))
+    # resume: a folder tracked before continues its tracked run, and logs only the rows it lacks
+    with TrackedRun(args.run, cfg, resume=True, by_method=central and len(cfg.methods) > 1) as tracked:
+        pass
+    if not tracked.run_id:
+        return 1  # the one warning said why
+    say(f"{args.run} -> {args.to} run {tracked.run_id} (store: {args.uri or tracked.store})")
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -367,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": _sweep,
             "deploy": run_deploy,
             "export": _export,
+            "track": _track,
         }
         return commands[args.command](args)
     except ConfigError as err:

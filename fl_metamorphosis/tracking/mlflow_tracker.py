@@ -8,6 +8,7 @@ the new value as the tag ``resumed.<key>``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ class MlflowTracker(Tracker):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines on creating a store, in every run
 
         store = Path(store).resolve()
         uri = self.uri or f"sqlite:///{store / 'mlflow.db'}"

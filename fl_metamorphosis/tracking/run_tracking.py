@@ -7,8 +7,8 @@ command that writes a run folder (central, simulate, a sweep's cells, a search's
 same way.
 
 * **Steps.** A row's step is its round (its epoch in a central run, with the method as a prefix when a
-  run trains several). ``tracking.json`` in the run folder keeps the backend's run id and the last step
-  logged of each series, so a resumed run continues the same tracked run and never logs a step twice:
+  run trains several). ``tracking.json`` in the run folder keeps, per backend, the run id and the last
+  step logged of each series, so a resumed run continues the same tracked run and never logs a step twice:
   a row is in ``metrics.jsonl`` only once its round is checkpointed, so a resumed run never redoes it.
 * **Nesting.** A sweep or search is a parent run; its cells and trials are runs under it, in its store
   (by default ``mlflow.db`` beside the top run folder: ``runs/mlflow.db`` for ``runs/demo``).
@@ -74,6 +74,7 @@ class TrackedRun:
         self.tracker: Tracker | None = None
         self.run_id: str | None = None
         self.last_steps: dict[str, int] = {}
+        self.final_step: int | None = None  # the step the final figures were logged at, if they were
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,6 +107,7 @@ class TrackedRun:
                 self.run_dir, title=self.title, run_id=state.get("run_id"), parent_id=parent_id, store=self.store
             )
             self.last_steps = dict(state.get("last_steps", {}))
+            self.final_step = state.get("final_step")
             for series in (self.last_steps if state else []):
                 held = self.tracker.last_step(f"{series}/" if series else "")
                 self.last_steps[series] = max(self.last_steps[series], -1 if held is None else held)
@@ -132,17 +134,17 @@ class TrackedRun:
         self.finish(status)
 
     def _read_state(self) -> dict[str, Any]:
+        """This backend's entry of ``tracking.json`` (one per backend: a folder may be in both)."""
         path = self.run_dir / STATE
-        if not path.is_file():
-            return {}
-        state = json.loads(path.read_text())
-        same = state.get("backend") == self.tracking.backend and state.get("uri") == self.tracking.uri
-        return state if same else {}
+        state = json.loads(path.read_text()).get(self.tracking.backend, {}) if path.is_file() else {}
+        return state if state.get("uri") == self.tracking.uri else {}
 
     def _write_state(self) -> None:
-        state = {"backend": self.tracking.backend, "uri": self.tracking.uri, "run_id": self.run_id,
-                 "last_steps": self.last_steps}  # fmt: skip
-        (self.run_dir / STATE).write_text(json.dumps(state, indent=1) + "\n")
+        path = self.run_dir / STATE
+        states = json.loads(path.read_text()) if path.is_file() else {}
+        states[self.tracking.backend] = {"uri": self.tracking.uri, "run_id": self.run_id,
+                                         "last_steps": self.last_steps, "final_step": self.final_step}  # fmt: skip
+        path.write_text(json.dumps(states, indent=1) + "\n")
 
     def _follow(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -182,12 +184,14 @@ class TrackedRun:
                 return
             try:
                 summary_file = self.run_dir / "summary.json"
-                if summary_file.is_file():
+                step = max(self.last_steps.values(), default=0)
+                # once per step: tracking a finished folder again logs no figure twice
+                if summary_file.is_file() and (self.final_step is None or step > self.final_step):
                     figures = json.loads(summary_file.read_text()).get("methods", {})
                     if len(figures) == 1:
                         figures = next(iter(figures.values()))
-                    step = max(self.last_steps.values(), default=0)
                     self.tracker.log_metrics(step, numbers(figures, "final."))
+                    self.final_step = step
                 for pattern in self.files:
                     for path in sorted(self.run_dir.glob(pattern)):
                         self.tracker.log_file(path)

@@ -123,7 +123,7 @@ def test_a_simulation_killed_after_round_2_resumes_to_the_uninterrupted_figures(
     assert processes_of((out / ".flwr").resolve()) == []  # nothing of either launch left behind
     # one tracked run (the resume took --track from the run's config), each round once, as metrics.jsonl
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = json.loads((out / "tracking.json").read_text())["run_id"]
+    run_id = json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"]
     assert client.get_run(run_id).info.status == "FINISHED"
     history = client.get_metric_history(run_id, "epsilon_max")
     assert sorted((m.step, m.value) for m in history) == [(r["round"], r["epsilon_max"]) for r in rows]

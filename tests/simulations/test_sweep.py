@@ -164,10 +164,10 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_cells(tmp_path):
     rows = [json.loads(line) for line in second.read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]  # each round once: the resumed cell did not start over
     assert (out / "sweep.md").read_text().count("| iid, no attack |") >= 2
-    parent = json.loads((out / "tracking.json").read_text())["run_id"]
+    parent = json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the sweep's store holds its cells
     for cell in ("fedavg_iid_seed1", "fedmedian_iid_seed1"):
-        run_id = json.loads((out / "cells" / cell / "tracking.json").read_text())["run_id"]
+        run_id = json.loads((out / "cells" / cell / "tracking.json").read_text())["mlflow"]["run_id"]
         tracked = client.get_run(run_id)
         assert tracked.data.tags["mlflow.parentRunId"] == parent and tracked.info.status == "FINISHED"
         history = client.get_metric_history(run_id, "epsilon_max")

@@ -56,7 +56,7 @@ def _expected(rows) -> dict[str, dict[int, float]]:
 
 def _mlflow(run):
     client = MlflowClient(f"sqlite:///{run.parent / 'mlflow.db'}")
-    return client, json.loads((run / "tracking.json").read_text())["run_id"]
+    return client, json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"]
 
 
 def _mlflow_series(client, run_id) -> dict[str, list[tuple[int, float]]]:
@@ -116,10 +116,11 @@ def test_a_resumed_run_continues_its_tracked_run_and_logs_no_step_twice(tmp_path
         _write_rows(run, [_row(1), _row(2)])
         first.sync()
         raise KeyboardInterrupt  # the launcher stopped after round 2
-    state = json.loads((run / "tracking.json").read_text())
+    states = json.loads((run / "tracking.json").read_text())
+    state = states[backend]
     # killed after logging round 2 and before noting it: the backend holds it, the state does not
     state["last_steps"] = {"": 1}
-    (run / "tracking.json").write_text(json.dumps(state))
+    (run / "tracking.json").write_text(json.dumps(states))
     rows = [_row(r) for r in (1, 2, 3, 4)]
     with TrackedRun(run, cfg, resume=True, poll_s=0.05) as resumed:
         _write_rows(run, rows)  # the resumed run rewrites metrics.jsonl from its checkpoint, then goes on
@@ -143,7 +144,7 @@ def test_runs_nest_under_their_parent(tmp_path):
             pass
     # one store, beside the sweep's folder, holds the sweep and its cells
     cell_client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    cell_id = json.loads((tmp_path / "sweep" / "cells" / "a" / "tracking.json").read_text())["run_id"]
+    cell_id = json.loads((tmp_path / "sweep" / "cells" / "a" / "tracking.json").read_text())["mlflow"]["run_id"]
     assert cell_client.get_run(cell_id).data.tags["mlflow.parentRunId"] == parent.run_id
     assert cell_client.get_run(cell_id).data.params == {"trial.x": "1"}
 
@@ -165,3 +166,25 @@ def test_an_unreachable_tracking_server_costs_one_warning_and_nothing_of_the_run
     assert not tracked.active
     assert [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (run / "summary.json").exists() and (run / "report.md").exists()
+
+
+def test_the_track_command_logs_a_finished_run_once_per_backend(tmp_path, capsys):
+    from metamorphosis_cli.main import main
+
+    run = tmp_path / "demo"
+    run.mkdir()
+    (run / "config.json").write_text(build_config(None, ['methods=["metamorphosis"]']).model_dump_json())
+    rows = [_row(r) for r in (1, 2, 3)]
+    _write_rows(run, rows)
+    _finish_files(run)
+    assert main(["track", str(run), "--to", "mlflow"]) == 0
+    assert main(["track", str(run), "--to", "tensorboard"]) == 0
+    assert main(["track", str(run), "--to", "mlflow"]) == 0  # again: the same run, nothing logged twice
+    assert set(json.loads((run / "tracking.json").read_text())) == {"mlflow", "tensorboard"}
+    client, run_id = _mlflow(run)
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+    assert _mlflow_series(client, run_id)["epsilon_max"] == [(r["round"], r["epsilon_max"]) for r in rows]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "final.tasks.left.accuracy")] == [(3, 0.81)]
+    assert [s for s, _ in _tensorboard_series(run)["epsilon_max"]] == [1, 2, 3]
+    assert main(["track", str(tmp_path / "absent"), "--to", "mlflow"]) == 2
+    assert "no config.json" in capsys.readouterr().err
