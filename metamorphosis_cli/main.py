@@ -379,9 +379,33 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if report["failed"] else 0
 
 
+class _StderrNow(logging.StreamHandler):
+    """The sys.stderr of the moment: a test's capture, a redirected stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _show_library_warnings() -> None:
+    """The library's warnings (a tracking server that failed, ...) on stderr. ``basicConfig`` cannot do it:
+    the library's NullHandler on the root logger (``_third_party.py``) makes it a no-op."""
+    lib = logging.getLogger("fl_metamorphosis")
+    if not any(isinstance(h, _StderrNow) for h in lib.handlers):
+        handler = _StderrNow()
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        lib.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    _show_library_warnings()
     try:
         from .deploy import run_deploy
 

@@ -188,3 +188,9 @@ def test_the_track_command_logs_a_finished_run_once_per_backend(tmp_path, capsys
     assert [s for s, _ in _tensorboard_series(run)["epsilon_max"]] == [1, 2, 3]
     assert main(["track", str(tmp_path / "absent"), "--to", "mlflow"]) == 2
     assert "no config.json" in capsys.readouterr().err
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["track", str(run), "--to", "mlflow", "--uri", f"http://127.0.0.1:{port}"]) == 1
+    said = capsys.readouterr().err
+    assert said.count("warning: tracking (mlflow) failed to start") == 1 and "The run goes on without it" in said
