@@ -6,6 +6,7 @@ import json
 import optuna
 import pytest
 from conftest import TINY_OVERRIDES
+from mlflow.tracking import MlflowClient
 
 from fl_metamorphosis.config import build_config
 from fl_metamorphosis.deployment.flower_processes import processes_of
@@ -47,7 +48,9 @@ def test_a_search_records_its_trials_and_resumes_to_its_number_of_trials(tmp_pat
             {"search": {"strategy": "fedadam", "ranges": {"eta": [0.001, 0.1]}, "trials": trials, "seed": 3}}
         )
         # no audit: the study's bookkeeping is the subject, and a trial's value is its accuracy either way
-        return run_search(sweep, build_config(None, [*TINY, "audit.enabled=false"]), tmp_path, echo=lambda _line: None)
+        tracked = ["tracking.backend=mlflow", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+        base = build_config(None, [*TINY, "audit.enabled=false", *tracked])
+        return run_search(sweep, base, tmp_path, echo=lambda _line: None)
 
     first = search(2)
     assert [t["state"] for t in first["trials"]] == ["complete", "complete"]
@@ -58,3 +61,11 @@ def test_a_search_records_its_trials_and_resumes_to_its_number_of_trials(tmp_pat
     assert len(again["trials"]) == 3 and again["trials"][:2] == first["trials"]
     assert again["trials"][2]["params"] not in [t["params"] for t in first["trials"]]  # no replayed draw
     assert json.loads((tmp_path / "search.json").read_text())["trials"][2]["run"] == "search/trial-2"
+    # each trial a tracked run with its sampled parameters, under the search's run (the same across both calls)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = json.loads((tmp_path / "tracking.json").read_text())["mlflow"]["run_id"]
+    runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    by_trial = {int(r.data.params["trial.number"]): r for r in runs}
+    assert sorted(by_trial) == [0, 1, 2]
+    for t in again["trials"]:
+        assert float(by_trial[t["number"]].data.params["trial.eta"]) == pytest.approx(t["params"]["eta"])

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,13 +25,17 @@ pytestmark = pytest.mark.slow
 SIM_TINY = TINY_OVERRIDES
 
 
-def test_simulate_three_devices_two_rounds_writes_the_run_folder(tmp_path):
+def test_simulate_three_devices_two_rounds_writes_the_run_folder(tmp_path, capsys):
     # a deep run folder: Ray's socket paths must not grow with it (AF_UNIX paths stop at 107 bytes)
     out = tmp_path / ("deep-run-folder-" * 4) / "sim"
-    args = ["simulate", "--out", str(out)]
+    args = ["simulate", "--out", str(out), "--track", "mlflow"]
+    with socket.socket() as s:  # a tracking server that does not answer: one warning, and the whole run
+        s.bind(("127.0.0.1", 0))
+        args += ["--set", f"tracking.uri=http://127.0.0.1:{s.getsockname()[1]}"]
     for item in SIM_TINY:
         args += ["--set", item]
     assert main(args) == 0
+    assert capsys.readouterr().err.count("warning: tracking (mlflow) failed") == 1
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["sampled"] == 3 and r["answered"] == 3 for r in rows)
