@@ -114,7 +114,7 @@ def main() -> None:
             f"{b} b1 {m['ms_per_image_b1']:.3f} ms" for b, m in rounds[-1].items()), file=sys.stderr)  # fmt: skip
     metrics = [("ms_per_image_b1", "ms / image, batch 1"), ("ms_per_image_b32", "ms / image, batch 32"),
                ("import_s", "imports, s"), ("ready_s", "start to ready (imports, model), s"),
-               ("peak_rss_mb", "peak RSS, MB")]  # fmt: skip
+               ("peak_rss_mb", "peak RSS, MiB")]  # fmt: skip
     print(f"\n{args.repeats} rounds, one thread, {sys.platform}; median (min-max) over rounds\n")
     print("| | torch eager | ONNX fp32 | ONNX int8 | torch / fp32 | torch / int8 |")
     print("|---|---|---|---|---|---|")

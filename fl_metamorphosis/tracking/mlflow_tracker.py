@@ -8,14 +8,26 @@ the new value as the tag ``resumed.<key>``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
 from .base import Tracker, in_series
 
 PARAMS_PER_CALL, METRICS_PER_CALL, PARAM_CHARS = 100, 1000, 6000
+_ONE_AT_A_TIME = threading.Lock()  # a sweep's parallel cells share one SQLite store: its writers take turns
+
+
+def _serialised(method):
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        with _ONE_AT_A_TIME:
+            return method(*args, **kwargs)
+
+    return call
 
 
 
@@ -26,6 +38,7 @@ class MlflowTracker(Tracker):
         self.uri, self.experiment = uri, experiment
         self.client = self.run_id = None
 
+    @_serialised
     def start(self, run_dir: Path, *, title: str, run_id: str | None, parent_id: str | None, store: Path) -> str:
         # a server that does not answer fails a call in seconds, not after MLflow's minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -53,6 +66,7 @@ class MlflowTracker(Tracker):
         self.run_id = self.client.create_run(exp_id, run_name=title, tags=tags).info.run_id
         return self.run_id
 
+    @_serialised
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
@@ -65,6 +79,7 @@ class MlflowTracker(Tracker):
         for i in range(0, len(items), PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=items[i : i + PARAMS_PER_CALL])
 
+    @_serialised
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
@@ -73,13 +88,16 @@ class MlflowTracker(Tracker):
         for i in range(0, len(items), METRICS_PER_CALL):
             self.client.log_batch(self.run_id, metrics=items[i : i + METRICS_PER_CALL])
 
+    @_serialised
     def log_file(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
+    @_serialised
     def last_step(self, prefix: str) -> int | None:
         keys = [k for k in self.client.get_run(self.run_id).data.metrics if in_series(k, prefix)]
         steps = [m.step for k in keys for m in self.client.get_metric_history(self.run_id, k)]
         return max(steps, default=None)
 
+    @_serialised
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)

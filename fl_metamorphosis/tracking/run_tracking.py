@@ -108,9 +108,9 @@ class TrackedRun:
             )
             self.last_steps = dict(state.get("last_steps", {}))
             self.final_step = state.get("final_step")
-            for series in (self.last_steps if state else []):
+            for series in ({"", *self.last_steps} if state else ()):
                 held = self.tracker.last_step(f"{series}/" if series else "")
-                self.last_steps[series] = max(self.last_steps[series], -1 if held is None else held)
+                self.last_steps[series] = max(self.last_steps.get(series, -1), -1 if held is None else held)
             self._write_state()
             self.tracker.log_params(self.params)
         except ImportError as err:

@@ -87,7 +87,7 @@ def test_a_sweep_takes_categorical_values_and_marks_the_frontier(tmp_path, monke
     figures = {"impurity": (0.9, 0.2, 0.05), "overlap": (0.8, 0.0, 0.1), "8": (0.7, 0.1, 0.0)}
     figures["metamorphosis_adversarial"] = (0.6, 0.0, 0.0)
 
-    def fake_simulate(run_cfg, out, echo, app_dir, resume, cores=None, runtime=None):
+    def fake_simulate(run_cfg, out, echo, app_dir, resume, cores=None, runtime=None, tracking_parent=None):
         method = run_cfg.methods[0]
         key = run_cfg.loss.per_sample_penalty if run_cfg.model.feature_dim == 64 else str(run_cfg.model.feature_dim)
         key = method if method != "metamorphosis" else key
@@ -129,7 +129,7 @@ def test_compare_resumes_an_interrupted_run_and_starts_a_changed_one_afresh(tmp_
     cfg = build_config(None, ["federated.rounds=3"])
     calls = []
 
-    def fake_simulate(run_cfg, out, echo, app_dir, resume, cores=None, runtime=None):
+    def fake_simulate(run_cfg, out, echo, app_dir, resume, cores=None, runtime=None, tracking_parent=None):
         calls.append(resume)
         (out / "summary.json").write_text(json.dumps({"methods": {}, "config": run_cfg.model_dump()}))
 
