@@ -50,6 +50,12 @@ def add_parser(sub) -> None:
     )
     server.add_argument("--state", type=Path, required=True, help="the SuperLink's state folder (kept)")
     server.add_argument("--insecure", action="store_true", help="no TLS, no authentication, loopback only: tests ONLY")
+    server.add_argument(
+        "--upload-ttl-s",
+        type=float,
+        help="how long a device's reply upload may take before the SuperLink gives it up, and the round stops "
+        "waiting for a device killed mid-upload (Flower's default: 180)",
+    )
 
     key = cmds.add_parser("device-key", help="on the board: its key pair (the private key never leaves it)")
     key.add_argument("--out", type=Path, required=True)
@@ -80,6 +86,12 @@ def add_parser(sub) -> None:
         help="a local-only port of the SuperNode; several devices on one host need one each (default: 9094)",
     )
     device.add_argument("--insecure", action="store_true", help="no TLS, no authentication: loopback tests ONLY")
+    device.add_argument(
+        "--heartbeat-s",
+        type=float,
+        help="the SuperNode's heartbeat, 10 to 1800 s: the server declares this device dead after two missed "
+        "(Flower's default: 30)",
+    )
     device.add_argument(
         "--reset-privacy-state",
         action="store_true",
@@ -201,7 +213,9 @@ def run_deploy(args: argparse.Namespace) -> int:
             launch.check_server_addresses(args.certs, host, args.insecure)
             if args.insecure:
                 say(launch.INSECURE_WARNING, "yellow")
-            procs = launch.start_server(args.certs, host, args.port, args.state, control_port=args.control_port)
+            procs = launch.start_server(
+                args.certs, host, args.port, args.state, control_port=args.control_port, upload_ttl_s=args.upload_ttl_s
+            )
             say(
                 f"devices connect to {host}:{args.port}"
                 + (" (no TLS)" if args.insecure else f" (Fleet API only; log {args.state / 'gateway.log'})")
@@ -245,6 +259,7 @@ def run_deploy(args: argparse.Namespace) -> int:
                 args.name,
                 args.runtime_port,
                 _owner_limits(args),
+                heartbeat_s=args.heartbeat_s,
             )
             proc = launch.start_device(cmd, args.state)
             say(f"device {args.name} -> {args.superlink} (log: {args.state / 'supernode.log'})")

@@ -95,9 +95,23 @@ def check_server_addresses(certs: Path | None, host: str, insecure: bool) -> Non
         raise ConfigError("deploy server: give --certs (the folder of `deploy certs`), or --insecure on loopback")
 
 
-def server_command(certs: Path | None, port: int, state: Path) -> list[str]:
-    """The SuperLink, on 127.0.0.1 only: every API it serves on ``port`` is reachable from this machine alone."""
-    cmd = ["flower-superlink", "--host", "127.0.0.1", "--port", str(port)]
+HEARTBEAT_MIN_S, HEARTBEAT_MAX_S = 10.0, 1800.0  # what Flower's SuperLink accepts from a node
+TIMING = "fl_metamorphosis.flower.process_timing"  # Flower's commands with a heartbeat or upload window of ours
+
+
+def _flower(command: str, option: str | None = None, value: float | None = None) -> list[str]:
+    """``flower-<command>``, or the same command with Flower's constant ``option`` set to ``value``."""
+    if value is None:
+        return [f"flower-{command}"]
+    return [sys.executable, "-m", TIMING, command, option, str(value), "--"]
+
+
+def server_command(certs: Path | None, port: int, state: Path, upload_ttl_s: float | None = None) -> list[str]:
+    """The SuperLink, on 127.0.0.1 only: every API it serves on ``port`` is reachable from this machine alone.
+    ``upload_ttl_s``: how long a reply's upload may take before the SuperLink gives it up (Flower: 180 s)."""
+    if upload_ttl_s is not None and not upload_ttl_s > 0:
+        raise ConfigError(f"--upload-ttl-s {upload_ttl_s}: give more than 0 s (Flower's own is 180)")
+    cmd = [*_flower("superlink", "--upload-ttl-s", upload_ttl_s), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--database", str(Path(state).resolve() / "superlink.db"), "--disable-runtime-dependency-installation"]
     if certs is None:
         return [*cmd, "--insecure"]
@@ -126,7 +140,13 @@ def _log(path: Path):
 
 
 def start_server(
-    certs: Path | None, host: str, port: int, state: Path, *, control_port: int = CONTROL_PORT
+    certs: Path | None,
+    host: str,
+    port: int,
+    state: Path,
+    *,
+    control_port: int = CONTROL_PORT,
+    upload_ttl_s: float | None = None,
 ) -> list[subprocess.Popen]:
     """Start the SuperLink on 127.0.0.1:``control_port`` and, with ``certs``, the Fleet gateway on
     ``host:port`` (the one port devices reach); write the operator's connection entry. Without ``certs``
@@ -137,7 +157,7 @@ def start_server(
     local_port = port if certs is None else control_port
     write_connection(state, f"127.0.0.1:{local_port}", None if certs is None else Path(certs) / "ca.crt")
     env = deployment_env(flower_home(state))
-    procs = [subprocess.Popen(server_command(certs, local_port, state), env=env, cwd=state,
+    procs = [subprocess.Popen(server_command(certs, local_port, state, upload_ttl_s), env=env, cwd=state,
                               stdout=_log(state / "superlink.log"), stderr=subprocess.STDOUT)]  # fmt: skip
     if certs is not None:
         procs.append(subprocess.Popen(gateway_command(certs, host, port, control_port), env=env, cwd=state,
@@ -264,9 +284,16 @@ def device_command(
     name: str,
     runtime_port: int = 9094,
     limits: dict[str, str | int | float] | None = None,
+    heartbeat_s: float | None = None,
 ) -> list[str]:
     """``limits``: the device owner's own node config (``epsilon-budget``, ``max-releases-per-pair``,
-    ``secure-aggregation``, ``secure-aggregation-min-devices``), which bound whatever the server asks."""
+    ``secure-aggregation``, ``secure-aggregation-min-devices``), which bound whatever the server asks.
+    ``heartbeat_s``: the SuperNode's heartbeat (Flower: 30 s); the server declares the device dead after two
+    missed beats."""
+    if heartbeat_s is not None and not HEARTBEAT_MIN_S <= heartbeat_s <= HEARTBEAT_MAX_S:
+        raise ConfigError(
+            f"--heartbeat-s {heartbeat_s}: Flower's SuperLink takes {HEARTBEAT_MIN_S:g} to {HEARTBEAT_MAX_S:g} s"
+        )
     from ..data.device_folder import read_partition_id  # torch: only the commands that read data import it
 
     node_config = (
@@ -275,7 +302,8 @@ def device_command(
     )
     for key, value in (limits or {}).items():
         node_config += f" {key}=" + (f"'{value}'" if isinstance(value, str) else str(value))
-    cmd = ["flower-supernode", "--superlink", superlink, "--node-config", node_config, "--port", str(runtime_port)]
+    cmd = [*_flower("supernode", "--heartbeat-s", heartbeat_s), "--superlink", superlink, "--node-config", node_config,
+           "--port", str(runtime_port)]  # fmt: skip
     if root_cert is None:
         return [*cmd, "--insecure"]
     cmd += ["--root-certificates", str(Path(root_cert).resolve())]

@@ -1,0 +1,76 @@
+"""Flower's SuperNode heartbeat and SuperLink upload window, set per process: Flower 1.42 has no flag for
+either.
+
+* **The heartbeat.** A SuperNode tells the SuperLink every ``HEARTBEAT_DEFAULT_INTERVAL`` (30 s) that it is
+  alive, and the SuperLink declares it dead after two missed intervals. A device that loses power is
+  therefore noticed after up to 60 s. In the meantime its round waits, and the restarted board is refused
+  ("could not be activated"). ``--heartbeat-s S`` makes that 2 x S. The SuperLink takes any interval in
+  [10, 1800] s that a node reports, and the node reports its own, so only the device's process changes.
+* **The upload window.** A reply is pushed to the SuperLink object by object, in a push session that
+  lives ``OBJECT_PUSH_SESSION_TTL_SECONDS`` (180 s). A device killed in the middle of an upload leaves
+  its round waiting for that session to expire. ``--upload-ttl-s S`` shortens it. It must stay longer
+  than the slowest device takes to upload one reply.
+
+Both values are module constants that Flower's modules copy at import (``from ... import NAME``). This
+entry point sets each copy that the process uses, then runs Flower's own command with the remaining
+arguments. The copies are named one by one, so a Flower version that moves them fails here, at start,
+and does not silently keep the default (``flwr`` is pinned in requirements/constraints.txt).
+
+    python -m fl_metamorphosis.flower.process_timing supernode --heartbeat-s 10 -- <flower-supernode args>
+    python -m fl_metamorphosis.flower.process_timing superlink --upload-ttl-s 30 -- <flower-superlink args>
+
+``deployment/launch.py`` builds these commands (``deploy device --heartbeat-s``, ``deploy server
+--upload-ttl-s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, name): the copies to set, and only those. Not ``flwr.common.constant`` itself: the SuperNode's
+# task bookkeeping also reads the heartbeat constant, for the heartbeats of its ClientApp processes, which
+# beat at Flower's own interval.
+HEARTBEAT_COPIES = (
+    ("flwr.supernode.fleet_http_connection", "HEARTBEAT_DEFAULT_INTERVAL"),  # the interval the node reports
+    ("flwr.supercore.heartbeat", "HEARTBEAT_DEFAULT_INTERVAL"),  # how often this process's senders beat
+)
+UPLOAD_TTL_COPIES = (
+    ("flwr.supercore.corestate.in_memory_corestate", "OBJECT_PUSH_SESSION_TTL_SECONDS"),
+    ("flwr.supercore.corestate.sql_corestate", "OBJECT_PUSH_SESSION_TTL_SECONDS"),
+)
+
+
+def set_copies(copies: tuple[tuple[str, str], ...], value: float) -> None:
+    for module_name, name in copies:
+        module = importlib.import_module(module_name)
+        if not hasattr(module, name):
+            raise SystemExit(f"{module_name} has no {name}: this Flower version moved it; drop the timing option")
+        setattr(module, name, value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ours, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(prog="process_timing", description="Flower's command with a timing of ours")
+    p.add_argument("component", choices=["supernode", "superlink"])
+    p.add_argument("--heartbeat-s", type=float, help="supernode: its heartbeat interval")
+    p.add_argument("--upload-ttl-s", type=float, help="superlink: how long a push session lives")
+    args = p.parse_args(ours)
+    if args.component == "supernode":
+        if args.heartbeat_s is None:
+            p.error("supernode needs --heartbeat-s")
+        set_copies(HEARTBEAT_COPIES, args.heartbeat_s)
+        from flwr.supernode.cli import flower_supernode as flower_main
+    else:
+        if args.upload_ttl_s is None:
+            p.error("superlink needs --upload-ttl-s")
+        set_copies(UPLOAD_TTL_COPIES, args.upload_ttl_s)
+        from flwr.superlink.cli import flower_superlink as flower_main
+    sys.argv = [f"flower-{args.component}", *rest]
+    return flower_main() or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Flower's heartbeat and upload window, set per process: the commands carry them, bad values are refused,
+and the entry point sets every copy it names before it runs Flower's own command."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fl_metamorphosis.config import ConfigError
+from fl_metamorphosis.deployment import launch
+from fl_metamorphosis.flower import process_timing
+
+
+def test_the_commands_carry_the_timing_only_when_asked(tmp_path):
+    plain = launch.server_command(None, 9000, tmp_path)
+    assert plain[0] == "flower-superlink"
+    timed = launch.server_command(None, 9000, tmp_path, upload_ttl_s=30)
+    assert timed[:7] == [sys.executable, "-m", launch.TIMING, "superlink", "--upload-ttl-s", "30", "--"]
+    assert timed[7:] == plain[1:]
+    with pytest.raises(ConfigError, match="--upload-ttl-s 0"):
+        launch.server_command(None, 9000, tmp_path, upload_ttl_s=0)
+    with pytest.raises(ConfigError, match="--heartbeat-s 5: Flower's SuperLink takes 10 to 1800 s"):
+        launch.device_command("h:1", None, None, tmp_path / "data", tmp_path / "s", 1, "d", heartbeat_s=5)
+
+
+@pytest.mark.parametrize(
+    ("component", "option", "copies"),
+    [("supernode", "--heartbeat-s", process_timing.HEARTBEAT_COPIES),
+     ("superlink", "--upload-ttl-s", process_timing.UPLOAD_TTL_COPIES)],
+)  # fmt: skip
+def test_the_entry_point_sets_every_copy_then_runs_flowers_command(component, option, copies):
+    names = ", ".join(f"importlib.import_module({m!r}).{n}" for m, n in copies)
+    check = (
+        "import importlib, sys\n"
+        "from fl_metamorphosis.flower import process_timing as t\n"
+        f"t.set_copies(t.{'HEARTBEAT_COPIES' if component == 'supernode' else 'UPLOAD_TTL_COPIES'}, 12.0)\n"
+        f"print([{names}])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([12.0] * len(copies))
+    helped = subprocess.run(
+        [sys.executable, "-m", launch.TIMING, component, option, "12", "--", "--help"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert helped.returncode == 0 and f"flower-{component}" in helped.stdout
