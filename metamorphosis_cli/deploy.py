@@ -270,7 +270,10 @@ def run_deploy(args: argparse.Namespace) -> int:
         case "run":
             cfg = load_config(args.config, args.overrides)
             app_dir = use_checkout("deploy run")
-            out = launch.run(cfg, args.out, args.state, app_dir=app_dir, echo=say, resume=args.resume)
+            from fl_metamorphosis.tracking import TrackedRun  # --set tracking.backend=mlflow: docs/tracking.md
+
+            with TrackedRun(args.out, cfg, resume=args.resume):
+                out = launch.run(cfg, args.out, args.state, app_dir=app_dir, echo=say, resume=args.resume)
             report = out / "report.md"
             print(report.read_text() if report.exists() else f"run folder: {out}")
     return 0
