@@ -1,6 +1,7 @@
 """``metamorphosis-edge``: the edge runtime's two commands, one for each side (no torch needed).
 
-metamorphosis-edge release EXPORT --images FILE --out RELEASED.npz [--int8] [--threads N] [--noise-std TASK=STD]
+metamorphosis-edge release EXPORT --images FILE --out RELEASED.npz [--task T] [--int8] [--threads N]
+                          [--noise-std TASK=STD]
 metamorphosis-edge predict EXPORT --features RELEASED.npz [--labels FILE] [--out PREDICTIONS.json] [--int8]
 
 ``release`` runs on the device: images (``.npy``, or ``.npz`` with an ``images`` array; uint8 pixels or
@@ -49,15 +50,15 @@ def _noise_overrides(items: list[str]) -> dict[str, float]:
 def _release(args: argparse.Namespace) -> int:
     device = EdgeDevice(args.export, int8=args.int8, threads=args.threads, noise_std=_noise_overrides(args.noise_std))
     images = _read_array(args.images, args.key)
-    released = device.release(images)
+    released = device.release(images, args.task or None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **{f"features_{t}": f for t, f in released.items()})
     m = device.manifest
     for task in m.tasks:
-        if task.released:
+        if task.name in released:
             std = device.noise[task.name]
             print(f"{task.name}: {len(images)} features, {m.mechanism} noise {std:g}, clip {m.clip_norm:g}")
-        else:
+        elif not task.released:
             print(f"{task.name}: not released (every device withheld it in the run's last round)")
     print(f"released -> {args.out}")
     return 0
@@ -102,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     release.add_argument("--out", type=Path, required=True, help="where the released features go (.npz)")
     release.add_argument(
         "--noise-std", action="append", default=[], metavar="TASK=STD", help="more noise for a task (never less)"
+    )
+    release.add_argument(
+        "--task", action="append", default=[], help="release only this task (repeatable): one file per task owner"
     )
     predict = sub.add_parser("predict", help="in the cloud: each task's head on its released features")
     predict.add_argument("export", type=Path, help="the folder `metamorphosis export` wrote")

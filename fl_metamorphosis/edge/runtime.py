@@ -94,13 +94,18 @@ class EdgeDevice:
         x = prepare_images(images, self.manifest)
         return self.session.run(None, {"images": x})[0]
 
-    def release(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """What leaves the device: per released task, ``[N, *feature_shape]`` clipped features plus fresh
-        noise (a new draw on every call; each call is one release of each image, and releases compose)."""
+    def release(self, images: np.ndarray, tasks: list[str] | None = None) -> dict[str, np.ndarray]:
+        """What leaves the device: per released task (or per task of ``tasks``), ``[N, *feature_shape]``
+        clipped features plus fresh noise (a new draw on every call; each call is one release of each image,
+        and releases compose). Each task's features go to that task's owner only."""
+        wanted = self.released_tasks if tasks is None else list(tasks)
+        for name in wanted:
+            if not self.manifest.task(name).released:
+                raise ManifestError(f"task {name!r} is not released by this export (every device withheld it)")
         features = self.clipped_features(images)
         out = {}
         for t, task in enumerate(self.manifest.tasks):
-            if not task.released:
+            if task.name not in wanted:
                 continue
             clipped = features[:, t]
             std = self.noise[task.name]

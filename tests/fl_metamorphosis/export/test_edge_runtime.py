@@ -114,3 +114,9 @@ def test_the_edge_commands_fail_with_a_line_not_a_traceback(exported_run, tmp_pa
     assert "below the export's 0.25" in capsys.readouterr().err
     assert edge_main([*args, "--key", "pixels"]) == 2
     assert "no 'pixels' array" in capsys.readouterr().err
+    assert edge_main([*args, "--task", "left"]) == 0  # one file for one task's owner
+    with np.load(out) as released:
+        assert released.files == ["features_left"]
+    assert "right" not in capsys.readouterr().out
+    assert edge_main([*args, "--task", "middle"]) == 2
+    assert "task 'middle' is not in this export" in capsys.readouterr().err

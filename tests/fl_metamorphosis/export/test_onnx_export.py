@@ -11,7 +11,7 @@ import torch
 from fl_metamorphosis.audit.saved_run import load_saved
 from fl_metamorphosis.config import ConfigError
 from fl_metamorphosis.data import load_dataset
-from fl_metamorphosis.edge import CloudHeads, EdgeDevice, load_manifest
+from fl_metamorphosis.edge import CloudHeads, EdgeDevice, ManifestError, load_manifest
 from fl_metamorphosis.export import export_run
 from fl_metamorphosis.export.onnx_export import DevicePart, last_release_steps
 from fl_metamorphosis.privacy.feature_noise import gaussian_epsilon
@@ -103,8 +103,10 @@ def test_a_task_the_gate_noised_harder_keeps_its_noise_and_a_withheld_one_is_not
     assert left.released and left.noise_std == pytest.approx(2 * load_saved(copy)[0].cfg.feature_dp.noise_std)
     assert not right.released and right.noise_std is None
     device = EdgeDevice(tmp_path / "export")
-    released = device.release(load_dataset(load_saved(copy)[0].cfg.data, 0).test.images[:8].numpy())
-    assert set(released) == {"left"}
+    images = load_dataset(load_saved(copy)[0].cfg.data, 0).test.images[:8].numpy()
+    assert set(device.release(images)) == {"left"}
+    with pytest.raises(ManifestError, match="task 'right' is not released"):
+        device.release(images, ["right"])
 
 
 def test_the_export_command_writes_the_folder_and_refuses_what_it_cannot_export(exported_run, tmp_path, capsys):
