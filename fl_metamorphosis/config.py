@@ -712,22 +712,24 @@ def build_config(tree: dict[str, Any] | None = None, overrides: list[str] | None
         raise ConfigError(_describe(err)) from None
 
 
+def flatten_tree(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a config tree as its dotted keys (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten_tree(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def preset_overrides(path: str | Path) -> list[str]:
     """A TOML preset (e.g. ``configs/tiny.toml``) as ``key=value`` overrides, to lay over any config."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"preset {str(path)!r} does not exist: pass an existing TOML file")
 
-    def flatten(tree: dict[str, Any], prefix: str) -> list[str]:
-        items = []
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                items += flatten(value, f"{prefix}{key}.")
-            else:
-                items.append(f"{prefix}{key}={json.dumps(value)}")
-        return items
-
-    return flatten(tomllib.loads(path.read_text()), "")
+    return [f"{key}={json.dumps(value)}" for key, value in flatten_tree(tomllib.loads(path.read_text())).items()]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -32,7 +32,7 @@ from fl_metamorphosis.metrics.comparison_plots import (
     plot_sweep,
 )
 from fl_metamorphosis.metrics.frontier import render_frontier
-from fl_metamorphosis.tracking import TrackedRun, config_params
+from fl_metamorphosis.tracking import TrackedRun, config_params, params_of
 
 from .simulate import APP_DIR, simulate
 from .warm_runtime import WarmRuntime
@@ -127,7 +127,7 @@ def compare(
     tasks: list[str] = []
     grids: dict[str, Path] = {}
     comparison: dict[str, Any] = {}
-    params = {**config_params(cfg), "compare.methods": json.dumps(methods), "compare.seeds": json.dumps(seeds)}
+    params = {**config_params(cfg), **params_of({"methods": methods, "seeds": seeds}, "compare.")}
     with (
         WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime,
         TrackedRun(out, cfg, title=f"compare {out.name}", params=params, resume=True, files=COMPARE_FILES) as parent,
@@ -208,7 +208,7 @@ def sweep(
     ]
     rows: list[dict[str, Any]] = []
     tasks: list[str] = []
-    params = {**config_params(cfg), "compare.sweep": json.dumps(sweeps), "compare.methods": json.dumps(methods)}
+    params = {**config_params(cfg), **params_of({"sweep": sweeps, "methods": methods}, "compare.")}
     with (
         WarmRuntime(out / ".runtime", app_dir=app_dir) as runtime,
         TrackedRun(out, cfg, title=f"compare {out.name}", params=params, resume=True, files=COMPARE_FILES) as parent,

@@ -29,8 +29,7 @@ from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import read_jsonl, write_json
 from fl_metamorphosis.metrics.plots import plt
 from fl_metamorphosis.metrics.sweep_report import cell_figures
-from fl_metamorphosis.tracking import TrackedRun, config_params
-from fl_metamorphosis.tracking.base import flatten
+from fl_metamorphosis.tracking import TrackedRun, config_params, params_of
 
 from .compare import run_config
 from .simulate import APP_DIR, simulate
@@ -194,7 +193,7 @@ def run_search(
     if left > 0:
         timeout = search.minutes * 60 if search.minutes else None
         # a run that fails is a failed trial (Optuna records it), not the end of the study
-        params = {**config_params(base), **{f"search.{k}": str(v) for k, v in flatten(search.model_dump()).items()}}
+        params = {**config_params(base), **params_of(search.model_dump(), "search.")}
         title = f"search {out.name}"
         with (
             TrackedRun(out, base, title=title, params=params, resume=True, files=SEARCH_FILES) as tracked,

@@ -26,8 +26,7 @@ from fl_metamorphosis.methods import method_plan
 from fl_metamorphosis.metrics import write_json
 from fl_metamorphosis.metrics.sweep_plots import plot_sweep_final, plot_sweep_rounds
 from fl_metamorphosis.metrics.sweep_report import attack_costs, cell_figures, pool_settings, recommend, render_sweep
-from fl_metamorphosis.tracking import TrackedRun, config_params
-from fl_metamorphosis.tracking.base import flatten
+from fl_metamorphosis.tracking import TrackedRun, config_params, params_of
 
 from .compare import run_config, run_or_reuse
 from .simulate import APP_DIR
@@ -110,7 +109,7 @@ def run_sweep(
 
     # every cell a tracked run under the sweep's (cfg.tracking); the runtime closes first on the way out:
     # an interrupted sweep's cells end with their runners
-    params = {**config_params(base), **{k: str(v) for k, v in flatten(sweep_cfg.model_dump(), "sweep.").items()}}
+    params = {**config_params(base), **params_of(sweep_cfg.model_dump(), "sweep.")}
     with (
         TrackedRun(out, base, title=f"sweep {out.name}", params=params, resume=True, files=SWEEP_FILES) as tracked,
         ThreadPoolExecutor(max_workers=sweep_cfg.parallel) as pool,

@@ -43,3 +43,8 @@ def secret_laplace(shape: tuple[int, ...], scale: float) -> np.ndarray:
     """Laplace noise of scale ``scale`` and ``shape``, float32."""
     u = secret_uniform(math.prod(shape)).reshape(shape) - 0.5
     return (-scale * np.sign(u) * np.log1p(-2 * np.abs(u))).astype(np.float32)
+
+
+def secret_noise(mechanism: str, shape: tuple[int, ...], scale: float) -> np.ndarray:
+    """The feature-DP mechanism's noise: Gaussian of std ``scale``, or Laplace of scale ``scale``."""
+    return secret_normal(shape, scale) if mechanism == "gaussian" else secret_laplace(shape, scale)

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .manifest import Manifest, ManifestError, load_manifest
-from .os_noise import secret_laplace, secret_normal
+from .os_noise import secret_noise
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -108,13 +108,7 @@ class EdgeDevice:
             if task.name not in wanted:
                 continue
             clipped = features[:, t]
-            std = self.noise[task.name]
-            noise = (
-                secret_normal(clipped.shape, std)
-                if self.manifest.mechanism == "gaussian"
-                else secret_laplace(clipped.shape, std)
-            )
-            out[task.name] = clipped + noise
+            out[task.name] = clipped + secret_noise(self.manifest.mechanism, clipped.shape, self.noise[task.name])
         return out
 
 

@@ -88,10 +88,13 @@ def _run_folder(source: Path) -> Path:
     return source.parent.parent if source.parent.name == "checkpoints" else source.parent
 
 
-def last_release_steps(run: Path, tasks: list[str]) -> dict[str, float | None]:
-    """Per task, the noise step the devices last released it at (None: all withheld); 1.0 for a central run,
-    which has no release gate."""
-    rows = read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+def _rows(run: Path) -> list[dict[str, Any]]:
+    return read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+
+
+def last_release_steps(rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, float | None]:
+    """Per task, the noise step the devices last released it at in the run's ``metrics.jsonl`` rows (None:
+    all withheld); 1.0 for a central run, which has no release gate."""
     rows = [r for r in rows if "released_noise" in r]
     if not rows:
         return dict.fromkeys(tasks, 1.0)
@@ -116,7 +119,7 @@ def all_tasks_epsilon(mechanism: str, stds: list[float], clip_norm: float, delta
     return sum(2 * clip_norm / s for s in stds)
 
 
-def _run_privacy(run: Path, method: str) -> tuple[dict[str, Any], dict[str, float]]:
+def _run_privacy(run: Path, rows: list[dict[str, Any]], method: str) -> tuple[dict[str, Any], dict[str, float]]:
     """The run's own privacy figures and its last evaluated accuracy, as it wrote them."""
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     figures = summary.get("methods", {}).get(method, {})
@@ -128,7 +131,6 @@ def _run_privacy(run: Path, method: str) -> tuple[dict[str, Any], dict[str, floa
         },
         "randomness": summary.get("randomness"),
     }
-    rows = read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
     accs = {}
     for row in rows:
         if row.get("method", method) == method:
@@ -172,7 +174,8 @@ def export_run(
     example = test.images[:2]
     _onnx(DevicePart(model.generator, fdp.clip_norm, clip_p), example, out / DEVICE_MODEL, "images", "features")
     feature_shape = tuple(model.generator.feature_shape)
-    steps = last_release_steps(run, test.task_names)
+    rows = _rows(run)
+    steps = last_release_steps(rows, test.task_names)
     delta = fdp.delta if fdp.mechanism == "gaussian" else 0.0
     tasks = []
     for spec, head in zip(test.tasks, model.heads, strict=True):
@@ -182,7 +185,7 @@ def export_run(
         std = None if step is None else fdp.noise_std * max(1.0, step)
         eps = None if std is None else task_epsilon(fdp.mechanism, std, fdp.clip_norm, fdp.delta)
         tasks.append(TaskRelease(spec.name, spec.num_classes, file, std is not None, std, step, eps))
-    privacy, run_accuracy = _run_privacy(run, model.method)
+    privacy, run_accuracy = _run_privacy(run, rows, model.method)
     stds = [t.noise_std for t in tasks if t.released]
     privacy["feature_release"] = {
         "per_task_epsilon": {t.name: t.epsilon for t in tasks},

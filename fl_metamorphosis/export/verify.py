@@ -19,8 +19,9 @@ import torch
 from ..audit.saved_run import SavedModel
 from ..data import MultiTaskDataset
 from ..edge.manifest import Manifest
-from ..edge.os_noise import secret_laplace, secret_normal
+from ..edge.os_noise import secret_noise
 from ..edge.runtime import CloudHeads, EdgeDevice
+from ..privacy import release
 from ..privacy.randomness import Randomness
 from .onnx_export import DevicePart
 
@@ -30,10 +31,6 @@ DRAWS = 5
 
 def _spread(values: list[float]) -> dict[str, Any]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
-
-
-def _noise(manifest: Manifest, shape: tuple[int, ...], std: float) -> np.ndarray:
-    return secret_normal(shape, std) if manifest.mechanism == "gaussian" else secret_laplace(shape, std)
 
 
 def verify_export(out, manifest: Manifest, model: SavedModel, test: MultiTaskDataset, draws: int = DRAWS) -> Manifest:
@@ -67,17 +64,15 @@ def verify_export(out, manifest: Manifest, model: SavedModel, test: MultiTaskDat
         fresh = edge.release(images.numpy())
         for t in released:
             i = index[t.name]
-            noised = torch_clipped[:, i] + (
-                rng.normal(torch_clipped[:, i].shape, t.noise_std)
-                if manifest.mechanism == "gaussian"
-                else rng.laplace(torch_clipped[:, i].shape, t.noise_std)
-            )
+            # the library's own release at this task's noise (its clip leaves clipped features as they are)
+            task_dp = model.cfg.feature_dp.model_copy(update={"noise_std": t.noise_std})
+            noised = release(torch_clipped[:, i : i + 1], task_dp, rng)[:, 0]
             with torch.no_grad():
                 pred = model.heads[i].predict(model.heads[i](noised)).numpy()
             acc["torch"][t.name].append(float((pred == labels[:, i]).mean()))
             acc["onnx_fp32"][t.name].append(float((cloud.predict(t.name, fresh[t.name]) == labels[:, i]).mean()))
             if int8:
-                noise = _noise(manifest, clipped[:, i].shape, t.noise_std)
+                noise = secret_noise(manifest.mechanism, clipped[:, i].shape, t.noise_std)
                 fp32 = float((cloud.predict(t.name, clipped[:, i] + noise) == labels[:, i]).mean())
                 q = float((cloud8.predict(t.name, clipped8[:, i] + noise) == labels[:, i]).mean())
                 acc["onnx_int8"][t.name].append(q)

@@ -6,10 +6,13 @@ A backend is written against this small interface and nothing else (``registry.p
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
+
+from ..config import flatten_tree
 
 _KEY = re.compile(r"[^\w\-. /]")
 
@@ -19,22 +22,15 @@ def metric_key(key: str) -> str:
     return _KEY.sub("_", key.replace("->", "_to_").replace("~", "_and_"))
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
+def params_of(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A (nested) tree as flat parameters: strings as they are, everything else as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in flatten_tree(tree, prefix).items()}
 
 
 def numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The finite numbers of a (nested) row, keyed for a backend; booleans count as 0 and 1."""
     out = {}
-    for k, v in flatten(tree, prefix).items():
+    for k, v in flatten_tree(tree, prefix).items():
         if isinstance(v, bool | int | float) and v == v and abs(v) != float("inf"):
             out[metric_key(k)] = float(v)
     return out

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig
-from .base import Tracker, flatten, numbers
+from .base import Tracker, numbers, params_of
 from .registry import INSTALL, make_tracker
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ RUN_FILES = ("report.md", "summary.json", "*.png")
 
 def config_params(cfg: ExperimentConfig) -> dict[str, str]:
     """The whole config as flat ``section.field`` parameters (lists and None as JSON)."""
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in flatten(cfg.experiment_dump()).items()}
+    return params_of(cfg.experiment_dump())
 
 
 class TrackedRun:

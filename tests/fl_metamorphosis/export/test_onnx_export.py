@@ -14,6 +14,7 @@ from fl_metamorphosis.data import load_dataset
 from fl_metamorphosis.edge import CloudHeads, EdgeDevice, ManifestError, load_manifest
 from fl_metamorphosis.export import export_run
 from fl_metamorphosis.export.onnx_export import DevicePart, last_release_steps
+from fl_metamorphosis.metrics import read_jsonl
 from fl_metamorphosis.privacy.feature_noise import gaussian_epsilon
 from fl_metamorphosis.training import released_features
 from metamorphosis_cli.main import main
@@ -96,7 +97,7 @@ def test_a_task_the_gate_noised_harder_keeps_its_noise_and_a_withheld_one_is_not
     # the last round's query: every device released left at noise step 2 and withheld right
     with (copy / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"round": 9, "released_noise": {"left": 2.0}, "withheld": {"left": 0, "right": 3}}) + "\n")
-    assert last_release_steps(copy, ["left", "right"]) == {"left": 2.0, "right": None}
+    assert last_release_steps(read_jsonl(copy / "metrics.jsonl"), ["left", "right"]) == {"left": 2.0, "right": None}
     manifest = export_run(copy, tmp_path / "export", samples=0)
     assert not (tmp_path / "export" / "samples.npz").exists()  # no data images unless asked
     left, right = manifest.tasks
