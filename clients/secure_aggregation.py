@@ -7,6 +7,9 @@ this project's protocol, so the call is translated both ways (``flower/secagg_re
 fit request becomes a train request, and the train reply a legacy fit reply whose parameters are the
 update. Requests without ``secaggplus_configs`` pass through untouched.
 
+This mod runs in the light outer app (``clients/client_app.py``): the stages that only exchange keys and
+shares import neither torch nor the project's protocol, which only the training stage needs.
+
 The replay mod sits inside this one and sees the translated request, which leaves out the protocol's
 per-session keys: a resumed server that asks for the same round again, securely or not, gets the same
 update back, so it is counted once.
@@ -24,14 +27,9 @@ unmasking, since nobody holds shares of its keys).
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message, MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-
-from fl_metamorphosis.flower import messages as proto
-from fl_metamorphosis.flower import secagg_records
-
-from .policy import device_policy
 
 REQUIRED = "secure-aggregation"  # node config; "required": plain train requests are refused
 MIN_DEVICES = "secure-aggregation-min-devices"  # node config: the fewest devices a secure round may have
@@ -46,14 +44,19 @@ def secure_aggregation(msg: Message, context: Context, call_next) -> Message:
     if RECORD_KEY_CONFIGS in msg.content.config_records:
         _check_round_size(msg, context)
         return secaggplus_mod(msg, context, lambda m, c: _in_legacy_layout(m, c, call_next))
-    required = str(context.node_config.get(REQUIRED, "")) == "required" or device_policy(context).secure_aggregation
-    if msg.metadata.message_type == proto.TRAIN and required:
+    if msg.metadata.message_type == MessageType.TRAIN and _requires_secure_aggregation(context):
         raise SecureAggregationRequired(
             f"this device requires secure aggregation (node config {REQUIRED}='required' or its privacy policy) "
             "and the server sent a plain train request: "
             "set federated.secure_aggregation=true on the server"
         )
     return call_next(msg, context)
+
+
+def _requires_secure_aggregation(context: Context) -> bool:
+    from .policy import device_policy  # only for a plain train request, which imports the device app anyway
+
+    return str(context.node_config.get(REQUIRED, "")) == "required" or device_policy(context).secure_aggregation
 
 
 def _check_round_size(msg: Message, context: Context) -> None:
@@ -76,6 +79,9 @@ def _check_round_size(msg: Message, context: Context) -> None:
 
 def _in_legacy_layout(msg: Message, context: Context, call_next) -> Message:
     """The collect stage's call: legacy fit request in, train handler, legacy fit reply out."""
+    from fl_metamorphosis.flower import messages as proto  # the stage that trains: torch is needed from here
+    from fl_metamorphosis.flower import secagg_records
+
     request = secagg_records.train_request(msg.content)
     msg.content = request
     reply = call_next(msg, context)

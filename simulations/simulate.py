@@ -77,7 +77,7 @@ def flower_env(home: Path, ray_tmp: Path | None) -> dict[str, str]:
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps Ray on 127.0.0.1 here
             # the devices of this simulation run in a process tree the user started: they may accept
-            # randomness.source = "seeded" (clients/client_app.py refuses it everywhere else)
+            # randomness.source = "seeded" (clients/device_app.py refuses it everywhere else)
             SIMULATION_ENV: "1",
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
             "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),

@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 class DeviceStateRefused(RuntimeError):
     """The device will not answer: its privacy state cannot be trusted or reached. The ClientApp sends the
-    message back to the server as a refusal (``clients/client_app.py``, ``guard_device_state``)."""
+    message back to the server as a refusal (``clients/device_app.py``, ``guard_device_state``)."""
 
 
 class LedgerMissing(DeviceStateRefused):

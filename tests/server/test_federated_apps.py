@@ -8,8 +8,8 @@ from device_messages import device_context, fed_cfg, train_message
 from flwr.app import ArrayRecord
 from inprocess_grid import InProcessGrid
 
-from clients.client_app import NoStateFolder
 from clients.client_app import app as client_app
+from clients.device_app import NoStateFolder
 from fl_metamorphosis.checkpoint import load_run
 from fl_metamorphosis.config import ConfigError
 from fl_metamorphosis.data.partition import device_datasets, device_sources, train_sources
