@@ -34,8 +34,8 @@ def release_memory(msg: Message, context: Context, call_next) -> Message:
     this module does no work. What survives each collection lives on too (the device app's modules, torch
     and Opacus, which the first message imports; the runtime's state, caches) and is frozen after it, so
     the next collection scans only what the next message allocates. Whether the first freeze was done is a
-    flag: ``gc.get_freeze_count()`` walks every frozen object, and took half a simulated
-device's time at 100 devices (docs/federated.md)."""
+    flag: ``gc.get_freeze_count()`` walks every frozen object, and took half a simulated device's time at
+    100 devices (docs/federated.md)."""
     global _FROZEN
     if not _FROZEN:
         gc.freeze()

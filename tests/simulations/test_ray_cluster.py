@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.client_app import SIMULATION_ENV
+from clients.policy import SIMULATION_ENV
 from fl_metamorphosis.config import ConfigError, build_config
 from fl_metamorphosis.metrics import read_jsonl
 from simulations.loopback import free_port, wait_for

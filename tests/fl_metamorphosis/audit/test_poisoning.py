@@ -6,8 +6,8 @@ import torch
 from conftest import TINY_OVERRIDES
 from device_messages import device_context, train_message
 
-from clients.client_app import PoisoningRefused
 from clients.client_app import app as client_app
+from clients.device_app import PoisoningRefused
 from fl_metamorphosis.audit.poisoning import flip_labels, malicious_devices, poison_update
 from fl_metamorphosis.config import ConfigError, PoisoningConfig, build_config
 from fl_metamorphosis.data import MultiTaskDataset, TaskSpec

@@ -17,8 +17,8 @@ from conftest import operator_policy_file
 from device_messages import fed_cfg, train_message
 from flwr.app import Context, RecordDict
 
-from clients.client_app import SIMULATION_ENV, SeededNoiseRefused
 from clients.client_app import app as client_app
+from clients.device_app import SIMULATION_ENV, SeededNoiseRefused
 from fl_metamorphosis.data.partition import device_datasets
 from fl_metamorphosis.privacy import clip_features
 from fl_metamorphosis.privacy.randomness import randomness_for

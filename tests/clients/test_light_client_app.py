@@ -1,0 +1,41 @@
+"""The ClientApp Flower loads is light: a deployed device starts a process per message, and SecAgg+'s key
+stages must not pay for torch and Opacus (clients/client_app.py)."""
+
+import subprocess
+import sys
+
+SETUP_STAGE = """
+import sys
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.client_app import app
+
+assert "torch" not in sys.modules, "importing the ClientApp imported torch"
+setup = ConfigRecord({
+    Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: 3, Key.SHARE_NUMBER: 3, Key.THRESHOLD: 2,
+    Key.CLIPPING_RANGE: 8.0, Key.TARGET_RANGE: 1 << 22, Key.MOD_RANGE: 1 << 32, Key.MAX_WEIGHT: 1000.0,
+})
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1  # what Flower's process sets
+msg = Message(RecordDict({RECORD_KEY_CONFIGS: setup}), dst_node_id=7, message_type="train")
+context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+reply = app(msg, context)
+assert not reply.has_error(), reply.error
+public_keys = reply.content.config_records[RECORD_KEY_CONFIGS]
+assert len(public_keys[Key.PUBLIC_KEY_1]) > 0 and len(public_keys[Key.PUBLIC_KEY_2]) > 0
+for heavy in ("torch", "opacus", "fl_metamorphosis.flower.messages", "clients.device_app"):
+    assert heavy not in sys.modules, heavy + " was imported for SecAgg+'s setup stage"
+print("ok")
+"""
+
+
+def test_secagg_setup_stage_answers_without_importing_torch_or_the_device_app():
+    res = subprocess.run([sys.executable, "-c", SETUP_STAGE], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_a_message_that_reaches_a_handler_goes_to_the_device_app():
+    probe = "import clients.client_app as c; print(sorted(c.app._registered_funcs))"
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "['evaluate.default', 'query.features', 'train.default']", res.stderr[-2000:]
