@@ -47,8 +47,8 @@ from fl_metamorphosis.deployment.flower_processes import stop_processes  # noqa:
 from fl_metamorphosis.flower.model_state import joint_state  # noqa: E402
 from fl_metamorphosis.metrics import read_jsonl  # noqa: E402
 from fl_metamorphosis.model import build_heads  # noqa: E402
-from fl_metamorphosis.training import train_method  # noqa: E402
 from fl_metamorphosis.training.local_round import build_generator  # noqa: E402
+from fl_metamorphosis.training.trainer import train_method  # noqa: E402
 from simulations.simulate import flower_env, simulate  # noqa: E402
 
 FLOOR_APP = {

@@ -24,7 +24,7 @@ from fl_metamorphosis.metrics import plot_attacks, plot_reconstruction_grid, plo
 from fl_metamorphosis.metrics.report import render_release_sections
 from fl_metamorphosis.metrics.round_plots import plot_round_attacks
 from fl_metamorphosis.model import FeatureGenerator
-from fl_metamorphosis.training import TrainedModel
+from fl_metamorphosis.training.trainer import TrainedModel
 
 from .replies import REPLY_TIMEOUT_S
 

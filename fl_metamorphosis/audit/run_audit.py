@@ -29,7 +29,8 @@ import torch
 
 from ..config import AuditConfig
 from ..data import MultiTaskDataset, TrainTestSplit
-from ..training import TrainedModel, released_features, task_accuracy
+from ..training import released_features, task_accuracy
+from ..training.trainer import TrainedModel
 from .budget import epochs_within
 from .cross_task_probe import MLP_BATCH, cross_task_attacks
 from .dependence import dependence_report

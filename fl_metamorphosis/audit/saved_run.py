@@ -23,7 +23,8 @@ from ..config import ConfigError, ExperimentConfig, build_config
 from ..data import MultiTaskDataset, load_dataset
 from ..methods import method_plan
 from ..model import FeatureGenerator, build_heads
-from ..training import TrainedModel, released_features
+from ..training import released_features
+from ..training.trainer import TrainedModel
 from .run_audit import AttackData, audit_model, label_only_floor
 
 MembersFn = Callable[[ExperimentConfig], MultiTaskDataset]

@@ -23,12 +23,12 @@ import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-from opacus.accountants import IAccountant, create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+from typing import TYPE_CHECKING, Any
 
 from ..config import DPSGDConfig
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
 
 Step = tuple[float, float, int]  # (noise multiplier, sample rate, steps): one entry of an accountant's history
 
@@ -53,6 +53,10 @@ class StepHistory:
         return accountant
 
     def to_accountant(self, name: str = "rdp") -> IAccountant:
+        # Opacus is imported here, not with this module: a device's state file needs only the history, and a
+        # process that releases features or evaluates (one per message on a board) never builds an accountant
+        from opacus.accountants import create_accountant
+
         return self.load_into(create_accountant(name))
 
     def extended(self, noise_multiplier: float, sample_rate: float, steps: int) -> StepHistory:
@@ -151,6 +155,8 @@ def calibrate_noise_multiplier(cfg: DPSGDConfig, sample_rate: float, epochs: int
 def _calibrated(epsilon: float, delta: float, sample_rate: float, accountant: str, **length: int) -> float:
     # Cached: a search over sigma costs a device's first message about as much as its training, and every
     # device of a population with equal shares searches for the same value.
+    from opacus.accountants.utils import get_noise_multiplier  # as in to_accountant: only where it is used
+
     return float(
         get_noise_multiplier(
             target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, accountant=accountant, **length

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -24,8 +24,11 @@ from torch.utils.data import DataLoader
 
 from ..config import FeatureDPConfig
 from ..losses import Objective
-from ..privacy import PrivateGroupTraining, PrivateTraining, release
+from ..privacy import release
 from ..privacy.randomness import Randomness
+
+if TYPE_CHECKING:
+    from ..privacy import PrivateGroupTraining, PrivateTraining
 
 
 class EpochSteps(Protocol):

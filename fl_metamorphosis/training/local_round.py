@@ -8,6 +8,10 @@ no update past the budget ever leaves the device.
 FedProx's proximal term ``mu/2 ||w - w_global||^2`` does not depend on the data, so it is applied as a
 separate step after each private step (post-processing of DP-SGD output, ``run_epoch``'s ``after_step``):
 adding it to the loss would put it inside Opacus' per-sample gradients, which only see the data terms.
+
+Opacus is imported where a round trains (``run_local_round``, and the grouped plan's loader), not with the
+module: a device's process that only releases features or evaluates builds its generator here
+(``build_generator``), and on a board every message is a process of its own.
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ from ..config import ExperimentConfig, FeatureDPConfig
 from ..data import MultiTaskDataset
 from ..methods import method_plan
 from ..model import FeatureGenerator, build_heads
-from ..privacy import DevicePrivacyPlan, StepHistory, make_private, make_private_groups, release
+from ..privacy import DevicePrivacyPlan, StepHistory, release
 from ..privacy.accounting import pair_plan
-from ..privacy.group_dp_sgd import GroupLoader
 from ..privacy.randomness import Randomness
 from .epoch import EpochSteps, GroupSteps, JointSteps, SampleSteps, run_epoch
 
@@ -33,6 +36,8 @@ from .epoch import EpochSteps, GroupSteps, JointSteps, SampleSteps, run_epoch
 def privacy_plan(cfg: ExperimentConfig, data: MultiTaskDataset) -> DevicePrivacyPlan:
     """How this device's DP-SGD samples and is accounted: per group of pairs or per pair."""
     if method_plan(cfg).grouped:
+        from ..privacy.group_dp_sgd import GroupLoader  # Opacus: see the module's docstring
+
         group = cfg.dp_sgd.group_size
         loader = GroupLoader(data, group, max(1, cfg.train.batch_size // group), key=cfg.train.seed)
         return DevicePrivacyPlan(True, loader.sample_rate, len(loader), cfg.dp_sgd)
@@ -105,6 +110,8 @@ def run_local_round(
         randomness: where the DP-SGD noise, the Poisson sampling and the feature noise in the loss come from.
         proximal_mu: FedProx's mu (0: plain local DP-SGD).
     """
+    from ..privacy import make_private, make_private_groups  # Opacus: see the module's docstring
+
     local_epochs, budget = cfg.federated.local_epochs, cfg.federated.device_epsilon_budget
     after = history.extended(noise_multiplier, plan.sample_rate, local_epochs * plan.steps_per_epoch)
     spent, would_be = plan.epsilon(history), plan.epsilon(after)

@@ -1,8 +1,10 @@
 """The ClientApp Flower loads is light: a deployed device starts a process per message, and SecAgg+'s key
 stages must not pay for torch and Opacus (clients/client_app.py)."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 SETUP_STAGE = """
 import sys
@@ -39,3 +41,33 @@ def test_a_message_that_reaches_a_handler_goes_to_the_device_app():
     probe = "import clients.client_app as c; print(sorted(c.app._registered_funcs))"
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == "['evaluate.default', 'query.features', 'train.default']", res.stderr[-2000:]
+
+
+HANDLERS = """
+import sys
+
+from device_messages import device_context, fed_cfg, train_message
+
+from clients.client_app import app
+
+cfg = fed_cfg("release_gate.enabled=true")  # the gate's probe runs in the features handler too
+context = device_context(sys.argv[1], cfg)
+assert "opacus" not in sys.modules, "the test's own imports loaded Opacus"
+for kind in ("query.features", "evaluate", "train"):
+    msg, _ = train_message(cfg)
+    msg.metadata.__dict__["_message_type"] = kind
+    reply = app(msg, context)
+    assert not reply.has_error(), (kind, reply.error)
+    print(kind, "opacus" in sys.modules)
+"""
+
+
+def test_only_a_train_message_imports_opacus(tmp_path):
+    """A board starts a process per message: releasing features and evaluating must not pay for Opacus."""
+    tests = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run(
+        [sys.executable, "-c", HANDLERS, str(tmp_path / "device")], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split("\n")[:3] == ["query.features False", "evaluate False", "train True"], res.stdout

@@ -1,7 +1,7 @@
 import torch
 
 from fl_metamorphosis.config import RandomnessConfig, build_config
-from fl_metamorphosis.training import train_method
+from fl_metamorphosis.training.trainer import train_method
 
 
 def test_training_is_reproducible_only_when_seeded(tiny_cfg, tiny_split):
