@@ -88,3 +88,11 @@ def test_account_release_reports_per_task_and_all_tasks():
     lap = account_release(FeatureDPConfig(mechanism="laplace", clip_norm=1.0, noise_std=0.5), num_tasks=2)
     assert (lap.epsilon, lap.epsilon_all_tasks, lap.delta) == (4.0, 8.0, 0.0)
     assert account_release(FeatureDPConfig(enabled=False), 2) is None
+
+
+def test_every_name_of_the_privacy_package_resolves_to_its_module():
+    import fl_metamorphosis.privacy as privacy
+
+    assert sorted(privacy.__all__) == sorted(privacy._HOME)
+    for name, module in privacy._HOME.items():
+        assert getattr(privacy, name).__module__ == f"fl_metamorphosis.privacy.{module}", name
