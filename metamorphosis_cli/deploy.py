@@ -161,7 +161,7 @@ def _foreground(procs: list, state: Path, what: str) -> int:
         while all(proc.poll() is None for proc in procs):
             time.sleep(0.5)
         code = next(proc.returncode for proc in procs if proc.poll() is not None)
-        if what == "SuperNode" and code == 0:  # Flower's SuperNode stops itself, code 0, on a 401 from the server
+        if what == "SuperNode" and _revoked(code, state / "supernode.log"):
             say_error(
                 "error:",
                 "the server no longer accepts this device's key: it was revoked (`deploy unregister`). A revoked "
@@ -184,6 +184,14 @@ def _foreground(procs: list, state: Path, what: str) -> int:
     finally:
         for proc in procs:
             launch.stop_tree(proc, state)
+
+
+def _revoked(code: int, log: Path) -> bool:
+    """Whether a SuperNode stopped because the server refused its key. On a 401, Flower 1.42's SuperNode
+    sends itself SIGINT and exits 0. When its heartbeat and its poll for messages are refused at about the
+    same time, it gets two, and the second, arriving while it exits, ends it by SIGINT instead: its log
+    then holds the 401s."""
+    return code == 0 or (code == -signal.SIGINT and "401 Unauthorized" in _log_tail(log))
 
 
 def _log_tail(log: Path, size: int = 4000) -> str:

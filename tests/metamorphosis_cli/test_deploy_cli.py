@@ -3,6 +3,7 @@ revoked, that logs append, that a run needing more devices than are registered i
 a revoked key's re-registration gets the fix, and that --help shows the defaults."""
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,26 @@ def test_a_supernode_that_stops_by_itself_is_explained_as_a_revocation(tmp_path,
     assert _foreground([proc], tmp_path, "SuperNode") == 1
     said = capsys.readouterr().err
     assert "revoked" in said and "deploy device-key --force" in said and len(said.strip().splitlines()) == 1
+
+
+def test_a_supernode_ended_by_its_second_sigint_on_a_401_is_explained_as_a_revocation(tmp_path, capsys):
+    (tmp_path / "supernode.log").write_text(
+        "httpx.HTTPStatusError: Client error '401 Unauthorized' for url 'https://127.0.0.1:9095/v1/fleet/pull-messages'\n"
+        "KeyboardInterrupt\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGINT)"])
+    assert _foreground([proc], tmp_path, "SuperNode") == 1
+    assert proc.returncode == -signal.SIGINT
+    said = capsys.readouterr().err
+    assert "revoked" in said and "deploy device-key --force" in said
+
+
+def test_a_supernode_interrupted_without_a_401_is_not_called_revoked(tmp_path, capsys):
+    (tmp_path / "supernode.log").write_text("KeyboardInterrupt\n")
+    proc = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGINT)"])
+    assert _foreground([proc], tmp_path, "SuperNode") == 1
+    said = capsys.readouterr().err
+    assert "revoked" not in said and "SuperNode exited with code -2" in said
 
 
 def test_a_supernode_the_server_did_not_activate_says_why_and_what_to_do(tmp_path, capsys):
