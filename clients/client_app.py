@@ -2,8 +2,8 @@
 
 Flower's deployment runtime starts a fresh ClientApp process for each message a device receives
 (docs/deploy.md). Three of the four stages of SecAgg+ (setup, key shares, unmasking) are key exchange and
-arithmetic on a few numbers, and would each pay the import of torch and Opacus for nothing: seconds on a
-Raspberry Pi, per stage, per round. So this module imports Flower and the SecAgg+ mod only; the device's
+arithmetic on a few numbers, and would each pay the import of torch and Opacus for nothing, per stage, per
+round (docs/deploy.md has the seconds). So this module imports Flower and the SecAgg+ mod only; the device's
 handlers and its privacy mods live in ``clients/device_app.py``, imported by the first message that reaches
 a handler (in a simulation's warm actor, once).
 
