@@ -16,6 +16,7 @@ replay of repeated requests and the handlers.
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 
 from flwr.app import Context, Message
@@ -31,8 +32,8 @@ def release_memory(msg: Message, context: Context, call_next) -> Message:
     Before the first message, everything imported so far (Flower; in a simulation's actor, Ray), which lives
     as long as the process, is frozen: out of the cyclic collector's scans, so the full collection after
     every message stays cheap (benchmarks/gc_freeze.py, docs/federated.md). Here, not at import: importing
-    this module does no work. What survives each collection lives on too (the device app's modules, torch
-    and Opacus, which the first message imports; the runtime's state, caches) and is frozen after it, so
+    this module does no work. The device app's modules are frozen when they are imported (``_device_app``).
+    What survives each collection lives on too (the runtime's state, caches) and is frozen after it, so
     the next collection scans only what the next message allocates. Whether the first freeze was done is a
     flag: ``gc.get_freeze_count()`` walks every frozen object, and took half a simulated device's time at
     100 devices (docs/federated.md)."""
@@ -59,11 +60,21 @@ except (OSError, AttributeError):
 app = ClientApp(mods=[release_memory, secure_aggregation])
 
 
-def _device(msg: Message, context: Context) -> Message:
-    """The device app's answer (``clients/device_app.py``)."""
-    from .device_app import app as device  # here: the first message that reaches a handler pays the import
+@functools.cache
+def _device_app() -> ClientApp:
+    """``clients/device_app.py``'s app, imported by the first message that reaches a handler. What the import
+    brings in (torch, the library) lives as long as the process, so it is frozen at once, as
+    ``release_memory`` freezes the process's imports before its first message: the collection after the
+    message then scans what the message allocated, not every torch object (a deployed device pays that
+    once per message, since every message is a process of its own)."""
+    from .device_app import app
 
-    return device(msg, context)
+    gc.freeze()
+    return app
+
+
+def _device(msg: Message, context: Context) -> Message:
+    return _device_app()(msg, context)
 
 
 app.train()(_device)
