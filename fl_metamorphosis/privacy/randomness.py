@@ -19,6 +19,10 @@ of the kind enters it:
   (the floating-point attacks of arXiv 2112.05307); the sum hides that.
 * Sampling (Poisson batches, permutations, the released pairs) uses torch generators, each seeded with
   64 fresh bits from ``os.urandom``: the sampling is secret, and it needs no more than that.
+* Noise that never leaves the device (the release gate's rehearsal of a release, ``local_only``) comes
+  from such a torch generator too. The floating-point attacks need the noised values themselves; these
+  only decide what the device sends, and their distribution is the release's. The cryptographic draw
+  was three quarters of the gate's time (docs/federated.md).
 
 ``Randomness.seeded(seed)`` gives reproducible draws for research runs. It is NOT private against anyone
 who knows the seed; summaries flag it, and a device outside simulation refuses it.
@@ -58,6 +62,11 @@ class Randomness:
         else:
             seed = int(torch.randint(0, 2**62, (1,), generator=self._torch))
         return torch.Generator().manual_seed(seed)
+
+    def local_only(self) -> Randomness:
+        """A fast stream for noise that never leaves the device: a torch generator under 62 bits drawn from
+        this one (secret when this is secret, reproducible when it is seeded). Never for a release."""
+        return Randomness.seeded(int(torch.randint(0, 2**62, (1,), generator=self.generator())))
 
     def normal(
         self, shape: torch.Size | tuple[int, ...], std: float, dtype: torch.dtype = torch.float32

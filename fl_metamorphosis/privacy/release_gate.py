@@ -4,8 +4,10 @@ The weights a device releases under are the server's: early in training they lea
 are not yet apart), and a lying server can send weights trained to leak. Before each release the device
 therefore attacks itself, on its own pairs and under the weights it received:
 
-* its pairs' task features are released as they would be (clip and noise, secret randomness), a few
-  fresh-noise copies of each, since the server holds many rows;
+* its pairs' task features are released as they would be (clip, and noise of the release's distribution),
+  a few fresh-noise copies of each, since the server holds many rows. These copies never leave the
+  device, so their noise comes from a fast secret-seeded generator (``Randomness.local_only``), not the
+  cryptographic one a release needs against floating-point attacks on the values it sends;
 * for every ordered pair of tasks (t, s), a cross-validated linear probe (a standardised ridge
   classifier: closed form, so a board can afford it every round; folds split by pair) reads task s's
   label from task t's released feature;
@@ -167,7 +169,7 @@ def release_gate(
         task_names: the tasks, in the columns' order.
         feature_dp: the release mechanism the device would apply (clip and noise).
         cfg: the gate's margin, confidence, sample size, folds, noise copies and noise steps.
-        randomness: the device's secret randomness (the probe's pairs, folds and noise).
+        randomness: the device's secret randomness (the probe's pairs, folds and noise: ``local_only``).
         reference: public reference pairs ``(images, labels)`` probed as well (``data/reference.py``): a
             task passes a step only if neither its own pairs nor the reference read another task.
     """
@@ -175,11 +177,12 @@ def release_gate(
     if reference is not None:
         sets.append(_ProbeSet.draw("reference", generator, *reference, cfg, randomness))
     steps = cfg.noise_steps if feature_dp.enabled else cfg.noise_steps[:1]  # no noise to raise without feature DP
+    rehearsal = randomness.local_only()
     pending, decided = list(range(len(task_names))), {}
     for step in steps:
         noised = feature_dp.model_copy(update={"noise_std": feature_dp.noise_std * step})
         # copy 0 is what the probe is scored on; the others are what it learns from
-        copies = [[release(p.features, noised, randomness).flatten(2).numpy() for _ in range(cfg.noise_copies + 1)]
+        copies = [[release(p.features, noised, rehearsal).flatten(2).numpy() for _ in range(cfg.noise_copies + 1)]
                   for p in sets]  # fmt: skip
         for t in list(pending):
             probes = tuple(

@@ -31,6 +31,18 @@ def test_secret_laplace_noise_has_the_laplace_distribution():
     assert float(x.std()) == pytest.approx(0.5 * math.sqrt(2), rel=0.02)
 
 
+def test_local_only_noise_is_fresh_from_a_secret_source_repeats_from_a_seeded_one_and_is_gaussian():
+    """The release gate's rehearsal noise: never released, but no one may predict it either."""
+    secret = Randomness.secret()
+    a, b = secret.local_only().normal((100_000,), 0.7), secret.local_only().normal((100_000,), 0.7)
+    assert not torch.equal(a, b)
+    again = [Randomness.seeded(5).local_only().normal((64,), 1.0) for _ in range(2)]
+    assert torch.equal(*again)
+    x = a.double().numpy()
+    assert stats.kstest(x / 0.7, "norm").pvalue > 1e-3
+    assert float(x.std()) == pytest.approx(0.7, rel=0.02)
+
+
 def test_unknown_source_is_refused():
     with pytest.raises(ValueError, match="randomness.source"):
         randomness_for("time", 0)
