@@ -86,7 +86,8 @@ class GateDecision:
 
 
 @torch.no_grad()
-def _task_features(generator: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def _task_features(generator: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Task features before release, 256 images at a time (training/inference.py: FORWARD_BATCH, why)."""
     generator.eval()
     return torch.cat([generator(images[i : i + batch_size])[0] for i in range(0, len(images), batch_size)])
 
@@ -100,25 +101,27 @@ def _probe_correct(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
 def ridge_probe_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alpha: float = 1.0):
     """scikit-learn's ``make_pipeline(StandardScaler(), RidgeClassifier(alpha))``, fit and predict, in closed
     form. The gate fits 16 to 48 of these small probes per release on every device, and at that size
-    scikit-learn's checks of its inputs took most of each fit; the whole gate is 1.4-1.5x faster this way
-    (benchmarks/release_gate_cost.py, docs/federated.md).
+    scikit-learn's checks of its inputs took most of each fit (benchmarks/release_gate_cost.py,
+    docs/federated.md). The standardised rows are never formed: their Gram matrix and the fit's right-hand
+    side are the centred rows' scaled by the columns' scales, and the coefficients are scaled back instead.
     ``tests/fl_metamorphosis/privacy/test_release_gate.py`` holds it to scikit-learn's predictions."""
-    mean, var = x_train.mean(0, dtype=np.float64), x_train.var(0, dtype=np.float64)
-    n, eps = len(x_train), np.finfo(np.float64).eps
+    x = x_train.astype(np.float64)  # a copy, centred in place
+    n, eps = len(x), np.finfo(np.float64).eps
+    mean = x.mean(0)
+    x -= mean
+    var = np.einsum("ij,ij->j", x, x) / n
     scale = np.sqrt(var)
     scale[var <= n * eps * var + (n * mean * eps) ** 2] = 1.0  # a constant column, by StandardScaler's own test
-    x, x_new = (x_train - mean) / scale, (x_test - mean) / scale
     classes, index = np.unique(y_train, return_inverse=True)
-    targets = -np.ones((len(y_train), len(classes)))  # RidgeClassifier's {-1, 1} coding, one column per class
-    targets[np.arange(len(y_train)), index] = 1.0
+    targets = -np.ones((n, len(classes)))  # RidgeClassifier's {-1, 1} coding, one column per class
+    targets[np.arange(n), index] = 1.0
     if len(classes) == 2:  # two classes: one column, the second class's
         targets = targets[:, 1:]
-    x_offset, y_offset = x.mean(0), targets.mean(0)  # fit_intercept: centre both, solve, then shift back
-    centred = x - x_offset
-    gram = centred.T @ centred
+    # fit_intercept: the standardised rows are already centred, so only the targets' mean is shifted back
+    gram = (x.T @ x) / np.outer(scale, scale)
     gram.flat[:: gram.shape[0] + 1] += alpha
-    coef = linalg.solve(gram, centred.T @ (targets - y_offset), assume_a="pos")
-    scores = (x_new - x_offset) @ coef + y_offset
+    coef = linalg.solve(gram, (x.T @ targets) / scale[:, None], assume_a="pos")
+    scores = (x_test - mean) @ (coef / scale[:, None]) + targets.mean(0)
     return classes[(scores[:, 0] > 0).astype(int)] if len(classes) == 2 else classes[scores.argmax(1)]
 
 

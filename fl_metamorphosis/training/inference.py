@@ -10,6 +10,10 @@ from ..data import MultiTaskDataset
 from ..privacy import release
 from ..privacy.randomness import Randomness
 
+# Small enough that a batch's activations stay in the CPU's cache: a forward pass of 1024 images at a time
+# was several times slower per image (docs/federated.md). The values do not depend on it, noise included.
+FORWARD_BATCH = 256
+
 
 @torch.no_grad()
 def released_features(
@@ -17,7 +21,7 @@ def released_features(
     images: torch.Tensor,
     feature_dp: FeatureDPConfig,
     randomness: Randomness | int,
-    batch_size: int = 1024,
+    batch_size: int = FORWARD_BATCH,
 ) -> torch.Tensor:
     """What a device would send for ``images``: ``[N, T, ...]`` task features after clip + noise. An int
     seeds the noise (an auditor's simulated releases, reproducible); a device passes its secret Randomness."""

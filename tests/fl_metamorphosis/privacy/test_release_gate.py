@@ -157,13 +157,14 @@ def test_the_reference_is_the_datasets_test_split_where_the_device_can_build_it(
 def test_the_gates_closed_form_probe_predicts_as_scikit_learns_pipeline(seed):
     """The probe the gate fits is scikit-learn's StandardScaler + RidgeClassifier, computed in closed form: the
     same predictions on two and on many classes, separable or not, with a constant and a nearly constant
-    column, float32 rows."""
+    column, float32 rows off centre."""
     rng = np.random.default_rng(seed)
     for classes, rows, dims in [(2, 300, 64), (10, 3000, 64), (7, 60, 128), (10, 200, 16)]:
         y = rng.integers(0, classes, rows)
         x = (rng.normal(size=(classes, dims))[y] * rng.uniform(0, 2) + rng.normal(size=(rows, dims))).astype(np.float32)
         x[:, 3] = 2.5
         x[:, 4] = 1.0 + 1e-7 * rng.normal(size=rows)  # nearly constant: scaled, not set to 1
+        x += np.float32(rng.uniform(-3, 3))  # off centre: the probe centres what it standardises
         train = rows * 3 // 4
         expected = (
             make_pipeline(StandardScaler(), RidgeClassifier(alpha=1.0)).fit(x[:train], y[:train]).predict(x[train:])
