@@ -128,10 +128,12 @@ def _run(tmp_path, name, *extra):
     return cfg, summary
 
 
-# Learns within 5 rounds (DP off: the attack, not the noise, is what is measured); one device in five
-# sends its update reversed and scaled by 8.
+# Learns within 5 rounds (DP-SGD, the feature noise and the release gate off: the attack, not the noise, is
+# what is measured; with the noise on, an honest run reached only 0.21-0.39 and the gaps were within seed
+# noise); one device in five sends its update reversed and scaled by 8.
 ROBUST = [
-    "dp_sgd.enabled=false", "data.train_pairs=3000", "federated.num_devices=5", "federated.rounds=5",
+    "dp_sgd.enabled=false", "feature_dp.enabled=false", "release_gate.enabled=false",
+    "data.train_pairs=3000", "federated.num_devices=5", "federated.rounds=5",
     "federated.local_epochs=2", "federated.local_lr=0.05", "federated.head_epochs=5",
     "federated.feature_samples_per_device=200", "federated.poisoning.attack=sign_flip",
     "federated.poisoning.share=0.2", "federated.poisoning.sign_flip_scale=8",
@@ -151,9 +153,12 @@ def test_a_trimmed_mean_keeps_learning_under_sign_flipping_where_fedavg_does_not
     _, trimmed = _run(
         tmp_path, "trimmed", *ROBUST, "federated.strategy.name=fedtrimmedavg", "federated.strategy.beta_trim=0.2"
     )
-    chance = 0.13  # the most frequent digit's share of the test pairs, at most
-    assert _final_accuracy(fedavg) < chance + 0.03  # FedAvg averages the flipped update in: it learns nothing
-    assert _final_accuracy(trimmed) > _final_accuracy(fedavg) + 0.06  # the trimmed mean cuts it out
+    _, honest = _run(tmp_path, "honest", *ROBUST, "federated.poisoning.attack='none'")
+    fedavg, trimmed, honest = (_final_accuracy(s) for s in (fedavg, trimmed, honest))
+    # seeds 0-3: honest 0.79-0.89, trimmed 0.65-0.74, FedAvg 0.11-0.26 (the server's heads still read
+    # something from the wrecked encoder's clean features)
+    assert honest - fedavg > 0.4, (honest, fedavg)  # FedAvg averages the flipped update in: most is lost
+    assert trimmed - fedavg > 0.3, (trimmed, fedavg)  # the trimmed mean cuts it out and keeps most of it
 
 
 @pytest.mark.slow
