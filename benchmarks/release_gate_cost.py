@@ -1,11 +1,13 @@
-"""What the release gate costs a device per release: scikit-learn's probe pipeline against the gate's closed
-form of it, on one thread, side by side.
+"""What the release gate costs a device per release, on one thread, side by side: the gate as it is, against
+the gate with scikit-learn's probe pipeline instead of its closed form, and against the gate drawing its
+rehearsal copies' noise from the cryptographic generator that releases use (``Randomness.normal`` of a
+secret source) instead of ``Randomness.local_only``.
 
 One device of the default run (the embedded digits, 20,000 pairs) at ``--devices`` population sizes: its own
 pairs, the 2,000 public reference pairs, the untrained generator (whose features leak, so the gate tries
-more than one noise step, as early in a run). Each trial runs the whole gate twice, once with each probe,
-in alternating order; the table gives the median and the range over ``--trials`` of each, and of the
-ratio within a trial.
+more than one noise step, as early in a run). Each trial runs the whole gate once per variant, in a
+rotating order; the table gives the median and the range over ``--trials`` of each, and of each
+variant's ratio to the gate as it is within a trial.
 
     python benchmarks/release_gate_cost.py [--devices 10 100] [--trials 7]
 """
@@ -28,7 +30,7 @@ from fl_metamorphosis.data.partition import device_datasets  # noqa: E402
 from fl_metamorphosis.data.reference import reference_pairs  # noqa: E402
 from fl_metamorphosis.methods import method_plan  # noqa: E402
 from fl_metamorphosis.privacy import release_gate as gate  # noqa: E402
-from fl_metamorphosis.privacy.randomness import randomness_for  # noqa: E402
+from fl_metamorphosis.privacy.randomness import Randomness, randomness_for  # noqa: E402
 from fl_metamorphosis.training.local_round import build_generator  # noqa: E402
 
 
@@ -44,17 +46,21 @@ def _span(values: list[float], unit: str = "s") -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f}) {unit}"
 
 
+VARIANTS = ["as it is", "scikit-learn probe", "cryptographic rehearsal"]
+
+
 def one_population(n: int, trials: int) -> tuple[int, dict[str, list[float]]]:
-    """Device 0 of ``n``: its number of pairs, and the gate's seconds with each probe over ``trials``."""
+    """Device 0 of ``n``: its number of pairs, and the gate's seconds in each variant over ``trials``."""
     cfg = build_config(None, ["data.train_pairs=20000", 'methods=["metamorphosis"]', f"federated.num_devices={n}"])
     train, _ = device_datasets(cfg.data, cfg.federated, 0, cfg.train.seed)
     generator = build_generator(cfg, train)
     randomness = randomness_for("os_entropy", 0, 0, 1, 2)
     reference = reference_pairs(cfg.data, cfg.train.seed, train, randomness.generator())
-    closed_form = gate.ridge_probe_predict
+    closed_form, local_only = gate.ridge_probe_predict, Randomness.local_only
 
-    def run_gate(name: str) -> float:
-        gate.ridge_probe_predict = sklearn_predict if name == "sklearn" else closed_form
+    def run_gate(variant: str) -> float:
+        gate.ridge_probe_predict = sklearn_predict if variant == "scikit-learn probe" else closed_form
+        Randomness.local_only = (lambda self: self) if variant == "cryptographic rehearsal" else local_only
         start = time.perf_counter()
         gate.release_gate(
             generator,
@@ -69,13 +75,14 @@ def one_population(n: int, trials: int) -> tuple[int, dict[str, list[float]]]:
         return time.perf_counter() - start
 
     try:
-        run_gate("sklearn"), run_gate("closed")  # imports and first-call caches out of the timing
-        times: dict[str, list[float]] = {"sklearn": [], "closed": []}
+        for variant in VARIANTS:  # imports and first-call caches out of the timing
+            run_gate(variant)
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for trial in range(trials):
-            for name in ["sklearn", "closed"] if trial % 2 == 0 else ["closed", "sklearn"]:
-                times[name].append(run_gate(name))
+            for variant in VARIANTS[trial % 3 :] + VARIANTS[: trial % 3]:
+                times[variant].append(run_gate(variant))
     finally:
-        gate.ridge_probe_predict = closed_form
+        gate.ridge_probe_predict, Randomness.local_only = closed_form, local_only
     return len(train), times
 
 
@@ -85,15 +92,13 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=7)
     args = p.parse_args()
     torch.set_num_threads(1)
-    print("| devices | own pairs | gate, scikit-learn probe | gate, closed-form probe | ratio |\n|---|---|---|---|---|")
+    print("| devices | own pairs | variant | gate per release | ratio to the gate as it is |\n|---|---|---|---|---|")
     for n in args.devices:
         pairs, times = one_population(n, args.trials)
-        ratios = [a / b for a, b in zip(times["sklearn"], times["closed"], strict=True)]
-        print(
-            f"| {n} | {pairs} | {_span(times['sklearn'])} | {_span(times['closed'])} | {_span(ratios, 'x')} |",
-            flush=True,
-        )
-    print(f"(one thread; {args.trials} trials each, alternating; median (min-max))")
+        for variant in VARIANTS:
+            ratios = [a / b for a, b in zip(times[variant], times["as it is"], strict=True)]
+            print(f"| {n} | {pairs} | {variant} | {_span(times[variant])} | {_span(ratios, 'x')} |", flush=True)
+    print(f"(one thread; {args.trials} trials each, in rotating order; median (min-max))")
 
 
 if __name__ == "__main__":

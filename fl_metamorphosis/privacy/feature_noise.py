@@ -21,9 +21,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from dp_accounting.pld import privacy_loss_distribution as pld
-from scipy.optimize import brentq
-from scipy.stats import norm
+from scipy.special import log_ndtr, ndtr  # scipy.stats.norm's cdf and logcdf, without importing scipy.stats
 
 from ..config import FeatureDPConfig
 from .randomness import Randomness
@@ -58,6 +56,8 @@ def gaussian_epsilon(noise_std: float, sensitivity: float, delta: float, release
     that grows with ``sensitivity / noise_std`` keeps the grid's rounding small beside the epsilon while
     the grid stays small, so that accounting feature noise whose epsilons run into the hundreds takes
     milliseconds, not seconds (the tests hold it to the closed form)."""
+    from dp_accounting.pld import privacy_loss_distribution as pld  # accounting only: a release never needs it
+
     step = 1e-3 * max(1.0, sensitivity / noise_std)
     dist = pld.from_gaussian_mechanism(
         standard_deviation=noise_std / sensitivity, sensitivity=1.0, value_discretization_interval=step
@@ -72,12 +72,14 @@ def analytic_gaussian_delta(epsilon: float, noise_std: float, sensitivity: float
     in log space, so that epsilons in the hundreds do not overflow)."""
     a = sensitivity / (2 * noise_std)
     b = epsilon * noise_std / sensitivity
-    return float(norm.cdf(a - b) - math.exp(epsilon + norm.logcdf(-a - b)))
+    return float(ndtr(a - b) - math.exp(epsilon + log_ndtr(-a - b)))
 
 
 def analytic_gaussian_epsilon(noise_std: float, sensitivity: float, delta: float, releases: int = 1) -> float:
     """The exact epsilon at ``delta`` of ``releases`` Gaussian mechanisms, in closed form: their
     composition is one Gaussian mechanism of std ``noise_std / sqrt(releases)``."""
+    from scipy.optimize import brentq
+
     std = noise_std / math.sqrt(releases)
     hi = 1.0
     while analytic_gaussian_delta(hi, std, sensitivity) > delta:
@@ -89,6 +91,8 @@ def gaussian_noise_std_for(epsilon: float, delta: float, sensitivity: float) -> 
     """The smallest std that makes one Gaussian release (epsilon, delta)-DP (analytic calibration)."""
     if epsilon <= 0 or not 0 < delta < 1:
         raise ValueError(f"need epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}")
+    from scipy.optimize import brentq
+
     return brentq(
         lambda s: analytic_gaussian_delta(epsilon, s, sensitivity) - delta, 1e-6 * sensitivity, 1e6 * sensitivity
     )

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import linalg
-from scipy.stats import binom
+from scipy.special import bdtrc  # binom.sf, without importing scipy.stats on every feature query
 from torch import nn
 
 from ..config import FeatureDPConfig, ReleaseGateConfig
@@ -222,6 +222,6 @@ def _probe(copies, pairs: _ProbeSet, t: int, s: int, task_names: list[str], cfg:
         base += _baseline_correct(y[train, t], y[train, s], y[test, t], y[test, s])
     baseline = base / n
     threshold = min(1.0, baseline + cfg.margin)
-    p_value = float(binom.sf(correct - 1, n, threshold))  # P(X >= correct) if the leak were the margin
+    p_value = float(bdtrc(correct - 1, n, threshold))  # P(X >= correct) if the leak were the margin
     leaks = p_value < 1 - cfg.confidence
     return PairProbe(task_names[t], task_names[s], correct / n, baseline, p_value, leaks, pairs.name)

@@ -52,22 +52,37 @@ from clients.client_app import app
 
 cfg = fed_cfg("release_gate.enabled=true")  # the gate's probe runs in the features handler too
 context = device_context(sys.argv[1], cfg)
-assert "opacus" not in sys.modules, "the test's own imports loaded Opacus"
+HEAVY = ("opacus", "dp_accounting")  # training needs the first, the server's accounting the second
+assert not any(m in sys.modules for m in HEAVY), "the test's own imports loaded " + str(HEAVY)
 for kind in ("query.features", "evaluate", "train"):
     msg, _ = train_message(cfg)
     msg.metadata.__dict__["_message_type"] = kind
     reply = app(msg, context)
     assert not reply.has_error(), (kind, reply.error)
-    print(kind, "opacus" in sys.modules)
+    print(kind, "opacus" in sys.modules, sorted(m for m in HEAVY[1:] if m in sys.modules))
 """
 
 
-def test_only_a_train_message_imports_opacus(tmp_path):
-    """A board starts a process per message: releasing features and evaluating must not pay for Opacus."""
+def test_only_a_train_message_imports_opacus_and_none_imports_dp_accounting(tmp_path):
+    """A board starts a process per message: releasing features and evaluating must not pay for Opacus, and
+    no message pays for dp-accounting (the release's accounting is the server's)."""
     tests = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run(
         [sys.executable, "-c", HANDLERS, str(tmp_path / "device")], capture_output=True, text=True, timeout=300, env=env
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.split("\n")[:3] == ["query.features False", "evaluate False", "train True"], res.stdout
+    lines = res.stdout.split("\n")[:3]
+    assert lines == ["query.features False []", "evaluate False []", "train True []"], res.stdout
+
+
+def test_the_release_and_its_gate_import_no_scipy_stats():
+    """scipy.stats was most of a feature query's own imports; the gate's binomial test and the release's
+    Gaussian functions come from scipy.special. (The simulated partition imports it: a board does not.)"""
+    probe = (
+        "import sys; import clients.device_app, fl_metamorphosis.privacy.release_gate, "
+        "fl_metamorphosis.privacy.feature_noise, fl_metamorphosis.training.inference; "
+        "print(sorted(m for m in ('scipy.stats', 'dp_accounting', 'opacus') if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "[]", res.stdout + res.stderr[-2000:]
