@@ -22,7 +22,7 @@ of the kind enters it:
 * Noise that never leaves the device (the release gate's rehearsal of a release, ``local_only``) comes
   from such a torch generator too. The floating-point attacks need the noised values themselves; these
   only decide what the device sends, and their distribution is the release's. The cryptographic draw
-  was three quarters of the gate's time (docs/federated.md).
+  was most of the gate's time (docs/federated.md).
 
 ``Randomness.seeded(seed)`` gives reproducible draws for research runs. It is NOT private against anyone
 who knows the seed; summaries flag it, and a device outside simulation refuses it.

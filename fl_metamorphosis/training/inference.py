@@ -10,8 +10,9 @@ from ..data import MultiTaskDataset
 from ..privacy import release
 from ..privacy.randomness import Randomness
 
-# Small enough that a batch's activations stay in the CPU's cache: a forward pass of 1024 images at a time
-# was several times slower per image (docs/federated.md). The values do not depend on it, noise included.
+# Small enough that a batch's activations stay in the CPU's cache (1,024 images at a time was several times
+# slower per image: docs/federated.md). The released values, seeded noise included, are those of 1,024
+# (tests/fl_metamorphosis/training/test_training.py).
 FORWARD_BATCH = 256
 
 

@@ -28,3 +28,20 @@ def test_training_without_dp_reports_no_epsilon(tiny_split):
     model = train_method("universal", tiny_split, cfg)
     assert model.dp_sgd == {"enabled": False, "epsilon": None, "delta": None}
     assert "epsilon" not in model.history[0]
+
+
+def test_released_features_do_not_depend_on_the_forward_batch(tiny_cfg, tiny_split):
+    """FORWARD_BATCH is a speed setting: seeded releases of the same images are the same at the batch size
+    used before it (1,024) and at others of that order (at a handful of images, torch's kernels may round
+    differently)."""
+    from fl_metamorphosis.methods import method_plan
+    from fl_metamorphosis.training.inference import FORWARD_BATCH, released_features
+    from fl_metamorphosis.training.local_round import build_generator
+
+    generator = build_generator(tiny_cfg, tiny_split.train)
+    images = tiny_split.train.images[:601]  # batches that do not divide it, and a short last one
+    feature_dp = method_plan(tiny_cfg).feature_dp
+    ours = released_features(generator, images, feature_dp, 3)
+    for batch in (1024, 512, 100):
+        assert torch.equal(released_features(generator, images, feature_dp, 3, batch_size=batch), ours), batch
+    assert FORWARD_BATCH < len(images)
