@@ -31,6 +31,14 @@ def _serialised(method):
 
 
 
+def _artifact_location(uri: str) -> str | None:
+    """Beside a local SQLite store; None (the server's own artifact store) for a tracking server. MLflow's
+    default for a local store is ``./mlruns`` in whatever folder the command was started from."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
 class MlflowTracker(Tracker):
     name = "mlflow"
 
@@ -56,8 +64,7 @@ class MlflowTracker(Tracker):
             return run_id
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
-            artifacts = None if self.uri else (store / "mlartifacts").as_uri()
-            exp_id = self.client.create_experiment(self.experiment, artifact_location=artifacts)
+            exp_id = self.client.create_experiment(self.experiment, artifact_location=_artifact_location(uri))
         else:
             exp_id = exp.experiment_id
         tags = {"run_folder": str(Path(run_dir).resolve())}

@@ -93,6 +93,21 @@ def test_mlflow_holds_the_config_every_round_and_the_results_as_metrics_jsonl_do
     assert {a.path for a in client.list_artifacts(run_id)} == {"report.md", "summary.json", "rounds.png"}
 
 
+def test_a_given_sqlite_store_keeps_its_artifacts_beside_it_not_in_the_working_folder(tmp_path, monkeypatch):
+    """MLflow's default artifact root for a local store is ./mlruns wherever the command was started."""
+    run, elsewhere = tmp_path / "run", tmp_path / "cwd"
+    run.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    store = tmp_path / "team" / "store.db"
+    store.parent.mkdir()
+    with TrackedRun(run, _cfg("mlflow", uri=f"sqlite:///{store}"), poll_s=0.05):
+        _write_rows(run, [_row(1)])
+        _finish_files(run)
+    assert list(elsewhere.iterdir()) == []
+    assert (store.parent / "mlartifacts").is_dir() and any((store.parent / "mlartifacts").rglob("report.md"))
+
+
 def test_tensorboard_event_files_hold_every_round_as_metrics_jsonl_does(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
