@@ -30,7 +30,6 @@ def _serialised(method):
     return call
 
 
-
 def _artifact_location(uri: str) -> str | None:
     """Beside a local SQLite store; None (the server's own artifact store) for a tracking server. MLflow's
     default for a local store is ``./mlruns`` in whatever folder the command was started from."""
