@@ -93,6 +93,12 @@ def add_parser(sub) -> None:
         "(Flower's default: 30)",
     )
     device.add_argument(
+        "--cold-clientapp",
+        action="store_true",
+        help="start every message's ClientApp as a new process, as Flower does, instead of forking it from a "
+        "process that keeps the libraries imported (about 300 MB held between messages; docs/deploy.md)",
+    )
+    device.add_argument(
         "--reset-privacy-state",
         action="store_true",
         help="forget this device's recorded privacy spend (a lost or broken ledger) and exit; the next start "
@@ -269,7 +275,7 @@ def run_deploy(args: argparse.Namespace) -> int:
                 _owner_limits(args),
                 heartbeat_s=args.heartbeat_s,
             )
-            proc = launch.start_device(cmd, args.state)
+            proc = launch.start_device(cmd, args.state, warm=not args.cold_clientapp)
             say(f"device {args.name} -> {args.superlink} (log: {args.state / 'supernode.log'})")
             return _foreground([proc], args.state, "SuperNode")
         case "prepare-data":

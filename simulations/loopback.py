@@ -73,6 +73,7 @@ class LoopbackFederation:
 
     control_port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"  # where the Fleet gateway listens (another address for the intruder test)
+    cold: frozenset[int] = frozenset()  # devices whose ClientApps Flower starts cold (the others': warm)
 
     def start_server(self) -> None:
         """The SuperLink on 127.0.0.1:``control_port`` and the Fleet gateway on ``host:port``; both stop with
@@ -89,7 +90,7 @@ class LoopbackFederation:
             f"{self.host}:{self.port}", self.certs.ca_cert, device.key, device.data, device.state, 1, device.name,
             free_port(), heartbeat_s=HEARTBEAT_S,
         )  # fmt: skip
-        self.procs[device.name] = (deploy.start_device(cmd, device.state), device.state)
+        self.procs[device.name] = (deploy.start_device(cmd, device.state, warm=d not in self.cold), device.state)
 
     def stop(self, name: str) -> None:
         deploy.stop_tree(*self.procs[name])
@@ -103,12 +104,13 @@ class LoopbackFederation:
 
 @contextlib.contextmanager
 def loopback_federation(
-    root: Path, cfg: ExperimentConfig, devices: int = 3, host: str = "127.0.0.1"
+    root: Path, cfg: ExperimentConfig, devices: int = 3, host: str = "127.0.0.1", cold: tuple[int, ...] = ()
 ) -> Iterator[LoopbackFederation]:
     """A running SuperLink with ``devices`` registered, online SuperNodes; all stopped on exit. ``host`` is
-    the address of the Fleet gateway, which the devices connect to."""
+    the address of the Fleet gateway, which the devices connect to. The devices numbered in ``cold`` start
+    each ClientApp as Flower does (``deploy device --cold-clientapp``), the others fork them warm."""
     root = Path(root)
-    fed = LoopbackFederation(root, cfg, make_certificates(root / "certs", [host]), host=host)
+    fed = LoopbackFederation(root, cfg, make_certificates(root / "certs", [host]), host=host, cold=frozenset(cold))
     folders = deploy.prepare_data(cfg, devices, root / "data")
     try:
         fed.start_server()

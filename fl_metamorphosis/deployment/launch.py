@@ -97,6 +97,7 @@ def check_server_addresses(certs: Path | None, host: str, insecure: bool) -> Non
 
 HEARTBEAT_MIN_S, HEARTBEAT_MAX_S = 10.0, 1800.0  # what Flower's SuperLink accepts from a node
 TIMING = "fl_metamorphosis.flower.process_timing"  # Flower's commands with a heartbeat or upload window of ours
+WARM_CLIENTAPP = "fl_metamorphosis.flower.warm_clientapp"  # a SuperExec that forks its ClientApps warm
 
 
 def _flower(command: str, option: str | None = None, value: float | None = None) -> list[str]:
@@ -310,12 +311,28 @@ def device_command(
     return cmd if key is None else [*cmd, "--auth-supernode-private-key", str(Path(key).resolve())]
 
 
-def start_device(cmd: list[str], state: Path, log: Path | None = None) -> subprocess.Popen:
+def _warm_superexec(home: Path) -> Path:
+    """A folder holding a ``flower-superexec`` that runs ``flower/warm_clientapp.py``: first on the device's
+    PATH, it is the SuperExec that the SuperNode starts."""
+    folder = Path(home) / "warm-clientapp"
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "flower-superexec"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {WARM_CLIENTAPP} "$@"\n')
+    script.chmod(0o755)
+    return folder
+
+
+def start_device(cmd: list[str], state: Path, log: Path | None = None, *, warm: bool = True) -> subprocess.Popen:
+    """Start a device's SuperNode (``device_command``). ``warm``: its ClientApps are forked from a process
+    that imported the libraries once (``flower/warm_clientapp.py``); else Flower starts each one cold."""
     state = Path(state).resolve()
     state.mkdir(parents=True, exist_ok=True)
+    env = deployment_env(flower_home(state))
+    if warm:
+        env["PATH"] = f"{_warm_superexec(flower_home(state))}{os.pathsep}{env['PATH']}"
     return subprocess.Popen(
         cmd,
-        env=deployment_env(flower_home(state)),
+        env=env,
         cwd=state,
         stdout=_log(log or state / "supernode.log"),
         stderr=subprocess.STDOUT,

@@ -52,11 +52,14 @@ def federation(tmp_path_factory, namespace):
 
 
 def _clientapps(home: Path) -> set[int]:
-    """PIDs of the ClientApp processes a SuperNode started (one per message)."""
+    """PIDs of the ClientApp processes a SuperNode started (one per message): started by Flower (the command)
+    or forked by the warm ClientApp's zygote (the process name)."""
     found = set()
     for pid in processes_of(home):
         with contextlib.suppress(OSError):
-            if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            proc = Path(f"/proc/{pid}")
+            started = b"flwr-clientapp" in (proc / "cmdline").read_bytes()
+            if started or (proc / "comm").read_text() == "flwr-clientapp\n":
                 found.add(pid)
     return found
 
@@ -242,7 +245,7 @@ def test_a_killed_device_is_lost_for_its_round_and_rejoins_with_its_epsilon_and_
         [*TINY_OVERRIDES, 'methods=["metamorphosis"]', "federated.rounds=3", "audit.enabled=false",
          "federated.min_train_devices=1", "federated.min_online_devices=1"],
     )  # fmt: skip
-    with loopback_federation(tmp_path, cfg) as fed:
+    with loopback_federation(tmp_path, cfg, cold=(1,)) as fed:  # device 1 as Flower runs it, without the zygote
         out, killed = tmp_path / "run", fed.devices[0]
         box = _in_thread(deploy.run, cfg, out, fed.server_state, app_dir=APP_DIR, echo=lambda _line: None)
         # round 0's features reply is saved by device 0; the next ClientApp process is round 1's training
