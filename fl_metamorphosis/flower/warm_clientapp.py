@@ -117,7 +117,9 @@ def _zygote(conn: socket.socket) -> None:
             request = json.loads(line)
             if os.fork() == 0:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                conn.close()
+                # the child must not hold the zygote's end open: were the zygote gone, the SuperExec's next
+                # request would queue behind a live child instead of failing over to a cold start
+                os.close(conn.detach())
                 _run_clientapp(request["argv"], request["quiet"])
     os._exit(0)
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = r"""
-import json, os, random, socket, subprocess, sys, time
+import json, os, random, signal, socket, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -26,43 +26,65 @@ def report():  # in place of Flower's main: what this message's process holds
         "numpy": np.random.rand(4).tolist(), "random": [random.random() for _ in range(4)],
         "torch": torch.rand(4).tolist(),
     }))
+    if len(sys.argv) > 2:  # a message still being handled
+        time.sleep(float(sys.argv[2]))
 
 
 import flwr.supernode.cli.flwr_clientapp  # noqa: E402
 
 sys.modules["flwr.supernode.cli.flwr_clientapp"].flwr_clientapp = report  # the package's name is the function
-ours, theirs = socket.socketpair()
-zygote = os.fork()
-if zygote == 0:
-    ours.close()
-    warm._zygote(theirs)
-theirs.close()
-forker = warm._ForkingSubprocess(ours)
+
+
+def superexec():
+    ours, theirs = socket.socketpair()
+    zygote = os.fork()
+    if zygote == 0:
+        ours.close()
+        warm._zygote(theirs)
+    theirs.close()
+    return warm._ForkingSubprocess(ours), ours, zygote
+
+
+def ended(pid):
+    for _ in range(400):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_for(path):
+    deadline = time.monotonic() + 60
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 out = Path(sys.argv[1])
+forker, ours, zygote = superexec()
 for i in range(3):
     assert forker.Popen([warm.CLIENTAPP, str(out / f"{i}.json")]) is None  # forked by the zygote
-deadline = time.monotonic() + 60
-while len(list(out.glob("*.json"))) < 3 and time.monotonic() < deadline:
-    time.sleep(0.1)
-ours.close()  # the SuperExec ends: so does the zygote
-for _ in range(200):
-    if os.waitpid(zygote, os.WNOHANG)[0]:
-        break
-    time.sleep(0.05)
-else:
-    raise SystemExit("the zygote outlived its SuperExec")
-cold = forker.Popen([warm.CLIENTAPP, "--help"], stdout=subprocess.DEVNULL)  # the zygote is gone: Flower's way
-print(json.dumps({"zygote": zygote, "cold_exit": cold.wait(120)}))
+assert forker.Popen([warm.CLIENTAPP, str(out / "busy.json"), "60"]) is None
+for name in ("0", "1", "2", "busy"):
+    wait_for(out / f"{name}.json")
+os.kill(zygote, signal.SIGKILL)  # the zygote dies while a ClientApp it forked is still at work
+assert ended(zygote)
+cold = forker.Popen([warm.CLIENTAPP, "--help"], stdout=subprocess.DEVNULL)  # so the next starts as Flower's
+os.kill(json.loads((out / "busy.json").read_text())["pid"], signal.SIGKILL)
+forker, ours, second = superexec()
+ours.close()  # the SuperExec ends: so does its zygote
+cold_exit = None if cold is None else cold.wait(120)
+print(json.dumps({"zygote": zygote, "cold_exit": cold_exit, "second_ended": ended(second)}))
 """
 
 
-def test_forked_clientapps_draw_as_new_processes_and_the_zygote_ends_with_its_superexec(tmp_path):
+def test_forked_clientapps_draw_afresh_a_lost_zygote_means_cold_starts_and_it_ends_with_its_superexec(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # flwr-clientapp
     res = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
                          timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     ended = json.loads(res.stdout.strip().splitlines()[-1])
-    assert ended["cold_exit"] == 0  # `flwr-clientapp --help`, started as a new process
+    assert ended["cold_exit"] == 0  # `flwr-clientapp --help`, started as a new process once the zygote was gone
+    assert ended["second_ended"]  # a zygote ends with its SuperExec
     children = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(3)]
     assert len({c["pid"] for c in children} | {ended["zygote"]}) == 4
     assert all(c["comm"] == "flwr-clientapp" for c in children)
