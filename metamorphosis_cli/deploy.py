@@ -96,7 +96,7 @@ def add_parser(sub) -> None:
         "--cold-clientapp",
         action="store_true",
         help="start every message's ClientApp as a new process, as Flower does, instead of forking it from a "
-        "process that keeps the libraries imported (about 300 MB held between messages; docs/deploy.md)",
+        "process that keeps the libraries imported and holds their memory between messages (docs/deploy.md)",
     )
     device.add_argument(
         "--reset-privacy-state",

@@ -28,7 +28,7 @@ What a forked child shares with its siblings, and why that is safe:
 
 If the zygote is gone (killed, out of memory), the SuperExec starts ``flwr-clientapp`` as Flower does:
 slower, never wrong. ``deploy device --cold-clientapp`` turns the zygote off (a board short of memory:
-the zygote holds the libraries, about 300 MB, between messages).
+the zygote holds the imported libraries between messages: docs/deploy.md has the memory).
 
     python -m fl_metamorphosis.flower.warm_clientapp <flower-superexec arguments>
 """
