@@ -91,3 +91,15 @@ def test_forked_clientapps_draw_afresh_a_lost_zygote_means_cold_starts_and_it_en
     # no two messages share a library's global generator (Flower's SecAgg+ quantisation draws from numpy's)
     for name in ("numpy", "random", "torch"):
         assert len({tuple(c[name]) for c in children}) == 3, name
+
+
+def test_a_warm_device_starts_this_superexec_and_a_cold_one_flowers(tmp_path):
+    from fl_metamorphosis.deployment.launch import start_device
+
+    which = [sys.executable, "-c", "import shutil; print(open(shutil.which('flower-superexec')).read())"]
+    for warm in (True, False):
+        state = tmp_path / str(warm)
+        assert start_device(which, state, warm=warm).wait(60) == 0
+        superexec = (state / "supernode.log").read_text()
+        assert ("-m fl_metamorphosis.flower.warm_clientapp" in superexec) is warm
+        assert ("from flwr.supercore.cli import flower_superexec" in superexec) is not warm
