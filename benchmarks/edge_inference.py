@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from timing import spread
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("torch", "onnx_fp32", "onnx_int8")
@@ -93,10 +94,6 @@ def measure(backend: str, export: Path, calls: dict[int, int]) -> dict[str, floa
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _span(values: list[float], fmt: str = ".3f") -> str:
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--export", type=Path, required=True, help="a folder of `metamorphosis export ... --quantize int8`")
@@ -119,8 +116,8 @@ def main() -> None:
     print("| | torch eager | ONNX fp32 | ONNX int8 | torch / fp32 | torch / int8 |")
     print("|---|---|---|---|---|---|")
     for key, label in metrics:
-        cells = [_span([rd[b][key] for rd in rounds]) for b in BACKENDS]
-        ratios = [_span([rd["torch"][key] / rd[b][key] for rd in rounds], ".2f") + "x" for b in BACKENDS[1:]]
+        cells = [spread([rd[b][key] for rd in rounds]) for b in BACKENDS]
+        ratios = [spread([rd["torch"][key] / rd[b][key] for rd in rounds], ".2f") + "x" for b in BACKENDS[1:]]
         print(f"| {label} | " + " | ".join(cells + ratios) + " |")
     if args.out:
         args.out.write_text(json.dumps({"export": str(args.export), "calls": calls, "rounds": rounds}, indent=2))

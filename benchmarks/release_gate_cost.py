@@ -15,7 +15,6 @@ variant's ratio to the gate as it is within a trial.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from timing import spread  # noqa: E402
 
 from fl_metamorphosis.config import build_config  # noqa: E402
 from fl_metamorphosis.data.partition import device_datasets  # noqa: E402
@@ -43,7 +44,7 @@ def sklearn_predict(x_train, y_train, x_test):
 
 
 def _span(values: list[float], unit: str = "s") -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f}) {unit}"
+    return f"{spread(values)} {unit}"
 
 
 VARIANTS = ["as it is", "scikit-learn probe", "cryptographic rehearsal"]

@@ -1,4 +1,5 @@
-"""The one timing helper the benchmarks share: the median of repeated wall-clock measurements."""
+"""The timing helpers the benchmarks share: the median of repeated wall-clock measurements, and how a table
+shows the spread of runs."""
 
 from __future__ import annotations
 
@@ -17,3 +18,8 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warm_up: bool = F
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def spread(values: list[float], fmt: str = ".3f") -> str:
+    """``median (min-max)`` of ``values``, each number formatted with ``fmt``."""
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"

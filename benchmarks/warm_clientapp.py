@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from timing import spread  # noqa: E402
 
 from fl_metamorphosis.config import build_config, preset_overrides  # noqa: E402
 from fl_metamorphosis.deployment import launch  # noqa: E402
@@ -47,10 +48,6 @@ def one_run(warm: bool, devices: int, rounds: int) -> tuple[float, float]:
             return time.perf_counter() - start, busy_cpu_s() - cpu
 
 
-def spread(values: list[float], fmt: str = "{:.1f}") -> str:
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=3)
@@ -67,10 +64,10 @@ def main() -> None:
     print(f"\n{args.devices} devices, {args.rounds} rounds, {args.trials} trials; median (min-max)\n")
     print("| ClientApps | run s | CPU s (all processes) |\n|---|---|---|")
     for warm in (False, True):
-        print(f"| {'warm' if warm else 'cold'} | {spread([w for w, _ in got[warm]])} | "
-              f"{spread([c for _, c in got[warm]])} |")  # fmt: skip
+        print(f"| {'warm' if warm else 'cold'} | {spread([w for w, _ in got[warm]], '.1f')} | "
+              f"{spread([c for _, c in got[warm]], '.1f')} |")  # fmt: skip
     ratios = [[w[i] / c[i] for w, c in zip(got[True], got[False], strict=True)] for i in (0, 1)]
-    print(f"| warm / cold | {spread(ratios[0], '{:.2f}')} | {spread(ratios[1], '{:.2f}')} |")
+    print(f"| warm / cold | {spread(ratios[0], '.2f')} | {spread(ratios[1], '.2f')} |")
 
 
 if __name__ == "__main__":
