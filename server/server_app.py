@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from threadpoolctl import threadpool_limits
 
 from fl_metamorphosis.config import ExperimentConfig
-from fl_metamorphosis.environment import CORES_ENV
+from fl_metamorphosis.environment import cores_from_env
 
 from .grid_view import PromptGrid
 from .round_loop import run_federated
@@ -43,7 +43,7 @@ def main(grid: Grid, context: Context) -> None:
     # Ray sets OMP_NUM_THREADS=1 for the driver; the server's own work (heads, evaluation, audit) may use
     # every core while the devices wait between rounds, or the cores the launcher gave this run (a sweep
     # that runs cells side by side: oversubscribed thread pools spin and slow every run several-fold).
-    threads = cfg.train.threads or int(os.environ.get(CORES_ENV, 0)) or os.cpu_count() or 1
+    threads = cfg.train.threads or cores_from_env() or os.cpu_count() or 1
     torch.set_num_threads(threads)
     threadpool_limits(threads)  # the BLAS and OpenMP pools of numpy, scipy and scikit-learn (the audit)
     resume = str(context.run_config.get("resume", False)).lower() == "true"

@@ -38,7 +38,7 @@ from fl_metamorphosis.deployment.flower_processes import (
     run_flower,
     stop_processes,
 )
-from fl_metamorphosis.environment import CORES_ENV, SIMULATION_ENV
+from fl_metamorphosis.environment import CORES_ENV, SIMULATION_ENV, cores_from_env
 from fl_metamorphosis.tracking import TrackedRun, config_params
 
 if TYPE_CHECKING:
@@ -156,7 +156,8 @@ def simulate(
     run on a node of that cluster (the driver joins its local raylet).
 
     ``cores``: the cores this run may use, when others run beside it (a sweep's parallel cells): Ray gets
-    that many CPUs, so as many device actors, and the ServerApp as many threads.
+    that many CPUs, so as many device actors, and the ServerApp as many threads. Default: ``METAMORPHOSIS_CORES``
+    if set (the tests set it to 1 per worker), else the machine's.
 
     ``runtime``: run it on this warm runtime (``warm_runtime.py``: a sweep's, a comparison's) instead of
     starting Flower, Ray and the imports for this run alone.
@@ -227,6 +228,8 @@ def _run_cold(
         env["RAY_ADDRESS"] = ray_address
     fed = cfg.federated
     federation = f"num-supernodes={fed.num_devices} client-resources-num-cpus={fed.cpus_per_device}"
+    if ray_address is None:  # a cluster's head has its CPUs already; Ray refuses them again
+        cores = cores or cores_from_env()
     if cores is not None:
         env[CORES_ENV] = str(cores)
         federation += f" init-args-num-cpus={max(cores, fed.cpus_per_device)}"

@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.deployment.flower_processes import RunFailed, relay, stop_processes
+from fl_metamorphosis.environment import cores_from_env
 
 from .simulate import APP_DIR, flower_env  # the cold launcher's environment, so both run alike
 from .warm_runner import DONE_MARK, READY
@@ -116,11 +117,12 @@ class WarmRuntime:
     """Runners that stay up between runs; ``run`` takes a free one (``slots`` runs at once at most).
 
     ``home``: the runtime's own folder (logs, and the mark its processes carry). ``cores``: the cores of
-    each slot (default: all of this machine's, shared out between the slots)."""
+    each slot (default: ``METAMORPHOSIS_CORES`` if set, else all of this machine's, shared out between the
+    slots)."""
 
     def __init__(self, home: Path, *, slots: int = 1, cores: int | None = None, app_dir: Path = APP_DIR) -> None:
         self.home = Path(home).resolve()
-        self.cores = cores or max(1, (os.cpu_count() or 1) // slots)
+        self.cores = cores or cores_from_env() or max(1, (os.cpu_count() or 1) // slots)
         stop_processes(self.home)  # a runtime killed outright, in this folder, may have left processes
         self.home.mkdir(parents=True, exist_ok=True)
         env = flower_env(self.home, None)
