@@ -2,10 +2,17 @@
 
 ``PromptGrid`` is the view every run talks to (``server_app.py`` puts it in front of Flower's grid). Its
 ``send_and_receive`` is Flower's (push the messages, pull the replies until all are in or the timeout
-passes) with a shorter wait between pulls. Flower 1.42's deployed grid (``HttpGrid``) sleeps 3 s between
+passes) with another wait between pulls. Flower 1.42's deployed grid (``HttpGrid``) sleeps 3 s between
 pulls, so every exchange of a deployed round waited 1.5 s on average after its last reply came in, and a
-round has two or three exchanges. The simulation's grid pulls every 0.1 s, as this one does; a pull on
-the deployed grid is one request to the SuperLink on the same host.
+round has two or three exchanges. Pulling every 0.1 s instead (as the simulation's grid does) made each
+wait short, but a pull is a request that the SuperLink serves through its HTTP stack and its database,
+ten a second for as long as a round lasts.
+
+So the wait between pulls grows with the time since a reply last came in: 0.1 s, and a tenth of that
+time once it passes a second, at most ``MAX_PULL_INTERVAL_S``. A reply late by ``t`` seconds is seen at
+most ``0.1 t`` (and 0.1 s) after it arrived, so an exchange lasts at most 10 % longer than its slowest
+reply; a 30 s wait costs 45 pulls instead of 300. Each reply resets the clock, since devices that
+answer together tend to answer close together.
 
 ``FleetGrid`` (``fleet_grid.py``) is another view: the fleet model's availability and clock.
 """
@@ -18,7 +25,9 @@ from collections.abc import Iterable
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-PULL_INTERVAL_S = 0.1
+PULL_INTERVAL_S = 0.1  # the least wait between pulls
+PULL_WAIT_SHARE = 0.1  # the wait's share of the time since the last reply
+MAX_PULL_INTERVAL_S = 2.0
 
 
 class GridView(Grid):
@@ -54,16 +63,22 @@ class GridView(Grid):
 
 
 class PromptGrid(GridView):
-    """Flower's ``send_and_receive``, pulling the replies every ``PULL_INTERVAL_S``."""
+    """Flower's ``send_and_receive``, pulling the replies after a wait that grows with the time since the
+    last one came in (the module's docstring)."""
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         waiting = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        last_reply = time.monotonic()
+        deadline = None if timeout is None else last_reply + timeout
         replies: list[Message] = []
         while True:
             pulled = list(self.pull_messages(waiting))
+            now = time.monotonic()
+            if pulled:
+                last_reply = now
             replies.extend(pulled)
             waiting.difference_update(m.metadata.reply_to_message_id for m in pulled)
-            if not waiting or (deadline is not None and time.monotonic() >= deadline):
+            if not waiting or (deadline is not None and now >= deadline):
                 return replies
-            time.sleep(PULL_INTERVAL_S)
+            wait = min(MAX_PULL_INTERVAL_S, max(PULL_INTERVAL_S, PULL_WAIT_SHARE * (now - last_reply)))
+            time.sleep(wait if deadline is None else max(0.0, min(wait, deadline - now)))
