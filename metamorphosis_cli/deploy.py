@@ -188,8 +188,7 @@ def _foreground(procs: list, state: Path, what: str) -> int:
         say(f"stopping the {what}")
         return 0
     finally:
-        for proc in procs:
-            launch.stop_tree(proc, state)
+        launch.stop_group(procs, state)  # a server's gateway before its SuperLink
 
 
 def _revoked(code: int, log: Path) -> bool:

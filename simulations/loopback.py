@@ -74,11 +74,12 @@ class LoopbackFederation:
     control_port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"  # where the Fleet gateway listens (another address for the intruder test)
     cold: frozenset[int] = frozenset()  # devices whose ClientApps Flower starts cold (the others': warm)
+    gateway: list[subprocess.Popen] = field(default_factory=list)  # the server's Fleet gateway, once started
 
     def start_server(self) -> None:
         """The SuperLink on 127.0.0.1:``control_port`` and the Fleet gateway on ``host:port``; both stop with
-        ``stop("server")`` (they share the server's FLWR_HOME)."""
-        superlink, *_ = deploy.start_server(
+        ``stop("server")``, the gateway first (``launch.stop_group``)."""
+        superlink, *self.gateway = deploy.start_server(
             self.root / "certs", self.host, self.port, self.server_state, control_port=self.control_port,
             upload_ttl_s=UPLOAD_TTL_S,
         )  # fmt: skip
@@ -93,7 +94,8 @@ class LoopbackFederation:
         self.procs[device.name] = (deploy.start_device(cmd, device.state, warm=d not in self.cold), device.state)
 
     def stop(self, name: str) -> None:
-        deploy.stop_tree(*self.procs[name])
+        proc, state = self.procs[name]
+        deploy.stop_group([proc, *(self.gateway if name == "server" else [])], state)
 
     def online(self) -> int:
         return sum(n.get("status") == "online" for n in deploy.registered_devices(self.server_state))
@@ -123,5 +125,5 @@ def loopback_federation(
         wait_for(lambda: fed.online() == devices, f"{devices} devices online")
         yield fed
     finally:
-        for proc, state in reversed(list(fed.procs.values())):
-            deploy.stop_tree(proc, state)
+        for name in reversed(list(fed.procs)):
+            fed.stop(name)

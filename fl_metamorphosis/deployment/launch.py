@@ -97,14 +97,16 @@ def check_server_addresses(certs: Path | None, host: str, insecure: bool) -> Non
 
 HEARTBEAT_MIN_S, HEARTBEAT_MAX_S = 10.0, 1800.0  # what Flower's SuperLink accepts from a node
 TIMING = "fl_metamorphosis.flower.process_timing"  # Flower's commands with a heartbeat or upload window of ours
+SHUTDOWN_GRACE_S = 3.0  # how long a stopping SuperLink waits for its open requests (process_timing.py)
 WARM_CLIENTAPP = "fl_metamorphosis.flower.warm_clientapp"  # a SuperExec that forks its ClientApps warm
 
 
-def _flower(command: str, option: str | None = None, value: float | None = None) -> list[str]:
-    """``flower-<command>``, or the same command with Flower's constant ``option`` set to ``value``."""
-    if value is None:
-        return [f"flower-{command}"]
-    return [sys.executable, "-m", TIMING, command, option, str(value), "--"]
+def _flower(command: str, **timing: float | None) -> list[str]:
+    """``flower-<command>``, or the same command with the timing options given (``process_timing.py``):
+    ``heartbeat_s=10`` is ``--heartbeat-s 10``."""
+    options = [arg for name, value in timing.items() if value is not None
+               for arg in ("--" + name.replace("_", "-"), str(value))]  # fmt: skip
+    return [sys.executable, "-m", TIMING, command, *options, "--"] if options else [f"flower-{command}"]
 
 
 def server_command(certs: Path | None, port: int, state: Path, upload_ttl_s: float | None = None) -> list[str]:
@@ -112,7 +114,8 @@ def server_command(certs: Path | None, port: int, state: Path, upload_ttl_s: flo
     ``upload_ttl_s``: how long a reply's upload may take before the SuperLink gives it up (Flower: 180 s)."""
     if upload_ttl_s is not None and not upload_ttl_s > 0:
         raise ConfigError(f"--upload-ttl-s {upload_ttl_s}: give more than 0 s (Flower's own is 180)")
-    cmd = [*_flower("superlink", "--upload-ttl-s", upload_ttl_s), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [*_flower("superlink", upload_ttl_s=upload_ttl_s, shutdown_grace_s=SHUTDOWN_GRACE_S)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--database", str(Path(state).resolve() / "superlink.db"), "--disable-runtime-dependency-installation"]
     if certs is None:
         return [*cmd, "--insecure"]
@@ -168,8 +171,7 @@ def start_server(
             _wait_listening(proc, "127.0.0.1" if host in ("0.0.0.0", "::") or proc is procs[0] else host, where,
                             state / what)  # fmt: skip
     except BaseException:  # one that failed to start takes the other down: nothing is left running
-        for proc in procs:
-            stop_tree(proc, state)
+        stop_group(procs, state)
         raise
     return procs
 
@@ -303,7 +305,7 @@ def device_command(
     )
     for key, value in (limits or {}).items():
         node_config += f" {key}=" + (f"'{value}'" if isinstance(value, str) else str(value))
-    cmd = [*_flower("supernode", "--heartbeat-s", heartbeat_s), "--superlink", superlink, "--node-config", node_config,
+    cmd = [*_flower("supernode", heartbeat_s=heartbeat_s), "--superlink", superlink, "--node-config", node_config,
            "--port", str(runtime_port)]  # fmt: skip
     if root_cert is None:
         return [*cmd, "--insecure"]
@@ -433,4 +435,15 @@ def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 def stop_tree(proc: subprocess.Popen, state: Path) -> None:
     """Stop ``proc`` and every process carrying its state folder's FLWR_HOME (SuperExec, ClientApps)."""
     stop(proc)
+    stop_processes(flower_home(state))
+
+
+def stop_group(procs: list[subprocess.Popen], state: Path) -> None:
+    """Stop processes started together (a server's, a device's), the last started first, then every process
+    carrying the state folder's FLWR_HOME. The order matters for ``start_server``'s: the SuperLink's HTTP
+    server (uvicorn) shuts down once the connections it holds are closed, and the Fleet gateway holds one
+    to it. Stopped first, the gateway lets the SuperLink end at once and cleanly; the other order kept the
+    SuperLink waiting until its grace ran out and it was killed (10 s)."""
+    for proc in reversed(procs):
+        stop(proc)
     stop_processes(flower_home(state))

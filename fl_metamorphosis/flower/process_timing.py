@@ -11,13 +11,20 @@ either.
   its round waiting for that session to expire. ``--upload-ttl-s S`` shortens it. It must stay longer
   than the slowest device takes to upload one reply.
 
-Both values are module constants that Flower's modules copy at import (``from ... import NAME``). This
+* **The shutdown window.** The SuperLink serves its APIs with uvicorn, which on SIGTERM waits for every
+  open connection to close before it shuts the app down, with no limit: a run's log stream (``flwr run
+  --stream``) or a ServerApp's connection kept it waiting until its launcher's grace ran out and killed it
+  (10 s, ``launch.stop``). ``--shutdown-grace-s S`` gives open requests S seconds, then uvicorn cancels
+  them and shuts Flower's app down as usual.
+
+The first two are module constants that Flower's modules copy at import (``from ... import NAME``). This
 entry point sets each copy that the process uses, then runs Flower's own command with the remaining
 arguments. The copies are named one by one, so a Flower version that moves them fails here, at start,
-and does not silently keep the default (``flwr`` is pinned in requirements/constraints.txt).
+and does not silently keep the default (``flwr`` is pinned in requirements/constraints.txt). The third is
+an argument of ``uvicorn.run``, which the SuperLink's module calls; it is checked the same way.
 
     python -m fl_metamorphosis.flower.process_timing supernode --heartbeat-s 10 -- <flower-supernode args>
-    python -m fl_metamorphosis.flower.process_timing superlink --upload-ttl-s 30 -- <flower-superlink args>
+    python -m fl_metamorphosis.flower.process_timing superlink --upload-ttl-s 30 --shutdown-grace-s 3 -- <...>
 
 ``deployment/launch.py`` builds these commands (``deploy device --heartbeat-s``, ``deploy server
 --upload-ttl-s``).
@@ -50,6 +57,23 @@ def set_copies(copies: tuple[tuple[str, str], ...], value: float) -> None:
         setattr(module, name, value)
 
 
+def bound_shutdown(grace_s: float) -> None:
+    """Make the SuperLink's ``uvicorn.run`` wait at most ``grace_s`` for open requests when it shuts down."""
+    import uvicorn
+
+    flower_superlink = importlib.import_module("flwr.superlink.cli.flower_superlink")  # the module, not its main
+    if getattr(flower_superlink, "uvicorn", None) is not uvicorn:
+        raise SystemExit("flwr.superlink.cli.flower_superlink no longer calls uvicorn.run: this Flower version "
+                         "moved it; drop --shutdown-grace-s")  # fmt: skip
+    run = uvicorn.run
+
+    def run_bounded(*args, **kwargs):
+        kwargs.setdefault("timeout_graceful_shutdown", grace_s)
+        return run(*args, **kwargs)
+
+    uvicorn.run = run_bounded
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
@@ -57,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("component", choices=["supernode", "superlink"])
     p.add_argument("--heartbeat-s", type=float, help="supernode: its heartbeat interval")
     p.add_argument("--upload-ttl-s", type=float, help="superlink: how long a push session lives")
+    p.add_argument("--shutdown-grace-s", type=float, help="superlink: how long a shutdown waits for open requests")
     args = p.parse_args(ours)
     if args.component == "supernode":
         if args.heartbeat_s is None:
@@ -64,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         set_copies(HEARTBEAT_COPIES, args.heartbeat_s)
         from flwr.supernode.cli import flower_supernode as flower_main
     else:
-        if args.upload_ttl_s is None:
-            p.error("superlink needs --upload-ttl-s")
-        set_copies(UPLOAD_TTL_COPIES, args.upload_ttl_s)
+        if args.upload_ttl_s is None and args.shutdown_grace_s is None:
+            p.error("superlink needs --upload-ttl-s or --shutdown-grace-s")
+        if args.upload_ttl_s is not None:
+            set_copies(UPLOAD_TTL_COPIES, args.upload_ttl_s)
+        if args.shutdown_grace_s is not None:
+            bound_shutdown(args.shutdown_grace_s)
         from flwr.superlink.cli import flower_superlink as flower_main
     sys.argv = [f"flower-{args.component}", *rest]
     return flower_main() or 0

@@ -12,11 +12,12 @@ from fl_metamorphosis.flower import process_timing
 
 
 def test_the_commands_carry_the_timing_only_when_asked(tmp_path):
+    grace = ["--shutdown-grace-s", str(launch.SHUTDOWN_GRACE_S), "--"]  # a SuperLink always stops within it
     plain = launch.server_command(None, 9000, tmp_path)
-    assert plain[0] == "flower-superlink"
+    assert plain[:7] == [sys.executable, "-m", launch.TIMING, "superlink", *grace]
     timed = launch.server_command(None, 9000, tmp_path, upload_ttl_s=30)
-    assert timed[:7] == [sys.executable, "-m", launch.TIMING, "superlink", "--upload-ttl-s", "30", "--"]
-    assert timed[7:] == plain[1:]
+    assert timed[:9] == [sys.executable, "-m", launch.TIMING, "superlink", "--upload-ttl-s", "30", *grace]
+    assert timed[9:] == plain[7:]
     with pytest.raises(ConfigError, match="--upload-ttl-s 0"):
         launch.server_command(None, 9000, tmp_path, upload_ttl_s=0)
     with pytest.raises(ConfigError, match="--heartbeat-s 5: Flower's SuperLink takes 10 to 1800 s"):
@@ -44,3 +45,19 @@ def test_the_entry_point_sets_every_copy_then_runs_flowers_command(component, op
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert helped.returncode == 0 and f"flower-{component}" in helped.stdout
+
+
+def test_the_superlinks_shutdown_waits_at_most_its_grace_for_open_requests():
+    check = (
+        "import uvicorn\n"
+        "from fl_metamorphosis.flower import process_timing as t\n"
+        "seen = {}\n"
+        "uvicorn.run = lambda *a, **kw: seen.update(kw)\n"
+        "t.bound_shutdown(2.5)\n"
+        "import importlib\n"
+        "importlib.import_module('flwr.superlink.cli.flower_superlink').uvicorn.run(app=None, workers=1)\n"
+        "print(seen)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str({"app": None, "workers": 1, "timeout_graceful_shutdown": 2.5})
