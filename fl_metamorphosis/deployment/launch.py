@@ -432,12 +432,6 @@ def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             proc.wait()
 
 
-def stop_tree(proc: subprocess.Popen, state: Path) -> None:
-    """Stop ``proc`` and every process carrying its state folder's FLWR_HOME (SuperExec, ClientApps)."""
-    stop(proc)
-    stop_processes(flower_home(state))
-
-
 def stop_group(procs: list[subprocess.Popen], state: Path) -> None:
     """Stop processes started together (a server's, a device's), the last started first, then every process
     carrying the state folder's FLWR_HOME. The order matters for ``start_server``'s: the SuperLink's HTTP

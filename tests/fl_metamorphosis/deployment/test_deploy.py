@@ -225,7 +225,7 @@ def _refused_device_log(fed, state: Path, root_cert: Path, key: Path, name: str)
     try:
         assert proc.wait(120) != 0
     finally:
-        deploy.stop_tree(proc, state)
+        deploy.stop_group([proc], state)
     return log_text(state, "supernode.log")
 
 
