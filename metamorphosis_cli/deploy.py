@@ -93,6 +93,13 @@ def add_parser(sub) -> None:
         "(Flower's default: 30)",
     )
     device.add_argument(
+        "--poll-s",
+        type=float,
+        help="how long the SuperNode waits before it asks the server again when no message was waiting, 0.1 to "
+        "60 s (Flower's default: 3); each phase of a round reaches the device up to that late, and each poll is a "
+        "request to the server",
+    )
+    device.add_argument(
         "--cold-clientapp",
         action="store_true",
         help="start every message's ClientApp as a new process, as Flower does, instead of forking it from a "
@@ -273,6 +280,7 @@ def run_deploy(args: argparse.Namespace) -> int:
                 args.runtime_port,
                 _owner_limits(args),
                 heartbeat_s=args.heartbeat_s,
+                poll_s=args.poll_s,
             )
             proc = launch.start_device(cmd, args.state, warm=not args.cold_clientapp)
             say(f"device {args.name} -> {args.superlink} (log: {args.state / 'supernode.log'})")

@@ -27,7 +27,7 @@ from fl_metamorphosis.deployment.credentials import CertificateFiles, make_certi
 
 from .simulate import APP_DIR
 
-HEARTBEAT_S, UPLOAD_TTL_S = 10.0, 30.0
+HEARTBEAT_S, UPLOAD_TTL_S, POLL_S = 10.0, 30.0, 0.5
 
 
 def free_port() -> int:
@@ -89,7 +89,7 @@ class LoopbackFederation:
         device = self.devices[d]
         cmd = deploy.device_command(
             f"{self.host}:{self.port}", self.certs.ca_cert, device.key, device.data, device.state, 1, device.name,
-            free_port(), heartbeat_s=HEARTBEAT_S,
+            free_port(), heartbeat_s=HEARTBEAT_S, poll_s=POLL_S,
         )  # fmt: skip
         self.procs[device.name] = (deploy.start_device(cmd, device.state, warm=d not in self.cold), device.state)
 

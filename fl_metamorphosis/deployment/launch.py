@@ -96,6 +96,7 @@ def check_server_addresses(certs: Path | None, host: str, insecure: bool) -> Non
 
 
 HEARTBEAT_MIN_S, HEARTBEAT_MAX_S = 10.0, 1800.0  # what Flower's SuperLink accepts from a node
+POLL_MIN_S, POLL_MAX_S = 0.1, 60.0  # a SuperNode's idle poll (Flower: 3 s); each poll is a request to the server
 TIMING = "fl_metamorphosis.flower.process_timing"  # Flower's commands with a heartbeat or upload window of ours
 SHUTDOWN_GRACE_S = 3.0  # how long a stopping SuperLink waits for its open requests (process_timing.py)
 WARM_CLIENTAPP = "fl_metamorphosis.flower.warm_clientapp"  # a SuperExec that forks its ClientApps warm
@@ -288,15 +289,19 @@ def device_command(
     runtime_port: int = 9094,
     limits: dict[str, str | int | float] | None = None,
     heartbeat_s: float | None = None,
+    poll_s: float | None = None,
 ) -> list[str]:
     """``limits``: the device owner's own node config (``epsilon-budget``, ``max-releases-per-pair``,
     ``secure-aggregation``, ``secure-aggregation-min-devices``), which bound whatever the server asks.
     ``heartbeat_s``: the SuperNode's heartbeat (Flower: 30 s); the server declares the device dead after two
-    missed beats."""
+    missed beats. ``poll_s``: how long the SuperNode waits before it asks again when the server had no
+    message for it (Flower: 3 s); a phase of a round reaches the device up to that late."""
     if heartbeat_s is not None and not HEARTBEAT_MIN_S <= heartbeat_s <= HEARTBEAT_MAX_S:
         raise ConfigError(
             f"--heartbeat-s {heartbeat_s}: Flower's SuperLink takes {HEARTBEAT_MIN_S:g} to {HEARTBEAT_MAX_S:g} s"
         )
+    if poll_s is not None and not POLL_MIN_S <= poll_s <= POLL_MAX_S:
+        raise ConfigError(f"--poll-s {poll_s}: give {POLL_MIN_S:g} to {POLL_MAX_S:g} s (Flower's own is 3)")
     from ..data.device_folder import read_partition_id  # torch: only the commands that read data import it
 
     node_config = (
@@ -305,8 +310,8 @@ def device_command(
     )
     for key, value in (limits or {}).items():
         node_config += f" {key}=" + (f"'{value}'" if isinstance(value, str) else str(value))
-    cmd = [*_flower("supernode", heartbeat_s=heartbeat_s), "--superlink", superlink, "--node-config", node_config,
-           "--port", str(runtime_port)]  # fmt: skip
+    cmd = [*_flower("supernode", heartbeat_s=heartbeat_s, poll_s=poll_s), "--superlink", superlink,
+           "--node-config", node_config, "--port", str(runtime_port)]  # fmt: skip
     if root_cert is None:
         return [*cmd, "--insecure"]
     cmd += ["--root-certificates", str(Path(root_cert).resolve())]

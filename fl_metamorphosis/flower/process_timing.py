@@ -1,11 +1,16 @@
-"""Flower's SuperNode heartbeat and SuperLink upload window, set per process: Flower 1.42 has no flag for
-either.
+"""Flower's SuperNode heartbeat and idle poll, and its SuperLink upload window, set per process: Flower
+1.42 has no flag for any of them.
 
 * **The heartbeat.** A SuperNode tells the SuperLink every ``HEARTBEAT_DEFAULT_INTERVAL`` (30 s) that it is
   alive, and the SuperLink declares it dead after two missed intervals. A device that loses power is
   therefore noticed after up to 60 s. In the meantime its round waits, and the restarted board is refused
   ("could not be activated"). ``--heartbeat-s S`` makes that 2 x S. The SuperLink takes any interval in
   [10, 1800] s that a node reports, and the node reports its own, so only the device's process changes.
+* **The idle poll.** A SuperNode asks the SuperLink for a message, and when none is waiting it sleeps 3 s
+  (a literal in ``flwr.supernode.start_client_internal``) before it asks again. Each phase of a round (the
+  training, the feature query) therefore reaches a device up to 3 s after the server sent it: most of a
+  small round on loopback. ``--poll-s S`` makes that wait S. Each poll is a request to the SuperLink, so
+  a fleet keeps Flower's 3 s; a loopback federation polls faster.
 * **The upload window.** A reply is pushed to the SuperLink object by object, in a push session that
   lives ``OBJECT_PUSH_SESSION_TTL_SECONDS`` (180 s). A device killed in the middle of an upload leaves
   its round waiting for that session to expire. ``--upload-ttl-s S`` shortens it. It must stay longer
@@ -17,13 +22,16 @@ either.
   (10 s, ``launch.stop``). ``--shutdown-grace-s S`` gives open requests S seconds, then uvicorn cancels
   them and shuts Flower's app down as usual.
 
-The first two are module constants that Flower's modules copy at import (``from ... import NAME``). This
-entry point sets each copy that the process uses, then runs Flower's own command with the remaining
-arguments. The copies are named one by one, so a Flower version that moves them fails here, at start,
-and does not silently keep the default (``flwr`` is pinned in requirements/constraints.txt). The third is
-an argument of ``uvicorn.run``, which the SuperLink's module calls; it is checked the same way.
+The heartbeat and the upload window are module constants that Flower's modules copy at import (``from
+... import NAME``). This entry point sets each copy that the process uses, then runs Flower's own command
+with the remaining arguments. The copies are named one by one, so a Flower version that moves them fails
+here, at start, and does not silently keep the default (``flwr`` is pinned in
+requirements/constraints.txt). The idle poll is a literal: the SuperNode's loop module gets a ``time``
+whose ``sleep(3)`` sleeps S instead, and the entry point first checks that the module's source has that
+one ``time.sleep(3)``. The shutdown window is an argument of ``uvicorn.run``, which the SuperLink's module
+calls; it is checked the same way.
 
-    python -m fl_metamorphosis.flower.process_timing supernode --heartbeat-s 10 -- <flower-supernode args>
+    python -m fl_metamorphosis.flower.process_timing supernode --heartbeat-s 10 --poll-s 0.5 -- <flower-supernode args>
     python -m fl_metamorphosis.flower.process_timing superlink --upload-ttl-s 30 --shutdown-grace-s 3 -- <...>
 
 ``deployment/launch.py`` builds these commands (``deploy device --heartbeat-s``, ``deploy server
@@ -34,7 +42,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
+import time
+from types import ModuleType
 
 # (module, name): the copies to set, and only those. Not ``flwr.common.constant`` itself: the SuperNode's
 # task bookkeeping also reads the heartbeat constant, for the heartbeats of its ClientApp processes, which
@@ -55,6 +66,33 @@ def set_copies(copies: tuple[tuple[str, str], ...], value: float) -> None:
         if not hasattr(module, name):
             raise SystemExit(f"{module_name} has no {name}: this Flower version moved it; drop the timing option")
         setattr(module, name, value)
+
+
+IDLE_LOOP = "flwr.supernode.start_client_internal"  # the SuperNode's pull-and-push loop
+IDLE_WAIT = "time.sleep(3)"  # its one wait after a pull that found no message
+
+
+class _IdlePollTime:
+    """``time`` for Flower's SuperNode loop, whose idle ``sleep(3)`` sleeps ``poll_s`` instead; every other
+    call is ``time``'s own."""
+
+    def __init__(self, poll_s: float) -> None:
+        self.poll_s = poll_s
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(self.poll_s if seconds == 3 else seconds)
+
+
+def set_idle_poll(poll_s: float) -> None:
+    """Make the SuperNode wait ``poll_s`` instead of 3 s between pulls that found no message."""
+    module: ModuleType = importlib.import_module(IDLE_LOOP)
+    if inspect.getsource(module).count(IDLE_WAIT) != 1 or getattr(module, "time", None) is not time:
+        raise SystemExit(f"{IDLE_LOOP} no longer waits with one {IDLE_WAIT}: this Flower version changed its "
+                         "loop; drop --poll-s")  # fmt: skip
+    module.time = _IdlePollTime(poll_s)
 
 
 def bound_shutdown(grace_s: float) -> None:
@@ -80,13 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="process_timing", description="Flower's command with a timing of ours")
     p.add_argument("component", choices=["supernode", "superlink"])
     p.add_argument("--heartbeat-s", type=float, help="supernode: its heartbeat interval")
+    p.add_argument("--poll-s", type=float, help="supernode: its wait between pulls that found no message")
     p.add_argument("--upload-ttl-s", type=float, help="superlink: how long a push session lives")
     p.add_argument("--shutdown-grace-s", type=float, help="superlink: how long a shutdown waits for open requests")
     args = p.parse_args(ours)
     if args.component == "supernode":
-        if args.heartbeat_s is None:
-            p.error("supernode needs --heartbeat-s")
-        set_copies(HEARTBEAT_COPIES, args.heartbeat_s)
+        if args.heartbeat_s is None and args.poll_s is None:
+            p.error("supernode needs --heartbeat-s or --poll-s")
+        if args.heartbeat_s is not None:
+            set_copies(HEARTBEAT_COPIES, args.heartbeat_s)
+        if args.poll_s is not None:
+            set_idle_poll(args.poll_s)
         from flwr.supernode.cli import flower_supernode as flower_main
     else:
         if args.upload_ttl_s is None and args.shutdown_grace_s is None:

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from fl_metamorphosis.config import ConfigError
+from fl_metamorphosis.data.device_folder import META
 from fl_metamorphosis.deployment import launch
 from fl_metamorphosis.flower import process_timing
 
@@ -22,6 +23,32 @@ def test_the_commands_carry_the_timing_only_when_asked(tmp_path):
         launch.server_command(None, 9000, tmp_path, upload_ttl_s=0)
     with pytest.raises(ConfigError, match="--heartbeat-s 5: Flower's SuperLink takes 10 to 1800 s"):
         launch.device_command("h:1", None, None, tmp_path / "data", tmp_path / "s", 1, "d", heartbeat_s=5)
+    for poll_s in (0.01, 61):
+        with pytest.raises(ConfigError, match=f"--poll-s {poll_s}: give 0.1 to 60 s"):
+            launch.device_command("h:1", None, None, tmp_path / "data", tmp_path / "s", 1, "d", poll_s=poll_s)
+
+
+def test_a_device_polls_at_the_interval_asked_and_every_other_wait_is_flowers(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / META).write_text('{"partition_id": 0}')
+    cmd = launch.device_command("h:1", None, None, tmp_path / "data", tmp_path / "s", 1, "d", poll_s=0.5)
+    assert cmd[:7] == [sys.executable, "-m", launch.TIMING, "supernode", "--poll-s", "0.5", "--"]
+    check = (
+        "import importlib, time\n"
+        "from fl_metamorphosis.flower import process_timing as t\n"
+        "t.set_idle_poll(0.2)\n"
+        "loop = importlib.import_module(t.IDLE_LOOP)\n"
+        "slept = []\n"
+        "time.sleep = slept.append\n"
+        "loop.time.sleep(3); loop.time.sleep(0.5)\n"
+        "print(slept, loop.time.monotonic is time.monotonic)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0.2, 0.5] True"  # the idle wait is 0.2 s; the reply wait stays 0.5 s
+    helped = subprocess.run([sys.executable, "-m", launch.TIMING, "supernode", "--poll-s", "0.2", "--", "--help"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert helped.returncode == 0 and "flower-supernode" in helped.stdout
 
 
 @pytest.mark.parametrize(
