@@ -7,7 +7,9 @@ round (docs/deploy.md has the seconds). So this module imports Flower and the Se
 handlers and its privacy mods live in ``clients/device_app.py``, imported by the first message that reaches
 a handler (in a simulation's warm actor, once).
 
-Outermost first: ``release_memory`` (every message), ``secure_aggregation`` (Flower's SecAgg+ for the
+Outermost first: ``release_memory`` (every message), ``packed_arrays`` (each ArrayRecord travels as one
+array, ``fl_metamorphosis/flower/packed_records.py``: the mods within see the message as the server built
+it), ``secure_aggregation`` (Flower's SecAgg+ for the
 requests that ask for it, translating its training stage into this project's train request,
 ``clients/secure_aggregation.py``), then the device app: the owner's policy, the state folder's lock, the
 replay of repeated requests and the handlers.
@@ -21,6 +23,8 @@ import gc
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+
+from fl_metamorphosis.flower.packed_records import packed_arrays
 
 from .secure_aggregation import secure_aggregation
 
@@ -57,7 +61,7 @@ try:  # glibc only (Linux devices); elsewhere the collection alone still runs
 except (OSError, AttributeError):
     _LIBC = None
 
-app = ClientApp(mods=[release_memory, secure_aggregation])
+app = ClientApp(mods=[release_memory, packed_arrays, secure_aggregation])
 
 
 @functools.cache

@@ -14,6 +14,11 @@ most ``0.1 t`` (and 0.1 s) after it arrived, so an exchange lasts at most 10 % l
 reply; a 30 s wait costs 45 pulls instead of 300. Each reply resets the clock, since devices that
 answer together tend to answer close together.
 
+``PackedGrid`` sends each ArrayRecord as one array and unpacks the replies
+(``fl_metamorphosis/flower/packed_records.py``): Flower moves a message object by object, a request each,
+and an array is two objects. A reply that cannot be unpacked becomes that device's error reply, which the
+round rejects with the reason.
+
 ``FleetGrid`` (``fleet_grid.py``) is another view: the fleet model's availability and clock.
 """
 
@@ -22,8 +27,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from flwr.app import Message, RecordDict
+from flwr.app import Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
+
+from fl_metamorphosis.flower.packed_records import PackingError, pack, unpack
 
 PULL_INTERVAL_S = 0.1  # the least wait between pulls
 PULL_WAIT_SHARE = 0.1  # the wait's share of the time since the last reply
@@ -60,6 +68,35 @@ class GridView(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.inner.send_and_receive(messages, timeout=timeout)
+
+
+class PackedGrid(GridView):
+    """Flower's grid, with each message's ArrayRecords packed on the way out and unpacked on the way in."""
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(_packed(messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [_unpacked(msg) for msg in self.inner.pull_messages(message_ids)]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return [_unpacked(msg) for msg in self.inner.send_and_receive(_packed(messages), timeout=timeout)]
+
+
+def _packed(messages: Iterable[Message]) -> list[Message]:
+    """The messages with their content packed; the caller's own messages keep theirs (the same metadata, so
+    the message id the grid gives a sent message is the caller's too, as without packing)."""
+    return [Message(metadata=m.metadata, content=pack(m.content)) if m.has_content() else m for m in messages]
+
+
+def _unpacked(msg: Message) -> Message:
+    if not msg.has_content():
+        return msg
+    try:
+        msg.content = unpack(msg.content)
+    except PackingError as err:
+        return Message(metadata=msg.metadata, error=Error(ErrorCode.UNKNOWN, f"malformed packed arrays: {err}"))
+    return msg
 
 
 class PromptGrid(GridView):

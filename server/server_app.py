@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 from fl_metamorphosis.config import ExperimentConfig
 from fl_metamorphosis.environment import cores_from_env
 
-from .grid_view import PromptGrid
+from .grid_view import PackedGrid, PromptGrid
 from .round_loop import run_federated
 
 app = ServerApp()
@@ -48,4 +48,5 @@ def main(grid: Grid, context: Context) -> None:
     threadpool_limits(threads)  # the BLAS and OpenMP pools of numpy, scipy and scikit-learn (the audit)
     resume = str(context.run_config.get("resume", False)).lower() == "true"
     command = str(context.run_config.get("command", "simulate"))  # "deploy" from `metamorphosis deploy run`
-    run_federated(PromptGrid(grid), cfg, Path(str(context.run_config["out-dir"])), resume=resume, command=command)
+    grid = PromptGrid(PackedGrid(grid))
+    run_federated(grid, cfg, Path(str(context.run_config["out-dir"])), resume=resume, command=command)
