@@ -2,10 +2,10 @@
 
 Flower 1.42 moves a message as a tree of objects, one request per object on every hop (ServerApp to
 SuperLink, SuperLink to SuperNode, SuperNode to ClientApp, and back), and each array is two objects (the
-array and its chunk). A train request of the tiny model is 48 objects, 44 of them its 22 arrays; on
-loopback, receiving one took a SuperNode 1.1 to 2.1 s of requests through the Fleet gateway and the
-SuperLink's HTTP stack and database, longer than the device's training (docs/deploy.md has the trace). A
-board on a slow link pays a round trip per object.
+array and its chunk). A train request of the tiny model is 48 objects, 44 of them its 22 arrays, and on
+loopback receiving one took a SuperNode longer than its training: each object a request through the Fleet
+gateway and the SuperLink's HTTP stack and database (docs/deploy.md has the trace). A board on a slow
+link pays a round trip per object.
 
 So an ``ArrayRecord`` of several arrays is sent as one: the arrays' serialised bytes, concatenated, in
 an ``Array`` of its own type (``PACKED_STYPE``), and beside it a ``ConfigRecord`` ``<name>.packed-layout``

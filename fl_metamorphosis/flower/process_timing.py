@@ -8,9 +8,9 @@
   [10, 1800] s that a node reports, and the node reports its own, so only the device's process changes.
 * **The idle poll.** A SuperNode asks the SuperLink for a message, and when none is waiting it sleeps 3 s
   (a literal in ``flwr.supernode.start_client_internal``) before it asks again. Each phase of a round (the
-  training, the feature query) therefore reaches a device up to 3 s after the server sent it: most of a
-  small round on loopback. ``--poll-s S`` makes that wait S. Each poll is a request to the SuperLink, so
-  a fleet keeps Flower's 3 s; a loopback federation polls faster.
+  training, the feature query) therefore reaches a device up to 3 s after the server sent it, which is much
+  of a small round on loopback (docs/deploy.md). ``--poll-s S`` makes that wait S. Each poll is a request
+  to the SuperLink, so a fleet keeps Flower's 3 s; a loopback federation polls faster.
 * **The upload window.** A reply is pushed to the SuperLink object by object, in a push session that
   lives ``OBJECT_PUSH_SESSION_TTL_SECONDS`` (180 s). A device killed in the middle of an upload leaves
   its round waiting for that session to expire. ``--upload-ttl-s S`` shortens it. It must stay longer
