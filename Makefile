@@ -7,13 +7,10 @@ OUT ?= runs/demo
 
 .PHONY: setup demo central test test-fast lint clean
 
-# dcor compiles its numba kernels at import into an on-disk cache: once at setup, since test workers
-# importing it for the first time side by side can abort in LLVM
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "pip==26.3"
 	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[dev,tracking]"
-	$(BIN)/python -c "import dcor"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,4 +1,3 @@
-import dcor
 import numpy as np
 import pytest
 import torch
@@ -9,6 +8,10 @@ from fl_metamorphosis.model import build_heads
 
 
 def test_distance_correlation_matches_dcor_reference():
+    # Imported here, not at the top: dcor compiles its numba kernels at import (about 25 s the first time,
+    # 6 s from numba's cache), and every test worker imports each module to collect it. One worker pays it.
+    import dcor
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(80, 5))
     y = np.concatenate([x[:, :2] ** 2, rng.normal(size=(80, 3))], axis=1)
