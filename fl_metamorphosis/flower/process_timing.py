@@ -45,6 +45,7 @@ import importlib
 import inspect
 import sys
 import time
+from collections.abc import Callable
 from types import ModuleType
 
 # (module, name): the copies to set, and only those. Not ``flwr.common.constant`` itself: the SuperNode's
@@ -112,31 +113,44 @@ def bound_shutdown(grace_s: float) -> None:
     uvicorn.run = run_bounded
 
 
+# component -> its options, each with what sets it in this process
+SETTERS: dict[str, dict[str, Callable[[float], None]]] = {
+    "supernode": {
+        "heartbeat_s": lambda s: set_copies(HEARTBEAT_COPIES, s),
+        "poll_s": set_idle_poll,
+    },
+    "superlink": {
+        "upload_ttl_s": lambda s: set_copies(UPLOAD_TTL_COPIES, s),
+        "shutdown_grace_s": bound_shutdown,
+    },
+}
+
+
+def _flags(names) -> str:
+    return " or ".join("--" + name.replace("_", "-") for name in names)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(prog="process_timing", description="Flower's command with a timing of ours")
-    p.add_argument("component", choices=["supernode", "superlink"])
+    p.add_argument("component", choices=list(SETTERS))
     p.add_argument("--heartbeat-s", type=float, help="supernode: its heartbeat interval")
     p.add_argument("--poll-s", type=float, help="supernode: its wait between pulls that found no message")
     p.add_argument("--upload-ttl-s", type=float, help="superlink: how long a push session lives")
     p.add_argument("--shutdown-grace-s", type=float, help="superlink: how long a shutdown waits for open requests")
     args = p.parse_args(ours)
+    setters = SETTERS[args.component]
+    given = {name: value for name, value in vars(args).items() if name != "component" and value is not None}
+    if wrong := [name for name in given if name not in setters]:
+        p.error(f"{args.component} does not take {_flags(wrong)}; it takes {_flags(setters)}")
+    if not given:
+        p.error(f"{args.component} needs {_flags(setters)}")
+    for name, value in given.items():
+        setters[name](value)
     if args.component == "supernode":
-        if args.heartbeat_s is None and args.poll_s is None:
-            p.error("supernode needs --heartbeat-s or --poll-s")
-        if args.heartbeat_s is not None:
-            set_copies(HEARTBEAT_COPIES, args.heartbeat_s)
-        if args.poll_s is not None:
-            set_idle_poll(args.poll_s)
         from flwr.supernode.cli import flower_supernode as flower_main
     else:
-        if args.upload_ttl_s is None and args.shutdown_grace_s is None:
-            p.error("superlink needs --upload-ttl-s or --shutdown-grace-s")
-        if args.upload_ttl_s is not None:
-            set_copies(UPLOAD_TTL_COPIES, args.upload_ttl_s)
-        if args.shutdown_grace_s is not None:
-            bound_shutdown(args.shutdown_grace_s)
         from flwr.superlink.cli import flower_superlink as flower_main
     sys.argv = [f"flower-{args.component}", *rest]
     return flower_main() or 0

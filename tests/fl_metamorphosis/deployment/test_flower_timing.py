@@ -43,12 +43,23 @@ def test_a_device_polls_at_the_interval_asked_and_every_other_wait_is_flowers(tm
         "loop.time.sleep(3); loop.time.sleep(0.5)\n"
         "print(slept, loop.time.monotonic is time.monotonic)\n"
     )
-    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert _python(check) == "[0.2, 0.5] True"  # the idle wait is 0.2 s; the reply wait stays 0.5 s
+    assert "flower-supernode" in _timing("supernode", "--poll-s", "0.2").stdout
+    refused = _timing("superlink", "--poll-s", "0.2")  # a SuperNode's option, given to the SuperLink
+    assert refused.returncode == 2 and "superlink does not take --poll-s" in refused.stderr
+
+
+def _python(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (Flower's modules as a new process imports them)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[0.2, 0.5] True"  # the idle wait is 0.2 s; the reply wait stays 0.5 s
-    helped = subprocess.run([sys.executable, "-m", launch.TIMING, "supernode", "--poll-s", "0.2", "--", "--help"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert helped.returncode == 0 and "flower-supernode" in helped.stdout
+    return done.stdout.strip()
+
+
+def _timing(component: str, *options: str) -> subprocess.CompletedProcess:
+    """The entry point with ``options``, running Flower's command with ``--help``."""
+    return subprocess.run([sys.executable, "-m", launch.TIMING, component, *options, "--", "--help"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -64,13 +75,8 @@ def test_the_entry_point_sets_every_copy_then_runs_flowers_command(component, op
         f"t.set_copies(t.{'HEARTBEAT_COPIES' if component == 'supernode' else 'UPLOAD_TTL_COPIES'}, 12.0)\n"
         f"print([{names}])\n"
     )
-    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str([12.0] * len(copies))
-    helped = subprocess.run(
-        [sys.executable, "-m", launch.TIMING, component, option, "12", "--", "--help"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    assert _python(check) == str([12.0] * len(copies))
+    helped = _timing(component, option, "12")
     assert helped.returncode == 0 and f"flower-{component}" in helped.stdout
 
 
@@ -85,6 +91,4 @@ def test_the_superlinks_shutdown_waits_at_most_its_grace_for_open_requests():
         "importlib.import_module('flwr.superlink.cli.flower_superlink').uvicorn.run(app=None, workers=1)\n"
         "print(seen)\n"
     )
-    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str({"app": None, "workers": 1, "timeout_graceful_shutdown": 2.5})
+    assert _python(check) == str({"app": None, "workers": 1, "timeout_graceful_shutdown": 2.5})
