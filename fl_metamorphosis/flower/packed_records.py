@@ -90,8 +90,8 @@ def _unpack_record(name: str, record, layout_record) -> ArrayRecord:
 def _layout(name: str, text) -> list[tuple[str, str, list[int], str, int]]:
     try:
         raw = json.loads(text) if isinstance(text, str) else None
-    except json.JSONDecodeError as err:
-        raise PackingError(f"record {name!r}: its layout is not JSON ({err})") from None
+    except (ValueError, RecursionError) as err:  # RecursionError: a layout nested deeper than Python recurses
+        raise PackingError(f"record {name!r}: its layout is not JSON ({type(err).__name__})") from None
     if not isinstance(raw, list) or not raw:
         raise PackingError(f"record {name!r}: its layout is not a non-empty list")
     entries, seen = [], set()

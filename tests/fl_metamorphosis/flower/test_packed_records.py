@@ -76,6 +76,7 @@ def _packed_record(layout, blob=b"\x00" * 8, stype="fl_metamorphosis.packed") ->
         (_packed_record([["a", "uint8", [-1], "raw", 8]]), "is not \\[key, dtype, shape, stype, n\\]"),
         (_packed_record([["a", "uint8", [8], "raw"]]), "is not \\[key, dtype, shape, stype, n\\]"),
         (_packed_record("[[not json"), "not JSON"),
+        (_packed_record("[" * 100_000 + "]" * 100_000), "not JSON"),  # deeper than Python recurses
         (_packed_record([]), "not a non-empty list"),
         (_packed_record([["a", "uint8", [8], "raw", 8]], stype="numpy.ndarray"), "its array's type"),
         (RecordDict({"gone" + LAYOUT_SUFFIX: ConfigRecord({LAYOUT_KEY: "[]"})}), "does not have"),
