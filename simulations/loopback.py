@@ -8,7 +8,7 @@ the processes it started in turn) when the ``with`` block ends, also on an error
 Its devices beat every 10 s (Flower's least; its default is 30) and its SuperLink gives up a reply upload
 after 30 s (Flower: 180): a device killed here is declared dead after 20 s instead of 60, and a round
 stops waiting for an upload it cut after 30 s instead of 180. On loopback every upload takes well under a
-second.
+second. Its devices ask for a message every 0.5 s while none is waiting (Flower: 3 s; docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ class LoopbackFederation:
     control_port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"  # where the Fleet gateway listens (another address for the intruder test)
     cold: frozenset[int] = frozenset()  # devices whose ClientApps Flower starts cold (the others': warm)
+    poll_s: float = POLL_S  # the devices' idle poll (``deploy device --poll-s``; Flower: 3 s)
     gateway: list[subprocess.Popen] = field(default_factory=list)  # the server's Fleet gateway, once started
 
     def start_server(self) -> None:
@@ -89,7 +90,7 @@ class LoopbackFederation:
         device = self.devices[d]
         cmd = deploy.device_command(
             f"{self.host}:{self.port}", self.certs.ca_cert, device.key, device.data, device.state, 1, device.name,
-            free_port(), heartbeat_s=HEARTBEAT_S, poll_s=POLL_S,
+            free_port(), heartbeat_s=HEARTBEAT_S, poll_s=self.poll_s,
         )  # fmt: skip
         self.procs[device.name] = (deploy.start_device(cmd, device.state, warm=d not in self.cold), device.state)
 
@@ -106,13 +107,20 @@ class LoopbackFederation:
 
 @contextlib.contextmanager
 def loopback_federation(
-    root: Path, cfg: ExperimentConfig, devices: int = 3, host: str = "127.0.0.1", cold: tuple[int, ...] = ()
+    root: Path,
+    cfg: ExperimentConfig,
+    devices: int = 3,
+    host: str = "127.0.0.1",
+    cold: tuple[int, ...] = (),
+    poll_s: float = POLL_S,
 ) -> Iterator[LoopbackFederation]:
     """A running SuperLink with ``devices`` registered, online SuperNodes; all stopped on exit. ``host`` is
     the address of the Fleet gateway, which the devices connect to. The devices numbered in ``cold`` start
-    each ClientApp as Flower does (``deploy device --cold-clientapp``), the others fork them warm."""
+    each ClientApp as Flower does (``deploy device --cold-clientapp``), the others fork them warm. ``poll_s``:
+    how long a device waits before it asks again when no message was waiting."""
     root = Path(root)
-    fed = LoopbackFederation(root, cfg, make_certificates(root / "certs", [host]), host=host, cold=frozenset(cold))
+    certs = make_certificates(root / "certs", [host])
+    fed = LoopbackFederation(root, cfg, certs, host=host, cold=frozenset(cold), poll_s=poll_s)
     folders = deploy.prepare_data(cfg, devices, root / "data")
     try:
         fed.start_server()
