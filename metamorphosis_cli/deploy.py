@@ -206,13 +206,18 @@ def _revoked(code: int, log: Path) -> bool:
     return code == 0 or (code == -signal.SIGINT and "401 Unauthorized" in _log_tail(log))
 
 
-def _log_tail(log: Path, size: int = 4000) -> str:
-    """The end of a log that appends across starts: what the last start wrote."""
+SUPERNODE_START = "Starting Flower SuperNode"  # the first line each start of a SuperNode writes to its log
+
+
+def _log_tail(log: Path, size: int = 1 << 16) -> str:
+    """What the SuperNode's last start wrote to its log, which appends across starts (from at most its last
+    ``size`` bytes). Not a fixed tail: a 401 can be followed by several kilobytes of Flower's tracebacks."""
     if not log.exists():
         return ""
     with log.open("rb") as f:
         f.seek(max(0, log.stat().st_size - size))
-        return f.read().decode(errors="replace")
+        text = f.read().decode(errors="replace")
+    return text[text.rfind(SUPERNODE_START) :] if SUPERNODE_START in text else text
 
 
 def run_deploy(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from fl_metamorphosis.config import ConfigError, build_config
 from fl_metamorphosis.deployment import launch as deploy
 from fl_metamorphosis.deployment.credentials import make_certificates
 from fl_metamorphosis.deployment.flower_processes import RunFailed, processes_of
-from metamorphosis_cli.deploy import _foreground
+from metamorphosis_cli.deploy import _foreground, _revoked
 from metamorphosis_cli.main import main
 from simulations.loopback import free_port
 
@@ -37,6 +37,16 @@ def test_a_supernode_ended_by_its_second_sigint_on_a_401_is_explained_as_a_revoc
     assert proc.returncode == -signal.SIGINT
     said = capsys.readouterr().err
     assert "revoked" in said and "deploy device-key --force" in said
+
+
+def test_a_401_is_read_from_the_last_start_however_long_the_tracebacks_after_it(tmp_path):
+    traceback = "  File \"flwr/supercore/retry/http_retry.py\", line 105, in _should_giveup\n" * 200  # ~14 kB
+    log = tmp_path / "supernode.log"
+    log.write_text(f"Starting Flower SuperNode\nClient error '401 Unauthorized'\n{traceback}KeyboardInterrupt\n")
+    assert _revoked(-signal.SIGINT, log)
+    with log.open("a") as f:  # restarted since: that earlier 401 is not this start's
+        f.write("Starting Flower SuperNode\nKeyboardInterrupt\n")
+    assert not _revoked(-signal.SIGINT, log)
 
 
 def test_a_supernode_interrupted_without_a_401_is_not_called_revoked(tmp_path, capsys):
