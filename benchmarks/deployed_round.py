@@ -29,20 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from timing import spread  # noqa: E402
-from warm_clientapp import busy_cpu_s  # noqa: E402
+from warm_clientapp import busy_cpu_s, tiny_deployment  # noqa: E402
 
-from fl_metamorphosis.config import build_config, preset_overrides  # noqa: E402
 from fl_metamorphosis.deployment import launch  # noqa: E402
 from fl_metamorphosis.metrics import read_jsonl  # noqa: E402
 from simulations.loopback import loopback_federation  # noqa: E402
 
 FLOWER_POLL_S = 3.0
-
-
-def tiny(devices: int, rounds: int):
-    overrides = [*preset_overrides(ROOT / "configs" / "tiny.toml"), 'methods=["metamorphosis"]',
-                 "audit.enabled=false", f"federated.rounds={rounds}", f"federated.num_devices={devices}"]  # fmt: skip
-    return build_config(None, overrides)
 
 
 def train_request_objects(cfg) -> list[tuple[str, int, int]]:
@@ -88,7 +81,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--poll-s", type=float, default=0.5, help="the idle poll compared with Flower's 3 s")
     args = p.parse_args()
-    cfg = tiny(args.devices, args.rounds)
+    cfg = tiny_deployment(args.devices, args.rounds)
     print("| tiny train request | objects | bytes |\n|---|---|---|")
     for form, objects, size in train_request_objects(cfg):
         print(f"| {form} | {objects} | {size} |")

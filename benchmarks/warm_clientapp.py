@@ -36,10 +36,15 @@ def busy_cpu_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def one_run(warm: bool, devices: int, rounds: int) -> tuple[float, float]:
+def tiny_deployment(devices: int, rounds: int):
+    """configs/tiny.toml for ``devices`` devices and ``rounds`` rounds, MetaMorphosis only, the audit off."""
     overrides = [*preset_overrides(ROOT / "configs" / "tiny.toml"), 'methods=["metamorphosis"]',
                  "audit.enabled=false", f"federated.rounds={rounds}", f"federated.num_devices={devices}"]  # fmt: skip
-    cfg = build_config(None, overrides)
+    return build_config(None, overrides)
+
+
+def one_run(warm: bool, devices: int, rounds: int) -> tuple[float, float]:
+    cfg = tiny_deployment(devices, rounds)
     cold = () if warm else tuple(range(devices))
     with tempfile.TemporaryDirectory(prefix="mm-warm-") as root:
         with loopback_federation(Path(root), cfg, devices=devices, cold=cold) as fed:

@@ -181,7 +181,7 @@ def _foreground(procs: list, state: Path, what: str) -> int:
                 "key cannot be registered again: make a new one here (`deploy device-key --force`) and give its "
                 f".pub to the operator for `deploy register`. SuperNode log: {state / 'supernode.log'}",
             )
-        elif what == "SuperNode" and "Failed to activate SuperNode" in _log_tail(state / "supernode.log"):
+        elif what == "SuperNode" and "Failed to activate SuperNode" in _last_start_log(state / "supernode.log"):
             say_error(
                 "error:",
                 "the server did not activate this device: its key is not registered there, or, after a power cut, "
@@ -203,13 +203,13 @@ def _revoked(code: int, log: Path) -> bool:
     sends itself SIGINT and exits 0. When its heartbeat and its poll for messages are refused at about the
     same time, it gets two, and the second, arriving while it exits, ends it by SIGINT instead: its log
     then holds the 401s."""
-    return code == 0 or (code == -signal.SIGINT and "401 Unauthorized" in _log_tail(log))
+    return code == 0 or (code == -signal.SIGINT and "401 Unauthorized" in _last_start_log(log))
 
 
 SUPERNODE_START = "Starting Flower SuperNode"  # the first line each start of a SuperNode writes to its log
 
 
-def _log_tail(log: Path, size: int = 1 << 16) -> str:
+def _last_start_log(log: Path, size: int = 1 << 16) -> str:
     """What the SuperNode's last start wrote to its log, which appends across starts (from at most its last
     ``size`` bytes). Not a fixed tail: a 401 can be followed by several kilobytes of Flower's tracebacks."""
     if not log.exists():

@@ -85,8 +85,15 @@ class PackedGrid(GridView):
 
 def _packed(messages: Iterable[Message]) -> list[Message]:
     """The messages with their content packed; the caller's own messages keep theirs (the same metadata, so
-    the message id the grid gives a sent message is the caller's too, as without packing)."""
-    return [Message(metadata=m.metadata, content=pack(m.content)) if m.has_content() else m for m in messages]
+    the message id the grid gives a sent message is the caller's too, as without packing). Messages that
+    share one content (a round's request to every device) share one packed content, packed once."""
+    packed: dict[int, RecordDict] = {}  # id of a caller's content -> its packed form; all alive in ``messages``
+    out = []
+    for m in messages:
+        if m.has_content() and id(m.content) not in packed:
+            packed[id(m.content)] = pack(m.content)
+        out.append(Message(metadata=m.metadata, content=packed[id(m.content)]) if m.has_content() else m)
+    return out
 
 
 def _unpacked(msg: Message) -> Message:

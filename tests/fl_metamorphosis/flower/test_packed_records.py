@@ -125,6 +125,8 @@ def test_a_packed_round_gives_the_unpacked_rounds_figures_and_a_bad_packing_is_o
     packed = _run(PackedGrid(inner), cfg, tmp_path / "b")
     assert packed == plain
     assert any(name.endswith(LAYOUT_SUFFIX) for name in inner.sent[0].content.keys())  # it did travel packed
+    features = [m for m in inner.sent if m.metadata.message_type == "query.features"]
+    assert len(features) >= 3 and all(m.content is features[0].content for m in features[:3])  # packed once
 
     def bad_layout(node, reply):  # device 101 sends a layout whose sizes do not add up
         if node == 101 and reply.has_content() and "arrays" + LAYOUT_SUFFIX in reply.content:
