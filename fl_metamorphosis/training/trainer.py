@@ -11,11 +11,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import privacy  # its DP-SGD names load Opacus on first use: a server that only evaluates never does
 from ..config import ExperimentConfig, FeatureDPConfig, Method
 from ..data import TrainTestSplit
 from ..methods import method_plan
 from ..model import FeatureGenerator, build_heads
-from ..privacy import make_private, make_private_groups
 from ..privacy.randomness import randomness_for
 from .epoch import EpochSteps, GroupSteps, SampleSteps, run_epoch
 from .inference import evaluate
@@ -57,7 +57,7 @@ def train_method(
     grouped = plan.grouped  # a batch statistic: clip per group of pairs
     if grouped:
         group = cfg.dp_sgd.group_size
-        private = make_private_groups(
+        private = privacy.make_private_groups(
             generator,
             opt,
             train,
@@ -69,7 +69,7 @@ def train_method(
             randomness=randomness,
         )
     elif cfg.dp_sgd.enabled:
-        private = make_private(generator, opt, loader, cfg.dp_sgd, cfg.train.epochs, randomness=randomness)
+        private = privacy.make_private(generator, opt, loader, cfg.dp_sgd, cfg.train.epochs, randomness=randomness)
         module, opt, loader = private.module, private.optimizer, private.loader
 
     steps: EpochSteps

@@ -7,9 +7,13 @@ from fl_metamorphosis.losses import Objective, batch_decorrelation, per_sample_o
 from fl_metamorphosis.model import build_heads
 
 
-def test_distance_correlation_matches_dcor_reference():
+@pytest.mark.filterwarnings("ignore:Cannot cache compiled function")
+def test_distance_correlation_matches_dcor_reference(monkeypatch):
     # Imported here, not at the top: dcor compiles its numba kernels at import (about 25 s the first time,
-    # 6 s from numba's cache), and every test worker imports each module to collect it. One worker pays it.
+    # 6 s from numba's cache), and every test worker imports each module to collect it. One worker pays it,
+    # and without LLVM's optimisation passes (NUMBA_OPT=0, read when numba is first imported) half of it:
+    # a reference needs its values, which are the same, not its speed.
+    monkeypatch.setenv("NUMBA_OPT", "0")
     import dcor
 
     rng = np.random.default_rng(0)
