@@ -295,7 +295,8 @@ def device_command(
     ``secure-aggregation``, ``secure-aggregation-min-devices``), which bound whatever the server asks.
     ``heartbeat_s``: the SuperNode's heartbeat (Flower: 30 s); the server declares the device dead after two
     missed beats. ``poll_s``: how long the SuperNode waits before it asks again when the server had no
-    message for it (Flower: 3 s); a phase of a round reaches the device up to that late."""
+    message for it (Flower: 3 s); a phase of a round reaches the device up to that late. The wait grows back
+    to 3 s while no message comes (``process_timing.idle_poll_s``)."""
     if heartbeat_s is not None and not HEARTBEAT_MIN_S <= heartbeat_s <= HEARTBEAT_MAX_S:
         raise ConfigError(
             f"--heartbeat-s {heartbeat_s}: Flower's SuperLink takes {HEARTBEAT_MIN_S:g} to {HEARTBEAT_MAX_S:g} s"

@@ -9,8 +9,10 @@
 * **The idle poll.** A SuperNode asks the SuperLink for a message, and when none is waiting it sleeps 3 s
   (a literal in ``flwr.supernode.start_client_internal``) before it asks again. Each phase of a round (the
   training, the feature query) therefore reaches a device up to 3 s after the server sent it, which is much
-  of a small round on loopback (docs/deploy.md). ``--poll-s S`` makes that wait S. Each poll is a request
-  to the SuperLink, so a fleet keeps Flower's 3 s; a loopback federation polls faster.
+  of a small round on loopback (docs/deploy.md). ``--poll-s S`` makes that wait S while the device is in a
+  run's rounds, and lets it grow back towards Flower's 3 s as the device stays without a message: a tenth
+  of the time since its last one, so a device idle between runs asks as seldom as Flower's. Each poll is a
+  request to the SuperLink, so a fleet keeps Flower's 3 s; a loopback federation polls faster.
 * **The upload window.** A reply is pushed to the SuperLink object by object, in a push session that
   lives ``OBJECT_PUSH_SESSION_TTL_SECONDS`` (180 s). A device killed in the middle of an upload leaves
   its round waiting for that session to expire. ``--upload-ttl-s S`` shortens it. It must stay longer
@@ -71,24 +73,47 @@ def set_copies(copies: tuple[tuple[str, str], ...], value: float) -> None:
 
 IDLE_LOOP = "flwr.supernode.start_client_internal"  # the SuperNode's pull-and-push loop
 IDLE_WAIT = "time.sleep(3)"  # its one wait after a pull that found no message
+FLOWER_POLL_S = 3.0  # that wait's length, and the longest the idle poll grows to
+BACKOFF = 0.1  # the idle poll: this share of the time since the device's last message, at least poll_s
+AWAY_S = 1.0  # a loop that took longer than a pull between two idle waits was handling a message
+
+
+def idle_poll_s(idle_s: float, poll_s: float) -> float:
+    """The wait after a pull that found nothing, ``idle_s`` seconds after the device's last message."""
+    return max(poll_s, min(FLOWER_POLL_S, BACKOFF * idle_s))
 
 
 class _IdlePollTime:
-    """``time`` for Flower's SuperNode loop, whose idle ``sleep(3)`` sleeps ``poll_s`` instead; every other
-    call is ``time``'s own."""
+    """``time`` for Flower's SuperNode loop, whose idle ``sleep(3)`` sleeps ``idle_poll_s`` instead; every
+    other call is ``time``'s own. The loop's other waits are for a ClientApp's reply to push: a message came,
+    and so does a loop that was away longer than a pull takes."""
 
-    def __init__(self, poll_s: float) -> None:
+    def __init__(
+        self, poll_s: float, *, clock: Callable[[], float] | None = None, sleep: Callable[[float], None] | None = None
+    ) -> None:
         self.poll_s = poll_s
+        self._clock, self._sleep = clock or time.monotonic, sleep  # sleep None: ``time.sleep`` when called
+        self._last_message: float | None = None  # None: a message came since the last idle wait, or none yet
+        self._woke = 0.0  # when the last idle wait ended
 
     def __getattr__(self, name: str):
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(self.poll_s if seconds == 3 else seconds)
+        if seconds != FLOWER_POLL_S:
+            self._last_message = None
+            (self._sleep or time.sleep)(seconds)
+            return
+        now = self._clock()
+        if self._last_message is None or now - self._woke > AWAY_S:
+            self._last_message = now
+        (self._sleep or time.sleep)(idle_poll_s(now - self._last_message, self.poll_s))
+        self._woke = self._clock()
 
 
 def set_idle_poll(poll_s: float) -> None:
-    """Make the SuperNode wait ``poll_s`` instead of 3 s between pulls that found no message."""
+    """Make the SuperNode wait ``poll_s`` instead of 3 s between pulls that found no message, growing back to
+    3 s while it gets none (``idle_poll_s``)."""
     module: ModuleType = importlib.import_module(IDLE_LOOP)
     if inspect.getsource(module).count(IDLE_WAIT) != 1 or getattr(module, "time", None) is not time:
         raise SystemExit(f"{IDLE_LOOP} no longer waits with one {IDLE_WAIT}: this Flower version changed its "
@@ -136,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="process_timing", description="Flower's command with a timing of ours")
     p.add_argument("component", choices=list(SETTERS))
     p.add_argument("--heartbeat-s", type=float, help="supernode: its heartbeat interval")
-    p.add_argument("--poll-s", type=float, help="supernode: its wait between pulls that found no message")
+    p.add_argument("--poll-s", type=float, help="supernode: its wait between pulls that found no message, in a run")
     p.add_argument("--upload-ttl-s", type=float, help="superlink: how long a push session lives")
     p.add_argument("--shutdown-grace-s", type=float, help="superlink: how long a shutdown waits for open requests")
     args = p.parse_args(ours)

@@ -49,6 +49,31 @@ def test_a_device_polls_at_the_interval_asked_and_every_other_wait_is_flowers(tm
     assert refused.returncode == 2 and "superlink does not take --poll-s" in refused.stderr
 
 
+def test_the_idle_poll_grows_to_flowers_while_no_message_comes_and_is_fast_again_after_one():
+    now, slept = [0.0], []
+
+    def sleep(seconds: float) -> None:  # a virtual clock: each wait moves it
+        slept.append(seconds)
+        now[0] += seconds
+
+    loop_time = process_timing._IdlePollTime(0.5, clock=lambda: now[0], sleep=sleep)
+    for _ in range(40):  # no message: from 0.5 s, a tenth of the idle time, up to Flower's 3 s
+        loop_time.sleep(3)
+    assert slept[:10] == [0.5] * 10 and slept == sorted(slept) and slept[-1] == 3.0
+    assert 0.5 < slept[12] < 3.0
+    slept.clear()
+    loop_time.sleep(0.5)  # the loop waits for a ClientApp's reply: a message came
+    loop_time.sleep(3)
+    assert slept == [0.5, 0.5]
+    for _ in range(40):
+        loop_time.sleep(3)
+    now[0] += 2.0  # the loop was away longer than a pull takes: it handled a message without a reply wait
+    slept.clear()
+    loop_time.sleep(3)
+    assert slept == [0.5]
+    assert process_timing.idle_poll_s(0.0, 10.0) == process_timing.idle_poll_s(600.0, 10.0) == 10.0  # never below
+
+
 def _python(code: str) -> str:
     """What ``code`` prints, run in a fresh interpreter (Flower's modules as a new process imports them)."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
