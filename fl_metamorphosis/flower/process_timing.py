@@ -85,8 +85,8 @@ def idle_poll_s(idle_s: float, poll_s: float) -> float:
 
 class _IdlePollTime:
     """``time`` for Flower's SuperNode loop, whose idle ``sleep(3)`` sleeps ``idle_poll_s`` instead; every
-    other call is ``time``'s own. The loop's other waits are for a ClientApp's reply to push: a message came,
-    and so does a loop that was away longer than a pull takes."""
+    other call is ``time``'s own. The device had a message when the loop waited for anything else (a
+    ClientApp's reply, to push it) or was away longer than a pull takes since its last idle wait."""
 
     def __init__(
         self, poll_s: float, *, clock: Callable[[], float] | None = None, sleep: Callable[[float], None] | None = None
