@@ -29,7 +29,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/python -m pytest -q -n auto --dist worksteal --durations=30
+	$(BIN)/python -m pytest -q -n auto --dist loadscope --no-loadscope-reorder --durations=30
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -299,7 +299,7 @@ def test_a_device_outside_a_simulation_needs_a_state_folder(tmp_path, monkeypatc
         client_app(train_message(fed_cfg(), 1)[0], context)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_a_run_that_crashes_in_round_3_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     # seeded device randomness (a simulation): the resumed run can then be compared bit for bit
     monkeypatch.setenv(SIMULATION_ENV, "1")

@@ -148,7 +148,7 @@ def test_the_fleet_and_secure_aggregation_are_attachments_chosen_once_at_start(t
     assert type(secure.participation) is FlowerParticipation and type(secure.exchange) is SecureExchange
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_dropouts_are_missing_replies_the_round_survives_and_devices_count_what_they_trained(tmp_path):
     """10 devices, 3 rounds, 30 % dropout (a device's reply is lost after it trained) and a deadline."""
     flaky = (

@@ -276,7 +276,7 @@ def _same_results(tmp_path, silent, lying, devices=("1", "2")) -> None:
         assert (s["epsilon"], s["steps"]) == (pytest.approx(lied["epsilon"], rel=1e-9), lied["steps"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_a_device_sending_every_train_lie_leaves_the_honest_devices_results_as_if_it_sent_nothing(
     tmp_path, caplog, monkeypatch
 ):

@@ -22,7 +22,7 @@ def test_compare_refuses_methods_with_different_seeds():
         compare_methods({"a": {0: {"x": 1}, 1: {"x": 2}}, "b": {0: {"x": 1}}})
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=85)
 def test_quick_compare_builds_the_table_from_real_runs_and_reuses_them(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--quick", "--out", str(out), "--methods", "universal", "metamorphosis", "--seeds", "0", "1"]
@@ -51,7 +51,7 @@ def test_quick_compare_builds_the_table_from_real_runs_and_reuses_them(tmp_path,
     assert (seen.out + seen.err).count("reusing the finished run") == 4
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 def test_quick_sweep_plots_utility_and_attacks_against_the_spent_epsilon(tmp_path):
     out = tmp_path / "sweep"
     assert main(["compare", "--quick", "--out", str(out), "--sweep", "feature_dp.noise_std=0.1,0.5"]) == 0

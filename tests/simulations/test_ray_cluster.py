@@ -32,7 +32,7 @@ def _port_open(port: int) -> bool:
         return False
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=40)
 def test_a_simulation_runs_on_a_running_ray_head(tmp_path, tiny_overrides, monkeypatch):
     ray_tmp = Path(tempfile.mkdtemp(prefix="mm-rt-"))  # short: Ray's AF_UNIX socket paths
     port = free_port()

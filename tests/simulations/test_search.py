@@ -30,7 +30,7 @@ class PruneAtOnce:
         return True
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_a_pruned_trial_stops_its_run_and_every_process_of_it(tmp_path):
     out, trial = tmp_path / "trial", PruneAtOnce()
     cfg = build_config(None, [*TINY, "federated.rounds=6", "audit.enabled=false"])
@@ -41,7 +41,7 @@ def test_a_pruned_trial_stops_its_run_and_every_process_of_it(tmp_path):
     assert not (out / "summary.json").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=65)
 def test_a_search_records_its_trials_and_resumes_to_its_number_of_trials(tmp_path):
     def search(trials):
         sweep = SweepConfig.model_validate(

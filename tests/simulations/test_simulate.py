@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 SIM_TINY = TINY_OVERRIDES
 
 
+@pytest.mark.slow(seconds=35)
 def test_simulate_three_devices_two_rounds_writes_the_run_folder(tmp_path, capsys):
     # a deep run folder: Ray's socket paths must not grow with it (AF_UNIX paths stop at 107 bytes)
     out = tmp_path / ("deep-run-folder-" * 4) / "sim"
@@ -57,6 +58,7 @@ def test_simulate_three_devices_two_rounds_writes_the_run_folder(tmp_path, capsy
     assert processes_of((out / ".flwr").resolve()) == []  # SuperLink, simulation and Ray all stopped
 
 
+@pytest.mark.slow(seconds=15)
 def test_a_crashing_server_app_fails_the_command_and_leaves_no_process(tmp_path):
     app = tmp_path / "crashapp"
     (app / "crashapp").mkdir(parents=True)
@@ -107,6 +109,7 @@ def _simulate_args(out, *extra):
     return args
 
 
+@pytest.mark.slow(seconds=105)
 def test_a_simulation_killed_after_round_2_resumes_to_the_uninterrupted_figures(tmp_path):
     out = tmp_path / "killed"
     launcher = subprocess.Popen(  # tracked in MLflow: the resumed run must continue its tracked run

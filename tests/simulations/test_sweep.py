@@ -126,7 +126,7 @@ strategies = [{{ name = "fedavg" }}, {{ name = "fedmedian" }}]
 """
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=105)
 def test_an_interrupted_sweep_resumes_without_redoing_finished_cells(tmp_path):
     # no audit: resuming and reusing cells is the subject, and a sweep of unaudited cells must reuse them too
     tiny = [*TINY_OVERRIDES, "federated.rounds=3", "audit.enabled=false"]

@@ -17,6 +17,7 @@ def _tiny(settings: list[str]) -> list[str]:
     return [arg for item in [*TINY_OVERRIDES, *settings] for arg in ("--set", item)]
 
 
+@pytest.mark.slow(seconds=35)
 def test_a_64px_rgb_celeba_layout_trains_federated_by_identity_end_to_end(tmp_path):
     root = make_celeba(tmp_path / "celeba", n=90)  # 30 train, 30 val, 30 test images; 45 people
     out = tmp_path / "run"

@@ -25,6 +25,7 @@ def _stop_at_round_1(line: str) -> None:
         raise Interrupt(line)
 
 
+@pytest.mark.slow(seconds=125)
 def test_warm_runs_reuse_one_runner_give_the_cold_figures_and_leave_no_process(tmp_path):
     cfg = build_config(None, SEEDED)
     simulate(cfg, tmp_path / "cold", echo=lambda _line: None)

@@ -146,7 +146,7 @@ def _final_accuracy(summary):
     return sum(accs) / len(accs)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_a_trimmed_mean_keeps_learning_under_sign_flipping_where_fedavg_does_not(tmp_path, monkeypatch):
     monkeypatch.setenv(SIMULATION_ENV, "1")
     _, fedavg = _run(tmp_path, "fedavg", *ROBUST)

@@ -91,6 +91,7 @@ def _intruder(fed, namespace, home: Path, cmd: list[str]) -> subprocess.Complete
     return subprocess.run(full, env=deploy.deployment_env(home), capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow(seconds=15)
 def test_a_stranger_with_the_ca_certificate_cannot_register_list_or_run_and_the_devices_stay(
     federation, namespace, tmp_path
 ):
@@ -129,6 +130,7 @@ def test_a_stranger_with_the_ca_certificate_cannot_register_list_or_run_and_the_
     assert federation.online() == 3
 
 
+@pytest.mark.slow(seconds=105)
 def test_registered_devices_train_over_tls_with_secure_aggregation_and_resume_after_a_superlink_restart(
     federation,
 ):
@@ -175,6 +177,7 @@ def test_registered_devices_train_over_tls_with_secure_aggregation_and_resume_af
     assert summary["randomness"]["private_against_server"] is True
 
 
+@pytest.mark.slow(seconds=20)
 def test_a_killed_deploy_run_stops_its_run_after_saying_which_device_it_waits_for(federation, tmp_path):
     """The launcher, as a user starts it, into a used run folder, while device-2 is offline; then `kill`."""
     federation.stop("device-2")
@@ -241,6 +244,7 @@ def test_a_wrong_root_certificate_is_refused(federation, tmp_path):
     assert "CERTIFICATE_VERIFY_FAILED" in log
 
 
+@pytest.mark.slow(seconds=125)
 def test_a_killed_device_is_lost_for_its_round_and_rejoins_with_its_epsilon_and_a_revoked_one_is_cut_off(tmp_path):
     cfg = build_config(
         None,

@@ -30,6 +30,7 @@ def recipe() -> str:
     return block.group(1)
 
 
+@pytest.mark.slow(seconds=50)
 def test_the_loopback_recipe_of_docs_deploy_md_runs_as_written(tmp_path):
     base = free_port()  # the device's runtime port and the next one must be free too
     ports = f"PORT={free_port()} CONTROL_PORT={free_port()} RUNTIME_PORT={base}"

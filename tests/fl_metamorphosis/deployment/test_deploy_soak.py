@@ -72,6 +72,7 @@ def _killer(fed, out, stop: threading.Event, log: list[str]) -> None:
         next_kill = time.monotonic() + rng.uniform(4.0, 12.0)
 
 
+@pytest.mark.slow(seconds=150)
 def test_devices_killed_and_restarted_at_random_for_ten_rounds_keep_ledgers_equal_to_the_servers(tmp_path):
     cfg = build_config(
         None,
