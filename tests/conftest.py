@@ -75,8 +75,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         first.setdefault(scope, i)
         if item.get_closest_marker("slow"):
             slow.add(scope)
-    order = {item.nodeid: i for i, item in enumerate(items)}
-    items.sort(key=lambda it: (-seconds[_scope(it)], _scope(it) not in slow, first[_scope(it)], order[it.nodeid]))
+    items.sort(key=lambda item: (-seconds[_scope(item)], _scope(item) not in slow, first[_scope(item)]))  # stable
 
 
 @pytest.fixture(scope="session")
