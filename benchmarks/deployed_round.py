@@ -32,10 +32,9 @@ from timing import spread  # noqa: E402
 from warm_clientapp import busy_cpu_s, tiny_deployment  # noqa: E402
 
 from fl_metamorphosis.deployment import launch  # noqa: E402
+from fl_metamorphosis.flower.process_timing import FLOWER_POLL_S  # noqa: E402
 from fl_metamorphosis.metrics import read_jsonl  # noqa: E402
 from simulations.loopback import loopback_federation  # noqa: E402
-
-FLOWER_POLL_S = 3.0
 
 
 def train_request_objects(cfg) -> list[tuple[str, int, int]]:

@@ -65,17 +65,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     (pytest-xdist's loadscope): a module's fixtures are built once, and longest-first list scheduling ends
     both workers together instead of leaving a long run to finish alone. A module's length is the sum of its
     tests' ``slow(seconds=...)``; the other modules with slow tests come next, then the rest, each group in
-    collection order."""
+    collection order (the sort is stable, and pytest collects a module's tests together)."""
     seconds: dict[str, float] = {}
     slow: set[str] = set()
-    first: dict[str, int] = {}
-    for i, item in enumerate(items):
+    for item in items:
         scope = _scope(item)
         seconds[scope] = seconds.get(scope, 0.0) + _hinted_seconds(item)
-        first.setdefault(scope, i)
         if item.get_closest_marker("slow"):
             slow.add(scope)
-    items.sort(key=lambda item: (-seconds[_scope(item)], _scope(item) not in slow, first[_scope(item)]))  # stable
+    items.sort(key=lambda item: (-seconds[_scope(item)], _scope(item) not in slow))
 
 
 @pytest.fixture(scope="session")

@@ -72,8 +72,8 @@ def set_copies(copies: tuple[tuple[str, str], ...], value: float) -> None:
 
 
 IDLE_LOOP = "flwr.supernode.start_client_internal"  # the SuperNode's pull-and-push loop
-IDLE_WAIT = "time.sleep(3)"  # its one wait after a pull that found no message
-FLOWER_POLL_S = 3.0  # that wait's length, and the longest the idle poll grows to
+FLOWER_POLL_S = 3.0  # its one wait after a pull that found no message, and the longest the idle poll grows to
+IDLE_WAIT = f"time.sleep({FLOWER_POLL_S:g})"  # that wait, as its source writes it
 BACKOFF = 0.1  # the idle poll: this share of the time since the device's last message, at least poll_s
 AWAY_S = 1.0  # a loop that took longer than a pull between two idle waits was handling a message
 
@@ -102,13 +102,16 @@ class _IdlePollTime:
     def sleep(self, seconds: float) -> None:
         if seconds != FLOWER_POLL_S:
             self._last_message = None
-            (self._sleep or time.sleep)(seconds)
+            self._wait(seconds)
             return
         now = self._clock()
         if self._last_message is None or now - self._woke > AWAY_S:
             self._last_message = now
-        (self._sleep or time.sleep)(idle_poll_s(now - self._last_message, self.poll_s))
+        self._wait(idle_poll_s(now - self._last_message, self.poll_s))
         self._woke = self._clock()
+
+    def _wait(self, seconds: float) -> None:
+        (self._sleep or time.sleep)(seconds)  # ``time.sleep`` looked up now: a test may have replaced it
 
 
 def set_idle_poll(poll_s: float) -> None:
