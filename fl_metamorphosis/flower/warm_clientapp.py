@@ -48,10 +48,14 @@ import threading
 import traceback
 
 # The libraries a ClientApp of this project imports, heaviest first; never the app's own modules.
+# torch._dynamo: torch imports it lazily, in every optimizer's constructor (each train message).
+# sklearn.datasets: the release gate's reference digits (each features message).
 PRELOAD = (
     "torch",
     "numpy",
     "opacus",
+    "torch._dynamo",
+    "sklearn.datasets",
     "scipy.special",
     "cryptography.hazmat.primitives.ciphers",
     "pydantic",

@@ -154,14 +154,11 @@ def calibrate_noise_multiplier(cfg: DPSGDConfig, sample_rate: float, epochs: int
 @functools.lru_cache(maxsize=256)
 def _calibrated(epsilon: float, delta: float, sample_rate: float, accountant: str, **length: int) -> float:
     # Cached: a search over sigma costs a device's first message about as much as its training, and every
-    # device of a population with equal shares searches for the same value.
-    from opacus.accountants.utils import get_noise_multiplier  # as in to_accountant: only where it is used
+    # device of a population with equal shares searches for the same value; calibration_memo.py keeps the
+    # results across processes and runs, each checked before use.
+    from .calibration_memo import calibrated  # Opacus: imported there, only where it is used
 
-    return float(
-        get_noise_multiplier(
-            target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, accountant=accountant, **length
-        )
-    )
+    return calibrated(epsilon, delta, sample_rate, accountant, **length)
 
 
 def calibrate_group_noise(cfg: DPSGDConfig, sample_rate: float, steps: int) -> float:
