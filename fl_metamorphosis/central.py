@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .audit import AttackData, audit_model, label_only_floor
+from . import audit as attacks  # lazy names: the ServerApp of a run without the audit imports this module
 from .checkpoint import save_model
 from .config import ConfigError, ExperimentConfig
 from .data import load_dataset
@@ -121,16 +121,16 @@ def run_central(cfg: ExperimentConfig, out: Path, on_epoch: EpochCallback | None
         if on_epoch:
             on_epoch(row)
 
-    attack_data = AttackData.draw(split, cfg.audit, cfg.train.seed)
+    attack_data = attacks.AttackData.draw(split, cfg.audit, cfg.train.seed)
     stage("label-only reconstruction floor")
-    floors = label_only_floor(attack_data, cfg.audit, cfg.train.seed)
+    floors = attacks.label_only_floor(attack_data, cfg.audit, cfg.train.seed)
     methods: dict[str, Any] = {}
     grid_rows: dict[str, torch.Tensor] = {}
     for method in cfg.methods:
         stage(f"training {method}")
         model = train_method(method, split, cfg, log_epoch)
         stage(f"auditing {method}")
-        audit, recons = audit_model(model, attack_data, cfg.audit, floors, cfg.train.seed)
+        audit, recons = attacks.audit_model(model, attack_data, cfg.audit, floors, cfg.train.seed)
         methods[method] = method_summary(model, audit, len(tasks))
         grid_rows.update({f"{method}: {t}": r for t, r in recons.items()})
         config = json.loads(cfg.model_dump_json())

@@ -13,11 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.serverapp import Grid
 
-from fl_metamorphosis.audit import AttackData, audit_held_rows, audit_model, held_rounds, label_only_floor
+from fl_metamorphosis import audit as attacks  # lazy names: a run without the audit never imports the attacks
 from fl_metamorphosis.audit.poisoning import malicious_devices
-from fl_metamorphosis.audit.round_audit import MARGIN, render_round_audit
 from fl_metamorphosis.central import SUMMARY_VERSION, method_summary, randomness_summary
-from fl_metamorphosis.data.partition import federated_training_pairs
 from fl_metamorphosis.environment import machine_description
 from fl_metamorphosis.flower import messages as proto
 from fl_metamorphosis.metrics import plot_attacks, plot_reconstruction_grid, plot_rounds, render_report, write_json
@@ -29,6 +27,7 @@ from fl_metamorphosis.training.trainer import TrainedModel
 from .replies import REPLY_TIMEOUT_S
 
 if TYPE_CHECKING:
+    from fl_metamorphosis.audit import AttackData
     from fl_metamorphosis.config import ExperimentConfig
 
     from .round_loop import Federation
@@ -55,16 +54,21 @@ class AttackerDraw:
 def attack_data(fed: Federation) -> tuple[AttackData, dict[str, float]]:
     rows = max(fed.cfg.audit.attacker_samples, fed.ledger.rows_received)
     if fed.attacker is None or fed.attacker.rows != rows:
+        from fl_metamorphosis.data.partition import federated_training_pairs  # flwr-datasets: the audit only
+
         # members for the membership attack: the devices' own training pairs
-        data = AttackData.draw(fed.split, fed.cfg.audit, fed.cfg.train.seed, rows, federated_training_pairs(fed.cfg))
-        fed.attacker = AttackerDraw(rows, data, label_only_floor(data, fed.cfg.audit, fed.cfg.train.seed))
+        pairs = federated_training_pairs(fed.cfg)
+        data = attacks.AttackData.draw(fed.split, fed.cfg.audit, fed.cfg.train.seed, rows, pairs)
+        fed.attacker = AttackerDraw(rows, data, attacks.label_only_floor(data, fed.cfg.audit, fed.cfg.train.seed))
     return fed.attacker.data, fed.attacker.floors
 
 
 def interim_audit(fed: Federation, rnd: int) -> dict[str, Any]:
     data, floors = attack_data(fed)
     model = TrainedModel(fed.method, fed.generator, fed.heads, fed.feature_dp)
-    figures, _ = audit_model(model, data, fed.cfg.audit, floors, fed.cfg.train.seed, fed.ledger.max_releases_per_pair)
+    figures, _ = attacks.audit_model(
+        model, data, fed.cfg.audit, floors, fed.cfg.train.seed, fed.ledger.max_releases_per_pair
+    )
     return {"round": rnd, **{k: figures[k] for k in ("tasks", "cross_task_attack", "reconstruction")}}
 
 
@@ -123,9 +127,9 @@ def held_rows_audit(fed: Federation, data: AttackData) -> dict[str, Any] | None:
     def fresh_generator() -> FeatureGenerator:
         return FeatureGenerator(fed.method, split.test.image_shape, len(num_classes), cfg.model, num_classes)
 
-    rounds = held_rounds(fed.out)
+    rounds = attacks.held_rounds(fed.out)
     log.info(f"auditing the rows held from {len(rounds)} feature queries, each under its own round's weights")
-    return audit_held_rows(
+    return attacks.audit_held_rows(
         rounds, fresh_generator, fed.feature_dp, data, cfg.audit, cfg.train.seed, sample=sample, progress=log.info
     )
 
@@ -196,7 +200,7 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
     k = ledger.max_releases_per_pair
     log.info(f"auditing the final model: {ledger.rows_received} released rows received, most releases of one pair {k}")
     data, floors = attack_data(fed)
-    figures, recons = audit_model(model, data, cfg.audit, floors, cfg.train.seed, k)
+    figures, recons = attacks.audit_model(model, data, cfg.audit, floors, cfg.train.seed, k)
     figures["attacker"]["server_saw_releases"] = ledger.rows_received
     held = held_rows_audit(fed, data)
     plotted = bool(held and held["rounds"])  # nothing to plot when every query withheld every task
@@ -243,7 +247,9 @@ def final_report(grid: Grid, fed: Federation, audit: bool) -> dict[str, Any]:
     grid_rows = {f"{fed.method}: {t}": r for t, r in recons.items()}
     plot_reconstruction_grid(data.evaluation.images, grid_rows, out / "reconstruction_grid.png")
     if plotted:
+        from fl_metamorphosis.audit.round_audit import MARGIN
+
         plot_round_attacks(held, out / "round_attacks.png", margin=MARGIN)
-    report = render_report(summary) + "\n".join(["", *(render_round_audit(held) if held else [])]) + "\n"
+    report = render_report(summary) + "\n".join(["", *(attacks.render_round_audit(held) if held else [])]) + "\n"
     (out / "report.md").write_text(report + render_release_sections(summary))
     return summary
