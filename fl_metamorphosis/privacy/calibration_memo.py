@@ -24,6 +24,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .accounting import StepHistory
+
 TOLERANCE = 0.01  # get_noise_multiplier's default epsilon_tolerance, which the search runs with
 FILE_NAME = "noise_calibration.json"
 
@@ -38,8 +40,6 @@ def calibrated(epsilon: float, delta: float, sample_rate: float, accountant: str
     remembered value passes the check."""
     import opacus
     from opacus.accountants.utils import get_noise_multiplier
-
-    from .accounting import StepHistory
 
     [(unit, count)] = length.items()
     steps = int(count / sample_rate) if unit == "epochs" else int(count)  # as get_noise_multiplier counts
