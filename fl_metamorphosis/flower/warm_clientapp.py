@@ -17,9 +17,11 @@ reports its end as the process would.
 What a forked child shares with its siblings, and why that is safe:
 
 * **Only imported libraries.** The zygote never handles a message, connects anywhere or runs a torch
-  operation (a fork after OpenMP has started its threads can hang). The app's own code (``clients/``,
-  ``fl_metamorphosis``) is not preloaded: each child loads it from the app (FAB) the SuperLink sent, as a
-  cold process does.
+  operation (a fork after OpenMP has started its threads can hang). Some imports start helper threads of
+  their own (torch's; jemalloc's background thread, through scikit-learn's pandas and pyarrow): a fork
+  copies only the forking thread, and jemalloc takes its locks around a fork (``pthread_atfork``). The
+  app's own code (``clients/``, ``fl_metamorphosis``) is not preloaded: each child loads it from the app
+  (FAB) the SuperLink sent, as a cold process does.
 * **No randomness.** Every privacy draw of this project reads ``os.urandom`` at the draw
   (``privacy/randomness.py``), which a fork does not copy. The libraries' global generators, which a fork
   does copy, are seeded afresh from the OS in each child, as a new process seeds them: Python's ``random``
