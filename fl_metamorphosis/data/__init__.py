@@ -1,21 +1,40 @@
 """Multi-task datasets: the embedded digit pairs, a synthetic generator, MNIST-format pairs and image
-files on disk (docs/data.md), and the loader by config."""
+files on disk (docs/data.md), and the loader by config.
+
+The dataset classes load on first use (PEP 562), and each loader with its dataset: ``deploy device``
+reads its data folder's partition id through ``device_folder`` and then supervises the SuperNode for as
+long as the board runs, and importing torch for that held about 185 MiB of that process's memory.
+"""
 
 from __future__ import annotations
 
-from ..config import FILE_DATASETS, DataConfig
-from .digits import load_digit_pairs
-from .multitask import MultiTaskDataset, TaskSpec, TrainTestSplit
-from .synthetic import load_synthetic
+import importlib
+from typing import TYPE_CHECKING, Any
 
+from ..config import FILE_DATASETS, DataConfig
+
+if TYPE_CHECKING:
+    from .multitask import MultiTaskDataset, TaskSpec, TrainTestSplit
+
+_HOMES = {"MultiTaskDataset": "multitask", "TaskSpec": "multitask", "TrainTestSplit": "multitask"}
 __all__ = ["MultiTaskDataset", "TaskSpec", "TrainTestSplit", "load_dataset", "prepare_dataset"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> TrainTestSplit:
     """The train/test split a config names."""
     if cfg.name == "digits":
+        from .digits import load_digit_pairs
+
         return load_digit_pairs(cfg.train_pairs, cfg.test_pairs, cfg.test_fraction, seed)
     if cfg.name == "synthetic":
+        from .synthetic import load_synthetic
+
         return load_synthetic(
             cfg.train_pairs, cfg.test_pairs, cfg.synthetic_tasks, cfg.side(), cfg.synthetic_correlation, seed
         )

@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .multitask import MultiTaskDataset, TaskSpec
+if TYPE_CHECKING:  # torch is imported where pairs are read: `deploy device` reads the partition id only
+    from .multitask import MultiTaskDataset, TaskSpec
 
 PAIRS, META = "pairs.npz", "dataset.json"
 
@@ -93,11 +94,17 @@ def _split(folder: Path, arrays: dict[str, np.ndarray], split: str, tasks: list[
             f"{folder / PAIRS}: holds no {split} pairs; re-run `metamorphosis deploy prepare-data` with more "
             "data.train_pairs / data.test_pairs or fewer devices, and copy the device's folder again"
         )
+    import torch
+
+    from .multitask import MultiTaskDataset
+
     return MultiTaskDataset(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()), tasks)
 
 
 def read_device_folder(folder: Path) -> tuple[MultiTaskDataset, MultiTaskDataset]:
     """The device's (train, test) pairs, or ``DeviceDataError`` naming the file and what is wrong."""
+    from .multitask import TaskSpec
+
     folder = Path(folder)
     meta = _meta(folder)
     if (folder / PAIRS).is_file():  # absent: the np.load below names it

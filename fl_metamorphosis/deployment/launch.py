@@ -303,7 +303,7 @@ def device_command(
         )
     if poll_s is not None and not POLL_MIN_S <= poll_s <= POLL_MAX_S:
         raise ConfigError(f"--poll-s {poll_s}: give {POLL_MIN_S:g} to {POLL_MAX_S:g} s (Flower's own is 3)")
-    from ..data.device_folder import read_partition_id  # torch: only the commands that read data import it
+    from ..data.device_folder import read_partition_id  # without torch: this process supervises the device
 
     node_config = (
         f"partition-id={read_partition_id(data)} data-dir='{Path(data).resolve()}' "

@@ -126,12 +126,19 @@ def test_a_server_whose_gateway_cannot_start_leaves_nothing_running(tmp_path):
     assert processes_of(deploy.flower_home(tmp_path / "state")) == []
 
 
-def test_the_command_and_the_deploy_launchers_load_without_torch():
+def test_the_command_and_the_deploy_launchers_load_without_torch(tmp_path):
     """Every `metamorphosis` call pays its imports (10 calls in docs/deploy.md's recipe; torch alone is about
-    1 s here and several on a board): only the commands that train, read data or audit load torch."""
+    1 s here and several on a board): only the commands that train, read pairs or audit load torch. `deploy
+    device` reads its folder's partition id, then supervises the SuperNode as long as the board runs."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset.json").write_text('{"partition_id": 7}')
     probe = (
         "import sys; import metamorphosis_cli.main, metamorphosis_cli.deploy, fl_metamorphosis.deployment.launch; "
-        "from metamorphosis_cli.main import _parser; _parser(); print('torch' in sys.modules)"
+        "from metamorphosis_cli.main import _parser; _parser(); "
+        "from fl_metamorphosis.deployment.launch import device_command; "
+        "cmd = device_command('127.0.0.1:9092', None, None, sys.argv[1], sys.argv[2], 1, 'd'); "
+        "print(any('partition-id=7' in part for part in cmd), 'torch' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    args = [sys.executable, "-c", probe, str(tmp_path / "data"), str(tmp_path / "state")]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
