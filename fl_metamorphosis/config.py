@@ -8,13 +8,13 @@ message that names the field.
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .environment import cache_root
 from .fleet.fleet_config import FleetConfig
 
 Method = Literal[
@@ -163,8 +163,7 @@ class DataConfig(_Strict):
     def cache_folder(self) -> Path:
         if self.cache_dir is not None:
             return self.cache_dir
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        return Path(base) / "fl-metamorphosis"
+        return cache_root()
 
 
 class ModelConfig(_Strict):

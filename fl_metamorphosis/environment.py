@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 SIMULATION_ENV = "METAMORPHOSIS_SIMULATION"  # set by `simulate` for its devices; never on a real device
 CORES_ENV = "METAMORPHOSIS_CORES"  # the cores a run may use, when a sweep runs cells side by side
 DEVICE_POLICY_ENV = "METAMORPHOSIS_DEVICE_POLICY"  # a policy file named in a device's own environment
 DEBUG_ENV = "METAMORPHOSIS_DEBUG"  # the CLI prints the traceback of an unexpected error
+
+
+def cache_root() -> Path:
+    """This project's cache folder: ``$XDG_CACHE_HOME/fl-metamorphosis``, else ``~/.cache/fl-metamorphosis``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fl-metamorphosis"
 
 
 def cores_from_env() -> int | None:

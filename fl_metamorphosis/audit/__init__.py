@@ -9,8 +9,9 @@ package's attribute of that name is the module.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy_names import lazy_names
 
 if TYPE_CHECKING:
     from .cross_task_probe import chance_level, cross_task_attacks, probe_accuracy
@@ -49,7 +50,4 @@ __all__ = [  # noqa: RUF022  (the order of _HOMES)
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+__getattr__ = lazy_names(__name__, _HOMES)

@@ -3,15 +3,15 @@ files on disk (docs/data.md), and the loader by config.
 
 The dataset classes load on first use (PEP 562), and each loader with its dataset: ``deploy device``
 reads its data folder's partition id through ``device_folder`` and then supervises the SuperNode for as
-long as the board runs, and importing torch for that held about 185 MiB of that process's memory.
+long as the board runs: torch would sit in that process's memory for nothing (docs/deploy.md).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..config import FILE_DATASETS, DataConfig
+from ..lazy_names import lazy_names
 
 if TYPE_CHECKING:
     from .multitask import MultiTaskDataset, TaskSpec, TrainTestSplit
@@ -20,10 +20,7 @@ _HOMES = {"MultiTaskDataset": "multitask", "TaskSpec": "multitask", "TrainTestSp
 __all__ = ["MultiTaskDataset", "TaskSpec", "TrainTestSplit", "load_dataset", "prepare_dataset"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+__getattr__ = lazy_names(__name__, _HOMES)
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> TrainTestSplit:

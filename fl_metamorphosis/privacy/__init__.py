@@ -7,8 +7,9 @@ package's device modules, and must not pay for Opacus, which only DP-SGD trainin
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from ..lazy_names import lazy_names
 
 _HOME = {
     "DevicePrivacyPlan": "accounting",
@@ -42,10 +43,7 @@ if TYPE_CHECKING:
     from .group_dp_sgd import PrivateGroupTraining, make_private_groups
 
 
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f".{_HOME[name]}", __name__), name)
+__getattr__ = lazy_names(__name__, _HOME)
 
 
 __all__ = [

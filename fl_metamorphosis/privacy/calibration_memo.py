@@ -1,7 +1,7 @@
 """Noise calibrations remembered across processes, each one checked before it is used.
 
 The noise multiplier that spends a target epsilon is found by a search: Opacus' ``get_noise_multiplier``
-evaluates its accountant some seventeen times, about a second of a core at the tiny preset. A device
+evaluates its accountant over and over, which costs a message as much as its training. A device
 searches in its first training message of every run, and the server repeats the search to check what
 devices report. A deployed device runs each message in a new process and a simulation each device actor
 in its own, so the processes' own caches seldom meet: every run, sweep cell and test of the same settings
@@ -24,6 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..environment import cache_root
 from .accounting import StepHistory
 
 TOLERANCE = 0.01  # get_noise_multiplier's default epsilon_tolerance, which the search runs with
@@ -31,8 +32,7 @@ FILE_NAME = "noise_calibration.json"
 
 
 def memo_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fl-metamorphosis" / FILE_NAME
+    return cache_root() / FILE_NAME
 
 
 def calibrated(epsilon: float, delta: float, sample_rate: float, accountant: str, **length: int) -> float:
@@ -44,8 +44,8 @@ def calibrated(epsilon: float, delta: float, sample_rate: float, accountant: str
     [(unit, count)] = length.items()
     steps = int(count / sample_rate) if unit == "epochs" else int(count)  # as get_noise_multiplier counts
     key = json.dumps([opacus.__version__, accountant, epsilon, delta, sample_rate, unit, count])
-    memo = _read(memo_file())
-    sigma = memo.get(key)
+    path = memo_file()
+    sigma = _read(path).get(key)
     if isinstance(sigma, float) and sigma > 0:
         spent = StepHistory.of([(sigma, sample_rate, steps)]).epsilon(delta, accountant)
         if epsilon - TOLERANCE <= spent <= epsilon:
@@ -60,7 +60,7 @@ def calibrated(epsilon: float, delta: float, sample_rate: float, accountant: str
             **length,
         )
     )
-    _write(memo_file(), key, sigma)
+    _write(path, key, sigma)
     return sigma
 
 
