@@ -9,7 +9,8 @@ ServerApp and ClientApp (torch and Opacus with them), prints ``READY``, then rea
 stdin: a JSON object with ``run_config`` (the run's ``config-path``, ``out-dir``, ``resume``, ``command``),
 ``num_supernodes``, ``cpus_per_device`` and ``cores``. Each job is one run of Flower's simulation engine, the
 call ``flwr-simulation`` makes for a run of a SuperLink, in this process: the ServerApp on a thread, the
-devices on Ray actors of a new Ray job. Everything the run prints goes to stdout; then a line starting with
+devices on Ray actors that the last run left idle (``kept_actors.py``), new ones for the first run and after a
+failed one. Everything the run prints goes to stdout; then a line starting with
 ``DONE_MARK`` and a JSON result. The process ends when stdin closes or its launcher dies (its parent
 changes): Ray's holder sees its stdin close and stops Ray.
 """
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from fl_metamorphosis.environment import CORES_ENV
+
+from . import kept_actors
 
 DONE_MARK = "\x1fwarm-runner-done "
 READY = "\x1fwarm-runner-ready"
@@ -112,6 +115,7 @@ def main() -> None:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     sys.path.insert(0, str(app_dir))
     holder = _start_ray(cpus)
+    kept_actors.install()
     components = tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"]
     server_app, client_app = _load(components["serverapp"]), _load(components["clientapp"])
     print(READY, flush=True)
@@ -123,10 +127,12 @@ def main() -> None:
             except Exception as err:  # the run failed, the runner goes on: the launcher reports it
                 traceback.print_exc()
                 result = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+                kept_actors.discard()
             sys.stdout.flush()
             sys.stderr.flush()
             print(DONE_MARK + json.dumps(result), flush=True)
     finally:
+        kept_actors.discard()
         holder.stdin.close()  # type: ignore[union-attr]
         holder.wait(timeout=60)
 

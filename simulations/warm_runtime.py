@@ -8,11 +8,11 @@ that ``flwr-simulation`` makes for each run of a SuperLink, made in a process th
 
 Why not ``flwr run`` against a SuperLink that stays up (Flower 1.42 can: ``flower-superlink
 --simulation``, ``RAY_ADDRESS`` for a Ray that stays up)? The SuperLink would still start a new
-``flwr-simulation`` process for each run, which imports Flower, torch and the App again, and Ray starts new
-worker processes for each Ray job either way. What stays warm here is what costs: the imports of the
-ServerApp's side, the Ray instance and the launch. Each run keeps its own run folder, its own devices'
-state folders (``out/devices/<partition-id>``) and its own Ray job, whose actors (the devices) are new
-processes, as in a cold run; what a device receives or releases does not change (docs/federated.md).
+``flwr-simulation`` process for each run, which imports Flower, torch and the App again, and Flower's Ray
+backend starts new device actors for each run, each importing torch, Opacus and the device app. What stays
+warm here is what costs: the imports of the ServerApp's side, the Ray instance, the device actors
+(``kept_actors.py``) and the launch. Each run keeps its own run folder and its own devices' state folders
+(``out/devices/<partition-id>``); what a device receives or releases does not change (docs/federated.md).
 
 Runs side by side (a sweep's ``parallel``) use one slot each, each slot its own Ray instance with its share of
 the cores, as cold cells get. Every process of the runtime carries ``FLWR_HOME=<home>`` in its environment:

@@ -1,5 +1,5 @@
-"""The warm runtime: runs one after another on one runner (imports once) give a cold run's figures, a run cut
-short costs only its runner, and closing the runtime leaves no process."""
+"""The warm runtime: runs one after another on one runner and its device actors (imports once) give a cold
+run's figures, a run cut short costs only its runner, and closing the runtime leaves no process."""
 
 import pytest
 from conftest import TINY_OVERRIDES
@@ -25,6 +25,17 @@ def _stop_at_round_1(line: str) -> None:
         raise Interrupt(line)
 
 
+def _device_actors(home) -> set[int]:
+    found = set()
+    for pid in processes_of(home.resolve()):
+        try:
+            if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"ray::ClientAppActor"):
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
 @pytest.mark.slow(seconds=125)
 def test_warm_runs_reuse_one_runner_give_the_cold_figures_and_leave_no_process(tmp_path):
     cfg = build_config(None, SEEDED)
@@ -35,9 +46,10 @@ def test_warm_runs_reuse_one_runner_give_the_cold_figures_and_leave_no_process(t
             simulate(cfg, tmp_path / "cut", echo=_stop_at_round_1, runtime=runtime)
         assert runtime._all[0].proc is None
         simulate(cfg, tmp_path / "warm1", echo=lambda _line: None, runtime=runtime)
-        runner = runtime._all[0].proc.pid
+        runner, actors = runtime._all[0].proc.pid, _device_actors(home)
         simulate(cfg, tmp_path / "warm2", echo=lambda _line: None, runtime=runtime)
         assert runtime._all[0].proc.pid == runner  # the second run paid no start-up: same process
+        assert actors and _device_actors(home) == actors  # and its devices ran on the first run's actors
         assert processes_of(home.resolve())  # Ray and the runner stay up between runs
     assert processes_of(home.resolve()) == []
 
