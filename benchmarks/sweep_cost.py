@@ -1,6 +1,7 @@
 """Cost of a sweep's cells: a tiny cell cold (its own ``flwr run``, SuperLink, Ray and imports) against the
-same cell on a warm runtime (``simulations/warm_runtime.py``), measured side by side in one run, alternating,
-on this machine; and, with ``--default-sweep``, the wall time of the default sweep (configs/sweep.toml).
+same cell on a warm runtime (``simulations/warm_runtime.py``), with new device actors for every run and with
+the actors kept from run to run (its default), measured side by side in one run, alternating, on this machine;
+and, with ``--default-sweep``, the wall time of the default sweep (configs/sweep.toml).
 
 For each cell: **start-up to round 1**, the seconds from the launch call until round 1 began (the moment
 the launcher sees round 1's progress line, less that round's own seconds as the ServerApp timed them), and
@@ -55,18 +56,25 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):6.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
+KINDS = ("cold", "warm, new actors", "warm")  # a cold flwr run; the warm runtime without and with kept actors
+
+
 def tiny_cells(cells: int, extra: list[str], scratch: Path) -> None:
     cfg = build_config(None, [*preset_overrides(ROOT / "configs" / "tiny.toml"), *extra])
-    cold: list[tuple[float, float]] = []
-    warm: list[tuple[float, float]] = []
-    with WarmRuntime(scratch / "runtime") as runtime:
-        first = timed_cell(cfg, scratch / "warm-first", runtime)
-        for i in range(cells):  # alternating, so drift on the machine hits both sides alike
-            cold.append(timed_cell(cfg, scratch / f"cold-{i}", None))
-            warm.append(timed_cell(cfg, scratch / f"warm-{i}", runtime))
+    times: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
+    with (
+        WarmRuntime(scratch / "runtime-new", keep_actors=False) as fresh,
+        WarmRuntime(scratch / "runtime") as kept,
+    ):
+        runtimes = {"cold": None, "warm, new actors": fresh, "warm": kept}
+        first = timed_cell(cfg, scratch / "warm-first", kept)
+        timed_cell(cfg, scratch / "warm-new-first", fresh)  # its runtime's start, not timed
+        for i in range(cells):  # alternating, so drift on the machine hits every kind alike
+            for n, kind in enumerate(KINDS):
+                times[kind].append(timed_cell(cfg, scratch / f"cell-{i}-{n}", runtimes[kind]))
             print(
-                f"  cell {i + 1}/{cells}: cold {cold[-1][0]:.1f} / {cold[-1][1]:.1f} s, warm {warm[-1][0]:.1f} / "
-                f"{warm[-1][1]:.1f} s",
+                f"  cell {i + 1}/{cells}: "
+                + ", ".join(f"{kind} {times[kind][-1][0]:.1f} / {times[kind][-1][1]:.1f} s" for kind in KINDS),
                 flush=True,
             )
     print(
@@ -74,12 +82,14 @@ def tiny_cells(cells: int, extra: list[str], scratch: Path) -> None:
         "median (min-max) seconds:"
     )
     print(f"{'':28s} {'start-up to round 1':>22s} {'whole cell':>22s}")
-    print(f"{'cold (flwr run)':28s} {spread([c[0] for c in cold]):>22s} {spread([c[1] for c in cold]):>22s}")
-    print(f"{'warm, first (runtime start)':28s} {spread([first[0]]):>22s} {spread([first[1]]):>22s}")
-    print(f"{'warm':28s} {spread([w[0] for w in warm]):>22s} {spread([w[1] for w in warm]):>22s}")
-    ratios_start = [c[0] / w[0] for c, w in zip(cold, warm, strict=True)]
-    ratios_whole = [c[1] / w[1] for c, w in zip(cold, warm, strict=True)]
-    print(f"{'cold / warm':28s} {spread(ratios_start):>22s} {spread(ratios_whole):>22s}")
+    rows = {"cold (flwr run)": times["cold"], "warm, first (runtime start)": [first]}
+    rows.update({kind: times[kind] for kind in KINDS[1:]})
+    for name, values in rows.items():
+        print(f"{name:28s} {spread([v[0] for v in values]):>22s} {spread([v[1] for v in values]):>22s}")
+    for slow, fast in (("cold", "warm"), ("warm, new actors", "warm")):
+        pairs = list(zip(times[slow], times[fast], strict=True))
+        start, whole = spread([a[0] / b[0] for a, b in pairs]), spread([a[1] / b[1] for a, b in pairs])
+        print(f"{slow + ' / ' + fast:28s} {start:>22s} {whole:>22s}")
 
 
 def default_sweep(out: Path) -> None:

@@ -1,7 +1,7 @@
 """One slot of the warm runtime (``warm_runtime.py``): a process that imports the Flower App once, owns a Ray
 instance, and runs simulations one after another as its launcher sends them.
 
-    python -m simulations.warm_runner APP_DIR CPUS
+    python -m simulations.warm_runner APP_DIR CPUS [--fresh-actors]
 
 It starts Ray (``ray.init`` in a child process that only holds it: Flower's backend calls ``ray.shutdown()``
 after every run, which would stop a Ray instance this process had started itself), imports the App's
@@ -10,7 +10,7 @@ stdin: a JSON object with ``run_config`` (the run's ``config-path``, ``out-dir``
 ``num_supernodes``, ``cpus_per_device`` and ``cores``. Each job is one run of Flower's simulation engine, the
 call ``flwr-simulation`` makes for a run of a SuperLink, in this process: the ServerApp on a thread, the
 devices on Ray actors that the last run left idle (``kept_actors.py``), new ones for the first run and after a
-failed one. Everything the run prints goes to stdout; then a line starting with
+failed one (every run, with ``--fresh-actors``). Everything the run prints goes to stdout; then a line starting with
 ``DONE_MARK`` and a JSON result. The process ends when stdin closes or its launcher dies (its parent
 changes): Ray's holder sees its stdin close and stops Ray.
 """
@@ -36,6 +36,7 @@ from . import kept_actors
 
 DONE_MARK = "\x1fwarm-runner-done "
 READY = "\x1fwarm-runner-ready"
+FRESH_ACTORS = "--fresh-actors"
 _RAY_HOLDER = (
     "import ray, sys\n"
     "ray.init(num_cpus=int(sys.argv[1]), include_dashboard=False)\n"
@@ -115,7 +116,8 @@ def main() -> None:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     sys.path.insert(0, str(app_dir))
     holder = _start_ray(cpus)
-    kept_actors.install()
+    if FRESH_ACTORS not in sys.argv[3:]:
+        kept_actors.install()
     components = tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"]
     server_app, client_app = _load(components["serverapp"]), _load(components["clientapp"])
     print(READY, flush=True)

@@ -38,14 +38,14 @@ from fl_metamorphosis.deployment.flower_processes import RunFailed, relay, stop_
 from fl_metamorphosis.environment import cores_from_env
 
 from .simulate import APP_DIR, flower_env  # the cold launcher's environment, so both run alike
-from .warm_runner import DONE_MARK, READY
+from .warm_runner import DONE_MARK, FRESH_ACTORS, READY
 
 
 class _Runner:
     """One slot: a ``warm_runner`` process, started on first use and again after it was stopped."""
 
-    def __init__(self, app_dir: Path, cpus: int, env: dict[str, str], log: Path) -> None:
-        self.app_dir, self.cpus, self.env, self.log = app_dir, cpus, env, log
+    def __init__(self, app_dir: Path, cpus: int, env: dict[str, str], log: Path, keep_actors: bool) -> None:
+        self.app_dir, self.cpus, self.env, self.log, self.keep_actors = app_dir, cpus, env, log, keep_actors
         self.proc: subprocess.Popen[str] | None = None
         self.ray_tmp: Path | None = None
 
@@ -53,7 +53,8 @@ class _Runner:
         # Ray's AF_UNIX sockets live under RAY_TMPDIR: a short path (108-byte limit), one per slot
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="mm-ray-"))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "simulations.warm_runner", str(self.app_dir), str(self.cpus)],
+            [sys.executable, "-m", "simulations.warm_runner", str(self.app_dir), str(self.cpus)]
+            + ([] if self.keep_actors else [FRESH_ACTORS]),
             env={**self.env, "RAY_TMPDIR": str(self.ray_tmp)},
             cwd=self.log.parent,  # Flower and Ray write here, never in the checkout
             stdin=subprocess.PIPE,
@@ -118,9 +119,12 @@ class WarmRuntime:
 
     ``home``: the runtime's own folder (logs, and the mark its processes carry). ``cores``: the cores of
     each slot (default: ``METAMORPHOSIS_CORES`` if set, else all of this machine's, shared out between the
-    slots)."""
+    slots). ``keep_actors``: a run's device actors serve the slot's next run (``kept_actors.py``); False
+    gives every run new ones, as a cold run has (what ``benchmarks/sweep_cost.py`` compares)."""
 
-    def __init__(self, home: Path, *, slots: int = 1, cores: int | None = None, app_dir: Path = APP_DIR) -> None:
+    def __init__(
+        self, home: Path, *, slots: int = 1, cores: int | None = None, app_dir: Path = APP_DIR, keep_actors: bool = True
+    ) -> None:
         self.home = Path(home).resolve()
         self.cores = cores or cores_from_env() or max(1, (os.cpu_count() or 1) // slots)
         stop_processes(self.home)  # a runtime killed outright, in this folder, may have left processes
@@ -129,7 +133,7 @@ class WarmRuntime:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(app_dir), env.get("PYTHONPATH")]))
         self._idle: queue.Queue[_Runner] = queue.Queue()
         for slot in range(slots):
-            self._idle.put(_Runner(Path(app_dir), self.cores, env, self.home / f"runner-{slot}.log"))
+            self._idle.put(_Runner(Path(app_dir), self.cores, env, self.home / f"runner-{slot}.log", keep_actors))
         self._all = list(self._idle.queue)
 
     def run(
