@@ -114,8 +114,9 @@ def run_local_round(
 
     local_epochs, budget = cfg.federated.local_epochs, cfg.federated.device_epsilon_budget
     after = history.extended(noise_multiplier, plan.sample_rate, local_epochs * plan.steps_per_epoch)
-    spent, would_be = plan.epsilon(history), plan.epsilon(after)
+    would_be = plan.epsilon(after)
     if would_be > budget:
+        spent = plan.epsilon(history)  # only said when declining: one accounting less in every deployed message
         reason = f"budget: epsilon {spent:.3f} spent, {would_be:.3f} after this round > budget {budget:.3f}"
         return LocalUpdate(None, None, 0, 0.0, spent, history, declined=reason)
 
