@@ -16,17 +16,30 @@ and the warm runtime's tests hold warm runs to the cold runs' figures.
 
 A pool is not passed on when its run failed (an actor may have died with it), when an actor is still busy,
 or when the next run asks for other resources per device; its actors are then terminated, as Flower does.
+Before a run takes it, every actor must answer Ray's readiness call: one that died between runs (the OOM
+killer) would fail its devices' messages, so a pool with a dead actor is replaced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import ray
 from flwr.clientapp import ClientApp
 from flwr.server.superlink.fleet.vce.backend import raybackend
 from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
 _kept: BasicActorPool | None = None  # the idle pool the last run left, while its runner lives
+READY_TIMEOUT_S = 30.0  # an idle actor answers at once; one that does not within this is not reused
+
+
+def alive(pool: BasicActorPool) -> bool:
+    """Every actor of ``pool`` answers Ray's built-in readiness call."""
+    try:
+        ray.get([actor.__ray_ready__.remote() for actor in pool.pool], timeout=READY_TIMEOUT_S)
+    except ray.exceptions.RayError:  # a dead actor (RayActorError) or none in time (GetTimeoutError)
+        return False
+    return True
 
 
 class KeptActorsBackend(raybackend.RayBackend):
@@ -36,7 +49,7 @@ class KeptActorsBackend(raybackend.RayBackend):
     def build(self, app_fn: Callable[[], ClientApp]) -> None:
         global _kept
         pool, _kept = _kept, None
-        if pool is not None and pool.client_resources == self.client_resources:
+        if pool is not None and pool.client_resources == self.client_resources and alive(pool):
             self.pool, self.app_fn = pool, app_fn
             return
         if pool is not None:

@@ -30,6 +30,7 @@ def backends(monkeypatch):
 
     monkeypatch.setattr(KeptActorsBackend.__mro__[1], "build", flower_build)
     monkeypatch.setattr(kept_actors, "_kept", None)
+    monkeypatch.setattr(kept_actors, "alive", lambda pool: not getattr(pool, "dead", False))
 
     def backend(resources=CPU1):
         made = object.__new__(KeptActorsBackend)  # RayBackend.__init__ would connect to Ray
@@ -78,3 +79,14 @@ def test_a_failed_run_discards_what_it_left(backends):
     assert kept.terminated and kept_actors._kept is None
     backends().build(lambda: "app")
     assert len(backends.built) == 2
+
+
+def test_a_pool_with_an_actor_that_died_between_runs_is_replaced(backends):
+    first = backends()
+    first.build(lambda: "app")
+    kept = first.pool
+    first.terminate()
+    kept.dead = True  # an actor no longer answers (killed while idle)
+    second = backends()
+    second.build(lambda: "app")
+    assert kept.terminated and second.pool is not kept and len(backends.built) == 2

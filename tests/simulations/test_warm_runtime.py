@@ -1,5 +1,9 @@
 """The warm runtime: runs one after another on one runner and its device actors (imports once) give a cold
-run's figures, a run cut short costs only its runner, and closing the runtime leaves no process."""
+run's figures, an actor that died between runs is replaced, a run cut short costs only its runner, and closing
+the runtime leaves no process."""
+
+import os
+import signal
 
 import pytest
 from conftest import TINY_OVERRIDES
@@ -50,11 +54,14 @@ def test_warm_runs_reuse_one_runner_give_the_cold_figures_and_leave_no_process(t
         simulate(cfg, tmp_path / "warm2", echo=lambda _line: None, runtime=runtime)
         assert runtime._all[0].proc.pid == runner  # the second run paid no start-up: same process
         assert actors and _device_actors(home) == actors  # and its devices ran on the first run's actors
+        os.kill(min(actors), signal.SIGKILL)  # an idle actor dies between runs (the OOM killer)
+        simulate(cfg, tmp_path / "warm3", echo=lambda _line: None, runtime=runtime)
+        assert runtime._all[0].proc.pid == runner and not _device_actors(home) & actors  # new actors
         assert processes_of(home.resolve())  # Ray and the runner stay up between runs
     assert processes_of(home.resolve()) == []
 
     cold = read_jsonl(tmp_path / "cold" / "metrics.jsonl")
-    for name in ("warm1", "warm2"):
+    for name in ("warm1", "warm2", "warm3"):
         warm = read_jsonl(tmp_path / name / "metrics.jsonl")
         assert [r["round"] for r in warm] == [1, 2]
         for w, c in zip(warm, cold, strict=True):
