@@ -9,9 +9,9 @@ ServerApp and ClientApp (torch and Opacus with them), prints ``READY``, then rea
 stdin: a JSON object with ``run_config`` (the run's ``config-path``, ``out-dir``, ``resume``, ``command``),
 ``num_supernodes``, ``cpus_per_device`` and ``cores``. Each job is one run of Flower's simulation engine, the
 call ``flwr-simulation`` makes for a run of a SuperLink, in this process: the ServerApp on a thread, the
-devices on Ray actors that the last run left idle (``kept_actors.py``), new ones for the first run and after a
-failed one (every run, with ``--fresh-actors``). Everything the run prints goes to stdout; then a line starting with
-``DONE_MARK`` and a JSON result. The process ends when stdin closes or its launcher dies (its parent
+devices on Ray actors that the last run left idle (``kept_actors.py``), new ones for the first run and after
+a failed one (every run, with ``--fresh-actors``). Everything the run prints goes to stdout; then a line
+starting with ``DONE_MARK`` and a JSON result. The process ends when stdin closes or its launcher dies (its parent
 changes): Ray's holder sees its stdin close and stops Ray.
 """
 
