@@ -14,8 +14,9 @@ config; what an actor keeps is its imports and caches keyed by all they depend o
 federation config and seed; noise calibrations by their inputs; the public reference set). The sweep's
 and the warm runtime's tests hold warm runs to the cold runs' figures.
 
-A pool is not passed on when its run failed (an actor may have died with it), when an actor is still busy,
-or when the next run asks for other resources per device; its actors are then terminated, as Flower does.
+A pool is not passed on when its run failed (an actor may have died with it), when an actor is still busy
+(the run ends as Flower ends it), or when the next run asks for other resources per device; its actors are
+then terminated, as Flower does.
 Before a run takes it, every actor must answer Ray's readiness call: one that died between runs (the OOM
 killer) would fail its devices' messages, so a pool with a dead actor is replaced.
 """
@@ -43,8 +44,8 @@ def alive(pool: BasicActorPool) -> bool:
 
 
 class KeptActorsBackend(raybackend.RayBackend):
-    """Flower's ``RayBackend`` that takes the kept pool when it fits and keeps its pool when the run ends,
-    connected to Ray throughout (Flower's disconnects after every run)."""
+    """Flower's ``RayBackend`` that takes the kept pool when it fits and keeps its pool when the run ends
+    with every actor idle, staying connected to Ray (Flower's disconnects after every run)."""
 
     def build(self, app_fn: Callable[[], ClientApp]) -> None:
         global _kept
@@ -58,13 +59,11 @@ class KeptActorsBackend(raybackend.RayBackend):
 
     def terminate(self) -> None:
         global _kept
-        pool, self.pool = self.pool, None
-        if pool is None:
+        if self.pool is not None and len(self.pool.pool) == self.pool.num_actors:  # all idle: nothing under way
+            _kept, self.pool = self.pool, None
             return
-        if len(pool.pool) == pool.num_actors:  # every actor idle: nothing of the run is under way
-            _kept = pool
-        else:
-            pool.terminate_all_actors()
+        # Flower's own end: its idle actors terminated and this process off Ray, which ends the job's busy ones
+        super().terminate()
 
 
 def discard() -> None:

@@ -28,7 +28,7 @@ def backends(monkeypatch):
         self.pool, self.app_fn = Pool(self.client_resources), app_fn
         built.append(self.pool)
 
-    monkeypatch.setattr(KeptActorsBackend.__mro__[1], "build", flower_build)
+    monkeypatch.setattr(KeptActorsBackend.__mro__[1], "build", flower_build)  # Flower's RayBackend
     monkeypatch.setattr(kept_actors, "_kept", None)
     monkeypatch.setattr(kept_actors, "alive", lambda pool: not getattr(pool, "dead", False))
 
