@@ -92,12 +92,6 @@ def _task_features(generator: nn.Module, images: torch.Tensor, batch_size: int =
     return torch.cat([generator(images[i : i + batch_size])[0] for i in range(0, len(images), batch_size)])
 
 
-def _probe_correct(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> int:
-    if len(np.unique(y_train)) < 2:  # one class only: the probe is the label-blind guess
-        return int((y_test == y_train[0]).sum())
-    return int((ridge_probe_predict(x_train, y_train, x_test) == y_test).sum())
-
-
 def ridge_probe_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alpha: float = 1.0):
     """scikit-learn's ``make_pipeline(StandardScaler(), RidgeClassifier(alpha))``, fit and predict, in closed
     form. The gate fits 16 to 48 of these small probes per release on every device, and at that size
@@ -123,6 +117,61 @@ def ridge_probe_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.nda
     coef = linalg.solve(gram, (x.T @ targets) / scale[:, None], assume_a="pos")
     scores = (x_test - mean) @ (coef / scale[:, None]) + targets.mean(0)
     return classes[(scores[:, 0] > 0).astype(int)] if len(classes) == 2 else classes[scores.argmax(1)]
+
+
+def cross_validated_hits(
+    train_copies: np.ndarray, test_rows: np.ndarray, y: np.ndarray, fold: np.ndarray, folds: int, alpha: float = 1.0
+) -> int:
+    """Held-out hits of ``ridge_probe_predict`` over ``folds`` folds: fit on the copies of every other fold's
+    pairs (``train_copies[j, i]``, labelled ``y[i]``), scored on ``test_rows`` of the fold's own pairs.
+
+    The same fits, from sums: each fold's rows enter its Gram matrix, sum and per-class sums once, and fold k's
+    fit takes the totals less fold k's own, so the rows are multiplied once rather than ``folds - 1`` times.
+    The rows are shifted by one of them first (exact for a constant column), so centring by the train mean
+    subtracts a correction of the rows' own spread instead of cancelling large sums. A fit whose training
+    folds hold one class only is the label-blind guess of that class. ``test_release_gate.py`` holds the
+    hits to the per-fold fits and to scikit-learn's."""
+    copies, dims = len(train_copies), train_copies.shape[-1]
+    order = np.argsort(fold, kind="stable")  # each fold's pairs side by side, every copy of a pair in a row
+    z = train_copies.transpose(1, 0, 2)[order].astype(np.float64)  # [n, copies, dims]
+    shift = z[0, 0].copy()
+    z -= shift
+    classes, index = np.unique(y, return_inverse=True)
+    onehot = np.repeat(np.eye(len(classes))[index[order]], copies, axis=0)  # [n * copies, classes]
+    bounds = np.searchsorted(fold[order], np.arange(folds + 1)) * copies
+    z = z.reshape(-1, dims)
+    gram, total, by_class, count = [], [], [], []
+    for k in range(folds):
+        rows, hot = z[bounds[k] : bounds[k + 1]], onehot[bounds[k] : bounds[k + 1]]
+        gram.append(rows.T @ rows)
+        total.append(rows.sum(0))
+        by_class.append(hot.T @ rows)
+        count.append(hot.sum(0))
+    hits = 0
+    for k in range(folds):
+        test = fold == k
+        g, s, c, m = (sum(a) - a[k] for a in (gram, total, by_class, count))
+        present = m > 0
+        if present.sum() < 2:  # one class only: the probe is the label-blind guess
+            hits += int((y[test] == classes[present][0]).sum())
+            continue
+        n = m.sum()
+        delta = s / n  # the training rows' mean, less the shift
+        centred = g - n * np.outer(delta, delta)
+        var, eps, mean = np.diag(centred) / n, np.finfo(np.float64).eps, shift + delta
+        scale = np.sqrt(var)
+        scale[var <= n * eps * var + (n * mean * eps) ** 2] = 1.0  # StandardScaler's constant-column test
+        # RidgeClassifier's {-1, 1} targets: sum_i (z_i - delta) t_iq = 2 (c_q - m_q delta); their mean (2 m_q - n) / n
+        rhs, target_mean = 2.0 * (c[present] - m[present, None] * delta), (2.0 * m[present] - n) / n
+        if present.sum() == 2:  # two classes: one column, the second class's
+            rhs, target_mean = rhs[1:], target_mean[1:]
+        lhs = centred / np.outer(scale, scale)
+        lhs.flat[:: dims + 1] += alpha
+        coef = linalg.solve(lhs, rhs.T / scale[:, None], assume_a="pos")
+        scores = (test_rows[test] - mean) @ (coef / scale[:, None]) + target_mean
+        picked = (scores[:, 0] > 0).astype(int) if present.sum() == 2 else scores.argmax(1)
+        hits += int((classes[present][picked] == y[test]).sum())
+    return hits
 
 
 def _baseline_correct(own_train: np.ndarray, other_train: np.ndarray, own_test: np.ndarray, other_test: np.ndarray):
@@ -213,12 +262,11 @@ def release_gate(
 def _probe(copies, pairs: _ProbeSet, t: int, s: int, task_names: list[str], cfg: ReleaseGateConfig) -> PairProbe:
     """Task t's released features against task s's label, cross-validated by pair, with its test."""
     y, fold, n = pairs.labels, pairs.fold, len(pairs.labels)
-    correct = base = 0
+    train_copies = np.stack([c[:, t] for c in copies[1:]])
+    correct = cross_validated_hits(train_copies, copies[0][:, t], y[:, s], fold, cfg.folds)
+    base = 0
     for k in range(cfg.folds):
         train, test = fold != k, fold == k
-        x_train = np.concatenate([c[train, t] for c in copies[1:]])
-        y_train = np.tile(y[train, s], cfg.noise_copies)
-        correct += _probe_correct(x_train, y_train, copies[0][test, t], y[test, s])
         base += _baseline_correct(y[train, t], y[train, s], y[test, t], y[test, s])
     baseline = base / n
     threshold = min(1.0, baseline + cfg.margin)

@@ -12,7 +12,7 @@ from fl_metamorphosis.config import DataConfig, FeatureDPConfig, ReleaseGateConf
 from fl_metamorphosis.data import load_dataset
 from fl_metamorphosis.data.reference import reference_pairs
 from fl_metamorphosis.privacy.randomness import Randomness
-from fl_metamorphosis.privacy.release_gate import release_gate, ridge_probe_predict
+from fl_metamorphosis.privacy.release_gate import cross_validated_hits, release_gate, ridge_probe_predict
 
 N, D, K = 1200, 16, 10
 
@@ -170,3 +170,33 @@ def test_the_gates_closed_form_probe_predicts_as_scikit_learns_pipeline(seed):
             make_pipeline(StandardScaler(), RidgeClassifier(alpha=1.0)).fit(x[:train], y[:train]).predict(x[train:])
         )
         np.testing.assert_array_equal(ridge_probe_predict(x[:train], y[:train], x[train:]), expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_gates_cross_validation_from_fold_sums_scores_as_one_pipeline_per_fold(seed):
+    """The gate's probe fits every fold from sums of the other folds' rows: its held-out hits are those of
+    scikit-learn's pipeline fit on each fold's training copies, with a constant and a nearly constant
+    column, rows off centre, a class that only one fold holds, and a training set of one class (the
+    label-blind guess)."""
+    rng = np.random.default_rng(seed)
+    cases = [(2, 200, 64, 2, 4), (10, 2000, 64, 2, 4), (7, 90, 32, 3, 3), (1, 60, 8, 1, 2)]  # classes, pairs, dims, ...
+    for classes, pairs, dims, copies, folds in cases:
+        fold = rng.permutation(pairs) % folds
+        y = rng.integers(0, classes, pairs)
+        y[(y == 0) & (fold != 0)] = classes - 1  # class 0 in fold 0 only: fold 0's fit never sees it
+        means = rng.normal(size=(classes, dims)) * rng.uniform(0, 2)
+        rows = (means[y] + rng.normal(size=(copies + 1, pairs, dims))).astype(np.float32)
+        rows[..., 3] = 2.5
+        rows[..., 4] = 1.0 + 1e-7 * rng.normal(size=rows.shape[:2])
+        rows += np.float32(rng.uniform(-3, 3))
+        expected = 0
+        for k in range(folds):
+            train, test = fold != k, fold == k
+            x_train, y_train = np.concatenate(rows[1:, train]), np.tile(y[train], copies)
+            if len(np.unique(y_train)) < 2:
+                predicted = np.full(test.sum(), y_train[0])
+            else:
+                pipeline = make_pipeline(StandardScaler(), RidgeClassifier(alpha=1.0)).fit(x_train, y_train)
+                predicted = pipeline.predict(rows[0, test])
+            expected += int((predicted == y[test]).sum())
+        assert cross_validated_hits(rows[1:], rows[0], y, fold, folds) == expected
