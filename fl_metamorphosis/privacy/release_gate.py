@@ -92,45 +92,22 @@ def _task_features(generator: nn.Module, images: torch.Tensor, batch_size: int =
     return torch.cat([generator(images[i : i + batch_size])[0] for i in range(0, len(images), batch_size)])
 
 
-def ridge_probe_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alpha: float = 1.0):
-    """scikit-learn's ``make_pipeline(StandardScaler(), RidgeClassifier(alpha))``, fit and predict, in closed
-    form. The gate fits 16 to 48 of these small probes per release on every device, and at that size
-    scikit-learn's checks of its inputs took most of each fit (benchmarks/release_gate_cost.py,
-    docs/federated.md). The standardised rows are never formed: their Gram matrix and the fit's right-hand
-    side are the centred rows' scaled by the columns' scales, and the coefficients are scaled back instead.
-    ``tests/fl_metamorphosis/privacy/test_release_gate.py`` holds it to scikit-learn's predictions."""
-    x = x_train.astype(np.float64)  # a copy, centred in place
-    n, eps = len(x), np.finfo(np.float64).eps
-    mean = x.mean(0)
-    x -= mean
-    var = np.einsum("ij,ij->j", x, x) / n
-    scale = np.sqrt(var)
-    scale[var <= n * eps * var + (n * mean * eps) ** 2] = 1.0  # a constant column, by StandardScaler's own test
-    classes, index = np.unique(y_train, return_inverse=True)
-    targets = -np.ones((n, len(classes)))  # RidgeClassifier's {-1, 1} coding, one column per class
-    targets[np.arange(n), index] = 1.0
-    if len(classes) == 2:  # two classes: one column, the second class's
-        targets = targets[:, 1:]
-    # fit_intercept: the standardised rows are already centred, so only the targets' mean is shifted back
-    gram = (x.T @ x) / np.outer(scale, scale)
-    gram.flat[:: gram.shape[0] + 1] += alpha
-    coef = linalg.solve(gram, (x.T @ targets) / scale[:, None], assume_a="pos")
-    scores = (x_test - mean) @ (coef / scale[:, None]) + targets.mean(0)
-    return classes[(scores[:, 0] > 0).astype(int)] if len(classes) == 2 else classes[scores.argmax(1)]
-
-
 def cross_validated_hits(
     train_copies: np.ndarray, test_rows: np.ndarray, y: np.ndarray, fold: np.ndarray, folds: int, alpha: float = 1.0
 ) -> int:
-    """Held-out hits of ``ridge_probe_predict`` over ``folds`` folds: fit on the copies of every other fold's
-    pairs (``train_copies[j, i]``, labelled ``y[i]``), scored on ``test_rows`` of the fold's own pairs.
+    """Held-out hits of the gate's probe over ``folds`` folds: for each fold, scikit-learn's
+    ``make_pipeline(StandardScaler(), RidgeClassifier(alpha))`` fit on the copies of every other fold's pairs
+    (``train_copies[j, i]``, labelled ``y[i]``) and scored on ``test_rows`` of the fold's own pairs.
 
-    The same fits, from sums: each fold's rows enter its Gram matrix, sum and per-class sums once, and fold k's
-    fit takes the totals less fold k's own, so the rows are multiplied once rather than ``folds - 1`` times.
-    The rows are shifted by one of them first (exact for a constant column), so centring by the train mean
-    subtracts a correction of the rows' own spread instead of cancelling large sums. A fit whose training
-    folds hold one class only is the label-blind guess of that class. ``test_release_gate.py`` holds the
-    hits to the per-fold fits and to scikit-learn's."""
+    In closed form, from sums. The gate runs 16 to 48 of these fits per release on every device, and at that
+    size scikit-learn's checks of its inputs took most of each fit (docs/federated.md). The standardised
+    rows are never formed: their Gram matrix and right-hand side are the centred rows' scaled by the columns'
+    scales, and the coefficients are scaled back instead. Each fold's rows enter its Gram matrix, sum and
+    per-class sums once, and fold k's fit takes the totals less fold k's own, so the rows are multiplied
+    once rather than ``folds - 1`` times. The rows are shifted by one of them first (exact for a constant
+    column), so centring by the train mean subtracts a correction of the rows' own spread instead of
+    cancelling large sums. A fit whose training folds hold one class only is the label-blind guess of that
+    class. ``tests/fl_metamorphosis/privacy/test_release_gate.py`` holds the hits to scikit-learn's."""
     copies, dims = len(train_copies), train_copies.shape[-1]
     order = np.argsort(fold, kind="stable")  # each fold's pairs side by side, every copy of a pair in a row
     z = train_copies.transpose(1, 0, 2)[order].astype(np.float64)  # [n, copies, dims]
