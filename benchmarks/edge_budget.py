@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, resource, sys, tempfile, time
+import json, resource, shutil, sys, tempfile, time
 T0 = time.perf_counter()
 from pathlib import Path
 limit = int(sys.argv[2]) * 2**30
@@ -60,11 +60,20 @@ from fl_metamorphosis.model import build_heads
 cfg = build_config(None, ['methods=["metamorphosis"]'])
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
 data, _ = read_device_folder(Path(sys.argv[4]))  # as a board: its own folder of `deploy prepare-data`
+PRISTINE = Path(tempfile.mkdtemp()) / "data"
+shutil.copytree(sys.argv[4], PRISTINE)
+
+def fresh_device(**node_config):
+    # a device that never took part: its own state folder and an untouched copy of the data folder (a data
+    # folder records the ledger of the device that used it, and a device refuses to start a new budget on it)
+    data_dir = Path(tempfile.mkdtemp()) / "data"
+    shutil.copytree(PRISTINE, data_dir)
+    node_config = {"partition-id": 0, "threads": int(sys.argv[1]), "state-dir": tempfile.mkdtemp(),
+                   "data-dir": str(data_dir), **node_config}
+    return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
 gen = build_generator(cfg, data)
 heads = build_heads(gen.feature_shape, [t.num_classes for t in data.tasks], cfg.model)
-state = tempfile.mkdtemp()
-context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "state-dir": state, "data-dir": sys.argv[4],
-                  "threads": int(sys.argv[1])}, state=RecordDict(), run_config={})
+context = fresh_device()
 
 def value_size(v):
     if isinstance(v, list):
@@ -86,12 +95,13 @@ for kind, rnd in (("train", 1), (proto.FEATURES, 1), ("train", 1)):
     msg = Message(content=content, message_type=kind, dst_node_id=1, group_id=str(rnd))
     if kind in out:  # the same train message again, to a fresh device: a warm process, as in the secure round
         out["process_seconds"] = time.perf_counter() - T0  # imports + one train + one features message
-        context = Context(run_id=1, node_id=1, node_config={**context.node_config, "state-dir": tempfile.mkdtemp()},
-                          state=RecordDict(), run_config={})
+        context = fresh_device()
         kind = "train_warm"
     msg.metadata.__dict__["_message_id"] = kind
     t0 = time.perf_counter()
     reply = app(msg, context)
+    if reply.has_error():
+        sys.exit(f"the {kind} message failed: {reply.error.reason}")
     out[kind] = {"seconds": time.perf_counter() - t0, "bytes_received": size(content),
                  "bytes_sent": size(reply.content)}
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -104,23 +114,24 @@ policy = Path(tempfile.mkdtemp()) / "policy.json"
 DevicePolicy.from_config(no_gate).save(policy)
 for label, c, extra in (("features_gate", cfg, {}), ("features_no_gate", no_gate, {"policy-file": str(policy)}),
                         ("features_gate_again", cfg, {})):
-    ctx = Context(run_id=1, node_id=1, node_config={**context.node_config, "state-dir": tempfile.mkdtemp(), **extra},
-                  state=RecordDict(), run_config={})
+    ctx = fresh_device(**extra)
     content = RecordDict({proto.ARRAYS: ArrayRecord(joint_state(gen, heads)),
                           proto.CONFIG: proto.config_record(c, **{proto.SERVER_ROUND: 1})})
     msg = Message(content=content, message_type=proto.FEATURES, dst_node_id=1, group_id="1")
     msg.metadata.__dict__["_message_id"] = label
     t0 = time.perf_counter()
-    assert not app(msg, ctx).has_error()
+    if (reply := app(msg, ctx)).has_error():
+        sys.exit(f"the {label} message failed: {reply.error.reason}")
     out[label] = time.perf_counter() - t0
 
 # a secure round: every device of a round of N, the server in this process; device 0's messages counted
-from fl_metamorphosis.config import build_config as _cfg
-from server import round_loop
-from server.secure_aggregation import secure_train
-from inprocess_grid import InProcessGrid
 n = int(sys.argv[3])
 if n >= 2:
+    sys.path.insert(0, "tests")  # the tests' in-process Grid: every device and the server in one process
+    from fl_metamorphosis.config import build_config as _cfg
+    from inprocess_grid import InProcessGrid
+    from server import round_loop
+    from server.secure_aggregation import secure_train
     resource.setrlimit(resource.RLIMIT_AS, (hard, hard))  # the whole federation runs here: no device's cap
     scfg = _cfg(None, ['methods=["metamorphosis"]', "federated.secure_aggregation=true",
                        f"federated.num_devices={n}"])
